@@ -1,0 +1,370 @@
+"""Aggregate operators (groups of items) and terminal helpers (one result)."""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
+
+from ._core import (
+    ListStage,
+    PairStage,
+    Segment,
+    Source,
+    Transform,
+    TupleStage,
+    aclose,
+    annotate,
+    check_callable,
+    check_count,
+    check_seconds,
+    describe,
+    is_async_callable,
+    is_flow,
+    is_sync_source,
+    open_async,
+    run_segment_to_list,
+    transform_stage,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+T = TypeVar("T")
+A = TypeVar("A")
+D = TypeVar("D")
+
+
+class _NoDefault:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<no default>"
+
+
+_NO_DEFAULT: Final = _NoDefault()
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def chunk(size: int, /, *, within: float | None = None) -> ListStage:
+    """Group items into lists of up to ``size`` items.
+
+    Without ``within``, every list has ``size`` items except possibly the
+    last. With ``within=seconds``, a partial list is also emitted once its
+    oldest item has waited that long (count-or-time batching); this reads the
+    current clock, so it runs exactly under `streamkit.testing.VirtualClock`.
+
+    Args:
+        size: The largest number of items in a list (1 or more).
+        within: The longest an item may wait in a partial list, in seconds.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import chunk, collect
+        >>> asyncio.run(collect(range(5) | chunk(2)))
+        [[0, 1], [2, 3], [4]]
+    """
+    check_count(size, "size", minimum=1)
+    if within is None:
+
+        def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _chunk(upstream, size)
+
+        return ListStage(transform_stage(f"chunk({size})", run).steps)
+
+    seconds = check_seconds(within, "within")
+
+    def run_within(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        from ._time import chunk_within
+
+        return chunk_within(upstream, size, seconds)
+
+    return ListStage(transform_stage(f"chunk({size}, within={seconds:g})", run_within).steps)
+
+
+async def _chunk(upstream: AsyncIterator[Any], size: int) -> AsyncIterator[list[Any]]:
+    batch: list[Any] = []
+    try:
+        async for item in upstream:
+            batch.append(item)
+            if len(batch) == size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+    finally:
+        await aclose(upstream)
+
+
+def window(size: int, /, *, step: int = 1) -> TupleStage:
+    """Yield sliding windows: tuples of ``size`` consecutive items.
+
+    A window starts every ``step`` items. Only full windows are yielded: a
+    stream shorter than ``size`` yields none.
+
+    Args:
+        size: Items per window (1 or more).
+        step: Items between the starts of two windows (1 or more).
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, window
+        >>> asyncio.run(collect(range(5) | window(3)))
+        [(0, 1, 2), (1, 2, 3), (2, 3, 4)]
+        >>> asyncio.run(collect(range(7) | window(2, step=3)))
+        [(0, 1), (3, 4)]
+    """
+    check_count(size, "size", minimum=1)
+    check_count(step, "step", minimum=1)
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _window(upstream, size, step)
+
+    return TupleStage(transform_stage(f"window({size}, step={step})", run).steps)
+
+
+async def _window(upstream: AsyncIterator[Any], size: int, step: int) -> AsyncIterator[Any]:
+    buffer: deque[Any] = deque(maxlen=size)
+    to_skip = 0
+    try:
+        async for item in upstream:
+            if to_skip:
+                to_skip -= 1
+                continue
+            buffer.append(item)
+            if len(buffer) == size:
+                yield tuple(buffer)
+                if step >= size:
+                    buffer.clear()
+                    to_skip = step - size
+                else:
+                    for _ in range(step):
+                        buffer.popleft()
+    finally:
+        await aclose(upstream)
+
+
+def pairwise() -> PairStage:
+    """Yield each item paired with the next: ``(a, b), (b, c), ...``.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, pairwise
+        >>> asyncio.run(collect("abc" | pairwise()))
+        [('a', 'b'), ('b', 'c')]
+    """
+    return PairStage(_pairwise_steps)
+
+
+def _run_pairwise(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    return _pairwise(upstream)
+
+
+async def _pairwise(upstream: AsyncIterator[Any]) -> AsyncIterator[tuple[Any, Any]]:
+    missing = previous = object()
+    try:
+        async for item in upstream:
+            if previous is not missing:
+                yield previous, item
+            previous = item
+    finally:
+        await aclose(upstream)
+
+
+_pairwise_steps = transform_stage("pairwise()", _run_pairwise).steps
+
+
+# --------------------------------------------------------------------------- terminals
+
+
+def _sync_plan(source: object) -> tuple[Iterable[Any], Segment | None] | None:
+    """The parts of a flow that can run as a plain loop, if it is one.
+
+    A flow qualifies when it was never iterated, its source is a plain
+    iterable and its stage is empty or a single fused segment.
+    """
+    if not is_flow(source):
+        return None
+    flow = source
+    inner = flow.source
+    parts = flow.stage._plan  # pyright: ignore[reportPrivateUsage]
+    if not is_sync_source(inner) or len(parts) > 1:
+        return None
+    segment = parts[0] if parts else None
+    if isinstance(segment, Transform) or not flow.claim():
+        return None
+    return cast("Iterable[Any]", inner), segment
+
+
+async def collect(source: Source[T], /) -> list[T]:
+    """Run the flow to the end and return its items in a list.
+
+    A flow that is synchronous from end to end (a plain iterable through
+    synchronous `map_`/`filter_`/`tap` stages) runs as a plain loop.
+
+    Args:
+        source: A flow, or any iterable or async iterable.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, map_
+        >>> asyncio.run(collect(range(3) | map_(str)))
+        ['0', '1', '2']
+    """
+    fast = _sync_plan(source)
+    if fast is not None:
+        items, segment = fast
+        if segment is None:
+            return list(items)
+        return await run_segment_to_list(segment.ops, iter(items))
+    iterator = open_async(source)
+    try:
+        return [item async for item in iterator]
+    finally:
+        await aclose(iterator)
+
+
+@overload
+async def fold(source: Source[T], fn: Callable[[A, T], Awaitable[A]], initial: A, /) -> A: ...
+@overload
+async def fold(source: Source[T], fn: Callable[[A, T], A], initial: A, /) -> A: ...
+async def fold(source: Source[Any], fn: Callable[[Any, Any], Any], initial: Any, /) -> Any:
+    """Combine all items into one value: ``acc = fn(acc, item)``, from ``initial``.
+
+    Args:
+        source: A flow, or any iterable or async iterable.
+        fn: Combines the accumulator with the next item (sync or async).
+        initial: The accumulator before the first item; returned for an
+            empty stream.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import fold
+        >>> asyncio.run(fold(["a", "bb", "ccc"], lambda total, s: total + len(s), 0))
+        6
+    """
+    check_callable(fn, "fn")
+    label = f"fold({describe(fn)})"
+    awaits: bool | None = True if is_async_callable(fn) else None
+    accumulator = initial
+    index = -1
+    iterator = open_async(source)
+    try:
+        async for item in iterator:
+            index += 1
+            try:
+                result = fn(accumulator, item)
+                if awaits is None:
+                    awaits = inspect.isawaitable(result)
+                if awaits:
+                    result = await result
+            except Exception as exc:
+                annotate(exc, label, index)
+                raise
+            accumulator = result
+    finally:
+        await aclose(iterator)
+    return accumulator
+
+
+@overload
+async def first(source: Source[T], /) -> T: ...
+@overload
+async def first(source: Source[T], /, *, default: D) -> T | D: ...
+async def first(source: Source[Any], /, *, default: Any = _NO_DEFAULT) -> Any:
+    """Return the first item and close the flow at once.
+
+    Args:
+        source: A flow, or any iterable or async iterable.
+        default: Returned for an empty stream; without it an empty stream
+            raises `ValueError`.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import first
+        >>> asyncio.run(first(range(5, 10)))
+        5
+        >>> asyncio.run(first([], default=None)) is None
+        True
+    """
+    iterator = open_async(source)
+    try:
+        async for item in iterator:
+            return item
+    finally:
+        await aclose(iterator)
+    if default is _NO_DEFAULT:
+        raise ValueError("first() of an empty stream; pass default= to allow it")
+    return default
+
+
+@overload
+async def last(source: Source[T], /) -> T: ...
+@overload
+async def last(source: Source[T], /, *, default: D) -> T | D: ...
+async def last(source: Source[Any], /, *, default: Any = _NO_DEFAULT) -> Any:
+    """Run the flow to the end and return its last item.
+
+    Args:
+        source: A flow, or any iterable or async iterable.
+        default: Returned for an empty stream; without it an empty stream
+            raises `ValueError`.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import last
+        >>> asyncio.run(last(range(5)))
+        4
+    """
+    missing = result = object()
+    iterator = open_async(source)
+    try:
+        async for item in iterator:
+            result = item
+    finally:
+        await aclose(iterator)
+    if result is missing:
+        if default is _NO_DEFAULT:
+            raise ValueError("last() of an empty stream; pass default= to allow it")
+        return default
+    return result
+
+
+async def count(source: Source[Any], /) -> int:
+    """Run the flow to the end and return how many items it yielded.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import count, filter_
+        >>> asyncio.run(count(range(10) | filter_(lambda x: x % 2)))
+        5
+    """
+    total = 0
+    iterator = open_async(source)
+    try:
+        async for _ in iterator:
+            total += 1
+    finally:
+        await aclose(iterator)
+    return total
+
+
+async def drain(source: Source[Any], /) -> None:
+    """Run the flow to the end for its side effects, discarding the items.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import drain, tap
+        >>> seen = []
+        >>> asyncio.run(drain(range(3) | tap(seen.append)))
+        >>> seen
+        [0, 1, 2]
+    """
+    iterator = open_async(source)
+    try:
+        async for _ in iterator:
+            pass
+    finally:
+        await aclose(iterator)

@@ -1,0 +1,1057 @@
+"""The Stage model: composition, fusion, running, cleanup.
+
+This module knows nothing of any particular operator. It defines
+
+* the two kinds of step a stage is made of: an `ItemOp` (a per-item map,
+  filter or tap, which can be fused with its neighbours) and a `Transform`
+  (an async-generator function over the whole upstream);
+* `Stage`, an immutable sequence of steps that composes with ``|``;
+* `Flow`, the async iterator (and async context manager) that running a
+  stage returns;
+* the fused loop that runs consecutive item operations in one generator
+  layer, and the helper that closes iterators deterministically.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Iterator,
+)
+from dataclasses import dataclass, field
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Concatenate,
+    Final,
+    Generic,
+    Literal,
+    ParamSpec,
+    TypeAlias,
+    TypeGuard,
+    TypeVar,
+    cast,
+    overload,
+)
+
+if TYPE_CHECKING:
+    from types import TracebackType
+
+T = TypeVar("T")
+R = TypeVar("R")
+S = TypeVar("S")
+A = TypeVar("A")
+In = TypeVar("In", contravariant=True)
+Out = TypeVar("Out", covariant=True)
+T_co = TypeVar("T_co", covariant=True)
+P = ParamSpec("P")
+
+Source: TypeAlias = AsyncIterable[T] | Iterable[T]
+"""Anything a stage can consume: an async iterable or a plain iterable."""
+
+ItemKind: TypeAlias = Literal["map", "filter", "tap"]
+
+
+class _Skip:
+    """Sentinel type: the item was dropped by a filter inside a fused segment."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<skip>"
+
+
+SKIP: Final = _Skip()
+
+
+# --------------------------------------------------------------------------- callables
+
+
+def is_async_callable(fn: object) -> bool:
+    """Tell, without calling it, whether ``fn`` certainly returns an awaitable.
+
+    Sees through `functools.partial` and recognises objects whose ``__call__``
+    is a coroutine function. A plain function that *returns* an awaitable
+    cannot be recognised here; streamkit decides for those on the first call
+    of each run (see `docs/design.md`).
+    """
+    while isinstance(fn, functools.partial):
+        fn = cast("functools.partial[object]", fn).func
+    if inspect.iscoroutinefunction(fn):
+        return True
+    if inspect.isfunction(fn) or inspect.ismethod(fn) or isinstance(fn, type):
+        return False
+    call = getattr(type(fn), "__call__", None)  # noqa: B004 - the method itself is inspected
+    return call is not None and inspect.iscoroutinefunction(call)
+
+
+def describe(fn: object) -> str:
+    """A short, stable name for a callable, used in stage labels and notes."""
+    if isinstance(fn, functools.partial):
+        inner = describe(cast("functools.partial[object]", fn).func)
+        return f"partial({inner})"
+    name = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None)
+    if isinstance(name, str):
+        return name
+    return type(fn).__name__
+
+
+def check_callable(value: object, parameter: str) -> None:
+    """Raise `TypeError` naming ``parameter`` unless ``value`` is callable."""
+    if not callable(value):
+        raise TypeError(f"{parameter} must be callable, got {type(value).__name__}: {value!r}")
+
+
+def annotate(exc: BaseException, label: str, index: int) -> None:
+    """Add the note that names the stage and the item index to ``exc``."""
+    exc.add_note(f"streamkit: raised by {label} on item {index} of its input")
+
+
+# --------------------------------------------------------------------------- closing
+
+
+async def aclose(iterator: object) -> None:
+    """Close an iterator if it can be closed: ``aclose()``, else ``close()``.
+
+    This is the one place that knows how to close what a stage consumes:
+    async generators, streamkit flows, aiostream streamers (entered as
+    context managers), sync generators.
+    """
+    close = getattr(iterator, "aclose", None)
+    if close is not None:
+        await close()
+        return
+    sync_close = getattr(iterator, "close", None)
+    if sync_close is not None:
+        sync_close()
+
+
+async def _entered(context_iterator: Any) -> AsyncGenerator[Any, None]:
+    # Iterators that are also async context managers (aiostream's streamers)
+    # must be iterated inside their context.
+    async with context_iterator as items:
+        async for item in items:
+            yield item
+
+
+async def _from_sync(iterator: Iterator[T]) -> AsyncGenerator[T, None]:
+    try:
+        for item in iterator:
+            yield item
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:
+            close()
+
+
+def open_async(source: Source[T]) -> AsyncIterator[T]:
+    """Return an async iterator over any source, without starting it."""
+    if isinstance(source, Flow):
+        return source.__aiter__()
+    if hasattr(source, "__aiter__"):
+        iterator = cast("AsyncIterable[T]", source).__aiter__()
+        if hasattr(type(iterator), "__aenter__"):
+            return _entered(iterator)
+        return iterator
+    if isinstance(source, Iterable):
+        return _from_sync(iter(source))
+    raise TypeError(
+        f"a source must be an iterable or an async iterable, got {type(source).__name__}"
+    )
+
+
+def is_async_iterable(value: object) -> TypeGuard[AsyncIterable[Any]]:
+    """True for objects with ``__aiter__``."""
+    return hasattr(value, "__aiter__")
+
+
+def is_stage(value: object) -> TypeGuard[Stage[Any, Any]]:
+    """True for stages (of any item types)."""
+    return isinstance(value, Stage)
+
+
+def is_flow(value: object) -> TypeGuard[Flow[Any]]:
+    """True for flows (of any item type)."""
+    return isinstance(value, Flow)
+
+
+def is_iterable(value: object) -> bool:
+    """True for iterables and async iterables (without narrowing the type)."""
+    return hasattr(value, "__aiter__") or isinstance(value, Iterable)
+
+
+def is_sync_source(source: object) -> bool:
+    """True for plain iterables that are not also async iterables."""
+    return not hasattr(source, "__aiter__") and isinstance(source, Iterable)
+
+
+# --------------------------------------------------------------------------- steps
+
+
+@dataclass(frozen=True, slots=True)
+class ItemOp:
+    """A per-item step: map, filter or tap with one user function.
+
+    Consecutive item operations are fused into one loop when a stage runs.
+    """
+
+    kind: ItemKind
+    fn: Callable[[Any], Any]
+    label: str
+    is_async: bool
+    """True when the function is known to be async at construction."""
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    """A step that consumes the whole upstream: an async-generator function.
+
+    ``run(upstream)`` returns an async iterator over the output. It owns the
+    upstream from then on and must close it when it ends, however it ends.
+    """
+
+    label: str
+    run: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]
+
+
+Step: TypeAlias = ItemOp | Transform
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """Consecutive item operations, run in a single generator layer."""
+
+    ops: tuple[ItemOp, ...]
+
+
+PlanPart: TypeAlias = Segment | Transform
+
+
+def plan(steps: tuple[Step, ...]) -> tuple[PlanPart, ...]:
+    """Group consecutive item operations into fused segments."""
+    parts: list[PlanPart] = []
+    pending: list[ItemOp] = []
+    for step in steps:
+        if isinstance(step, ItemOp):
+            pending.append(step)
+            continue
+        if pending:
+            parts.append(Segment(tuple(pending)))
+            pending = []
+        parts.append(step)
+    if pending:
+        parts.append(Segment(tuple(pending)))
+    return tuple(parts)
+
+
+# --------------------------------------------------------------------------- fusion
+
+
+class SegmentRun:
+    """One run of a fused segment: call modes and the counters behind notes.
+
+    Each item function is either known to be async at construction or is
+    classified by its first result in this run (awaitable or not). Until every
+    function is classified, items go through `probe`; then `compile` builds a
+    chain of closures, synchronous when every function is.
+    """
+
+    __slots__ = ("drops", "failed", "modes", "ops")
+
+    def __init__(self, ops: tuple[ItemOp, ...]) -> None:
+        self.ops = ops
+        self.modes: list[bool | None] = [True if op.is_async else None for op in ops]
+        self.drops = [0] * len(ops)
+        self.failed: int | None = None
+
+    def decided(self) -> bool:
+        """Whether every function's call mode is known."""
+        return None not in self.modes
+
+    def annotate(self, exc: BaseException, index: int) -> None:
+        """Note which operation failed, and on which item of *its* input."""
+        k = len(self.ops) - 1 if self.failed is None else self.failed
+        annotate(exc, self.ops[k].label, index - sum(self.drops[:k]))
+
+    async def probe(self, item: Any) -> Any:
+        """Run one item through every operation, classifying functions."""
+        modes = self.modes
+        for k, op in enumerate(self.ops):
+            try:
+                result = op.fn(item)
+                mode = modes[k]
+                if mode is None:
+                    mode = modes[k] = inspect.isawaitable(result)
+                if mode:
+                    result = await result
+            except Exception:
+                self.failed = k
+                raise
+            if op.kind == "map":
+                item = result
+            elif op.kind == "filter" and not result:
+                self.drops[k] += 1
+                return SKIP
+        return item
+
+    def compile(self) -> tuple[Callable[[Any], Any], bool]:
+        """Build the per-item function; the flag says whether it is async."""
+        if all(mode is False for mode in self.modes):
+            step: Callable[[Any], Any] | None = None
+            for k in reversed(range(len(self.ops))):
+                step = _sync_link(self, k, step)
+            assert step is not None
+            return step, False
+            # (an empty segment never reaches compile: plan() makes none)
+        astep: Callable[[Any], Awaitable[Any]] | None = None
+        for k in reversed(range(len(self.ops))):
+            astep = _async_link(self, k, astep)
+        assert astep is not None
+        return astep, True
+
+
+def _sync_link(run: SegmentRun, k: int, nxt: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+    op = run.ops[k]
+    fn = op.fn
+    drops = run.drops
+    if op.kind == "map":
+        if nxt is None:
+            # The last map needs no wrapper: a failure that no wrapper marks
+            # is attributed to the last operation.
+            return fn
+        then = nxt
+
+        def map_link(item: Any) -> Any:
+            try:
+                result = fn(item)
+            except Exception:
+                run.failed = k
+                raise
+            return then(result)
+
+        return map_link
+    if op.kind == "filter":
+        if nxt is None:
+
+            def last_filter_link(item: Any) -> Any:
+                try:
+                    keep = fn(item)
+                except Exception:
+                    run.failed = k
+                    raise
+                if keep:
+                    return item
+                drops[k] += 1
+                return SKIP
+
+            return last_filter_link
+        then = nxt
+
+        def filter_link(item: Any) -> Any:
+            try:
+                keep = fn(item)
+            except Exception:
+                run.failed = k
+                raise
+            if keep:
+                return then(item)
+            drops[k] += 1
+            return SKIP
+
+        return filter_link
+    if nxt is None:
+
+        def last_tap_link(item: Any) -> Any:
+            try:
+                fn(item)
+            except Exception:
+                run.failed = k
+                raise
+            return item
+
+        return last_tap_link
+    then = nxt
+
+    def tap_link(item: Any) -> Any:
+        try:
+            fn(item)
+        except Exception:
+            run.failed = k
+            raise
+        return then(item)
+
+    return tap_link
+
+
+def _async_link(
+    run: SegmentRun, k: int, nxt: Callable[[Any], Awaitable[Any]] | None
+) -> Callable[[Any], Awaitable[Any]]:
+    op = run.ops[k]
+    fn = op.fn
+    awaits = bool(run.modes[k])
+    kind = op.kind
+    drops = run.drops
+
+    async def link(item: Any) -> Any:
+        try:
+            result = fn(item)
+            if awaits:
+                result = await result
+        except Exception:
+            run.failed = k
+            raise
+        if kind == "map":
+            item = result
+        elif kind == "filter" and not result:
+            drops[k] += 1
+            return SKIP
+        if nxt is None:
+            return item
+        return await nxt(item)
+
+    return link
+
+
+async def run_segment(ops: tuple[ItemOp, ...], upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """Run a fused segment over an async upstream."""
+    run = SegmentRun(ops)
+    index = -1
+    try:
+        if not run.decided():
+            async for item in upstream:
+                index += 1
+                try:
+                    result = await run.probe(item)
+                except Exception as exc:
+                    run.annotate(exc, index)
+                    raise
+                if result is not SKIP:
+                    yield result
+                if run.decided():
+                    break
+            else:
+                return
+        step, is_async = run.compile()
+        if is_async:
+            async for item in upstream:
+                index += 1
+                try:
+                    result = await step(item)
+                except Exception as exc:
+                    run.annotate(exc, index)
+                    raise
+                if result is not SKIP:
+                    yield result
+        else:
+            async for item in upstream:
+                index += 1
+                try:
+                    result = step(item)
+                except Exception as exc:
+                    run.annotate(exc, index)
+                    raise
+                if result is not SKIP:
+                    yield result
+    finally:
+        await aclose(upstream)
+
+
+async def run_segment_sync(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> AsyncIterator[Any]:
+    """Run a fused segment straight over a plain iterator (no adapter layer)."""
+    run = SegmentRun(ops)
+    index = -1
+    try:
+        if not run.decided():
+            for item in upstream:
+                index += 1
+                try:
+                    result = await run.probe(item)
+                except Exception as exc:
+                    run.annotate(exc, index)
+                    raise
+                if result is not SKIP:
+                    yield result
+                if run.decided():
+                    break
+            else:
+                return
+        step, is_async = run.compile()
+        if is_async:
+            for item in upstream:
+                index += 1
+                try:
+                    result = await step(item)
+                except Exception as exc:
+                    run.annotate(exc, index)
+                    raise
+                if result is not SKIP:
+                    yield result
+        else:
+            for item in upstream:
+                index += 1
+                try:
+                    result = step(item)
+                except Exception as exc:
+                    run.annotate(exc, index)
+                    raise
+                if result is not SKIP:
+                    yield result
+    finally:
+        close = getattr(upstream, "close", None)
+        if close is not None:
+            close()
+
+
+async def run_segment_to_list(
+    ops: tuple[ItemOp, ...], upstream: Iterator[Any], limit: int | None = None
+) -> list[Any]:
+    """Run a fused segment over a plain iterator as a plain loop, into a list.
+
+    Used by terminal helpers when the whole pipeline is synchronous from end
+    to end; observable behaviour (order of calls, notes) is that of the
+    generator path.
+    """
+    run = SegmentRun(ops)
+    out: list[Any] = []
+    append = out.append
+    index = -1
+    try:
+        if not run.decided():
+            for item in upstream:
+                index += 1
+                try:
+                    result = await run.probe(item)
+                except Exception as exc:
+                    run.annotate(exc, index)
+                    raise
+                if result is not SKIP:
+                    append(result)
+                if run.decided():
+                    break
+            else:
+                return out
+        step, is_async = run.compile()
+        if is_async:
+            for item in upstream:
+                index += 1
+                try:
+                    result = await step(item)
+                except Exception as exc:
+                    run.annotate(exc, index)
+                    raise
+                if result is not SKIP:
+                    append(result)
+        else:
+            start = index + 1
+            for index, item in enumerate(upstream, start):
+                try:
+                    result = step(item)
+                except Exception as exc:
+                    run.annotate(exc, index)
+                    raise
+                if result is not SKIP:
+                    append(result)
+        return out
+    finally:
+        close = getattr(upstream, "close", None)
+        if close is not None:
+            close()
+
+
+# --------------------------------------------------------------------------- Stage
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Stage(Generic[In, Out]):
+    """An immutable, reusable description of a transformation of a stream.
+
+    Build stages with the operator functions (`map_`, `filter_`, `chunk`, ...)
+    and compose them with ``|``. Apply a stage to a source with ``source |
+    stage`` or ``stage(source)``: either returns a `Flow`, an async iterator
+    that is also an async context manager. Running a stage twice gives two
+    independent flows.
+
+    Consecutive item-level stages (`map_`, `filter_`, `tap` with their default
+    options) are fused into a single loop when the flow runs.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import map_, filter_, collect
+        >>> evens_doubled = filter_(lambda x: x % 2 == 0) | map_(lambda x: x * 2)
+        >>> asyncio.run(collect(range(7) | evens_doubled))
+        [0, 4, 8, 12]
+    """
+
+    steps: tuple[Step, ...]
+    _plan: tuple[PlanPart, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_plan", plan(self.steps))
+
+    @property
+    def label(self) -> str:
+        """A readable description, e.g. ``map_(parse) | filter_(valid)``."""
+        return " | ".join(step.label for step in self.steps) or "pipe()"
+
+    def __repr__(self) -> str:
+        return f"<Stage {self.label}>"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Stage):
+            return self.steps == other.steps
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.steps)
+
+    def __call__(self, source: Source[In], /) -> Flow[Out]:
+        """Apply the stage to ``source``; nothing runs until iteration."""
+        return cast("Flow[Out]", _apply(self, source))
+
+    def __ror__(self, source: Source[In], /) -> Flow[Out]:
+        return cast("Flow[Out]", _apply(self, source))
+
+    @overload
+    def __or__(self, other: Passthrough, /) -> Stage[In, Out]: ...
+    @overload
+    def __or__(self, other: ListStage, /) -> Stage[In, list[Out]]: ...
+    @overload
+    def __or__(self, other: TupleStage, /) -> Stage[In, tuple[Out, ...]]: ...
+    @overload
+    def __or__(self, other: PairStage, /) -> Stage[In, tuple[Out, Out]]: ...
+    @overload
+    def __or__(self, other: IndexedStage, /) -> Stage[In, tuple[int, Out]]: ...
+    @overload
+    def __or__(self: Stage[A, Iterable[S]], other: FlattenStage, /) -> Stage[A, S]: ...
+    @overload
+    def __or__(self: Stage[A, AsyncIterable[S]], other: FlattenStage, /) -> Stage[A, S]: ...
+    @overload
+    def __or__(self, other: Stage[Out, R], /) -> Stage[In, R]: ...
+    def __or__(self, other: object, /) -> Stage[Any, Any]:
+        if not is_stage(other):
+            return NotImplemented
+        return compose(self, other)
+
+
+def compose(first: Stage[Any, Any], second: Stage[Any, Any]) -> Stage[Any, Any]:
+    """``first | second``. A shape stage after a passthrough keeps its shape."""
+    steps = first.steps + second.steps
+    if type(first) is Passthrough and isinstance(second, _ShapeStage):
+        return type(second)(steps)
+    return Stage(steps)
+
+
+def _apply(stage: Stage[Any, Any], source: object) -> Any:
+    if is_stage(source):
+        # Python asks a subclass on the right first: `stage | shape_stage`.
+        return compose(source, stage)
+    if is_flow(source):
+        # `src | a | b` parses as `(src | a) | b`: extend the flow so that
+        # `a` and `b` can be fused.
+        if source.take_over():
+            return Flow(source.source, compose(source.stage, stage))
+    elif not hasattr(source, "__aiter__") and not isinstance(source, Iterable):
+        raise TypeError(
+            f"cannot apply {stage.label} to {type(source).__name__}: "
+            "a source must be an iterable or an async iterable"
+        )
+    return Flow(cast("Source[Any]", source), stage)
+
+
+# --------------------------------------------------------------------------- shape stages
+#
+# Stages whose output type is a function of their *input* type, like `take(3)`
+# (same type) or `chunk(3)` (a list of it), cannot be typed `Stage[In, Out]`
+# from their arguments: nothing fixes `In`. These subclasses carry the shape
+# instead: their `__ror__`/`__call__` are generic in the source's item type,
+# so `range(9) | chunk(3)` is a `Flow[list[int]]`, and `Stage.__or__` has an
+# overload for each. At run time they are ordinary stages.
+
+
+class _ShapeStage(Stage[Any, Any]):
+    __slots__ = ()
+
+
+class Passthrough(_ShapeStage):
+    """A stage whose items come out with the type they went in with.
+
+    Returned by `take`, `skip`, `distinct`, `buffer`, `throttle`, ...
+    """
+
+    __slots__ = ()
+
+    def __call__(self, source: Source[S], /) -> Flow[S]:
+        """Apply the stage to ``source``."""
+        return cast("Flow[S]", _apply(self, source))
+
+    def __ror__(self, source: Source[S], /) -> Flow[S]:
+        return cast("Flow[S]", _apply(self, source))
+
+    @overload
+    def __or__(self, other: Passthrough, /) -> Passthrough: ...
+    @overload
+    def __or__(self, other: ListStage, /) -> ListStage: ...
+    @overload
+    def __or__(self, other: TupleStage, /) -> TupleStage: ...
+    @overload
+    def __or__(self, other: PairStage, /) -> PairStage: ...
+    @overload
+    def __or__(self, other: IndexedStage, /) -> IndexedStage: ...
+    @overload
+    def __or__(self, other: FlattenStage, /) -> FlattenStage: ...
+    @overload
+    def __or__(self, other: Stage[S, R], /) -> Stage[S, R]: ...
+    def __or__(  # pyright: ignore[reportIncompatibleMethodOverride] - narrower overloads
+        self, other: object, /
+    ) -> Stage[Any, Any]:
+        if not is_stage(other):
+            return NotImplemented
+        return compose(self, other)
+
+
+class ListStage(_ShapeStage):
+    """A stage that groups items into lists (`chunk`)."""
+
+    __slots__ = ()
+
+    def __call__(self, source: Source[S], /) -> Flow[list[S]]:
+        """Apply the stage to ``source``."""
+        return cast("Flow[list[S]]", _apply(self, source))
+
+    def __ror__(self, source: Source[S], /) -> Flow[list[S]]:
+        return cast("Flow[list[S]]", _apply(self, source))
+
+
+class TupleStage(_ShapeStage):
+    """A stage that groups items into tuples (`window`)."""
+
+    __slots__ = ()
+
+    def __call__(self, source: Source[S], /) -> Flow[tuple[S, ...]]:
+        """Apply the stage to ``source``."""
+        return cast("Flow[tuple[S, ...]]", _apply(self, source))
+
+    def __ror__(self, source: Source[S], /) -> Flow[tuple[S, ...]]:
+        return cast("Flow[tuple[S, ...]]", _apply(self, source))
+
+
+class PairStage(_ShapeStage):
+    """A stage that yields consecutive pairs (`pairwise`)."""
+
+    __slots__ = ()
+
+    def __call__(self, source: Source[S], /) -> Flow[tuple[S, S]]:
+        """Apply the stage to ``source``."""
+        return cast("Flow[tuple[S, S]]", _apply(self, source))
+
+    def __ror__(self, source: Source[S], /) -> Flow[tuple[S, S]]:
+        return cast("Flow[tuple[S, S]]", _apply(self, source))
+
+
+class IndexedStage(_ShapeStage):
+    """A stage that pairs each item with its index (`enumerate_`)."""
+
+    __slots__ = ()
+
+    def __call__(self, source: Source[S], /) -> Flow[tuple[int, S]]:
+        """Apply the stage to ``source``."""
+        return cast("Flow[tuple[int, S]]", _apply(self, source))
+
+    def __ror__(self, source: Source[S], /) -> Flow[tuple[int, S]]:
+        return cast("Flow[tuple[int, S]]", _apply(self, source))
+
+
+class FlattenStage(_ShapeStage):
+    """A stage that yields the elements of each (async) iterable item (`flatten`)."""
+
+    __slots__ = ()
+
+    @overload
+    def __call__(self, source: Source[Iterable[S]], /) -> Flow[S]: ...
+    @overload
+    def __call__(self, source: Source[AsyncIterable[S]], /) -> Flow[S]: ...
+    def __call__(self, source: Source[Any], /) -> Flow[Any]:
+        """Apply the stage to ``source``."""
+        return cast("Flow[Any]", _apply(self, source))
+
+    @overload
+    def __ror__(self, source: Source[Iterable[S]], /) -> Flow[S]: ...
+    @overload
+    def __ror__(self, source: Source[AsyncIterable[S]], /) -> Flow[S]: ...
+    def __ror__(self, source: Source[Any], /) -> Flow[Any]:
+        return cast("Flow[Any]", _apply(self, source))
+
+
+def pipe(*stages: Stage[Any, Any]) -> Stage[Any, Any]:
+    """Compose stages left to right into one stage.
+
+    ``pipe(a, b, c)`` is ``a | b | c``; ``pipe()`` is the identity stage.
+    Use ``|`` when the static types matter: it keeps them precisely, while
+    `pipe` of a dynamic list is typed ``Stage[Any, Any]``.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, map_, pipe, take
+        >>> first_squares = pipe(map_(lambda x: x * x), take(3))
+        >>> asyncio.run(collect(range(10) | first_squares))
+        [0, 1, 4]
+    """
+    steps: tuple[Step, ...] = ()
+    for position, each in enumerate(stages):
+        if not isinstance(each, Stage):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
+            raise TypeError(f"pipe() takes stages; argument {position} is {type(each).__name__}")
+        steps += each.steps
+    return Stage(steps)
+
+
+def item_stage(kind: ItemKind, fn: Callable[[Any], Any], label: str) -> Stage[Any, Any]:
+    """A stage made of one fusable item operation."""
+    return Stage((ItemOp(kind, fn, label, is_async_callable(fn)),))
+
+
+def transform_stage(
+    label: str, run: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]
+) -> Stage[Any, Any]:
+    """A stage made of one whole-stream transform."""
+    return Stage((Transform(label, run),))
+
+
+def stage(
+    fn: Callable[Concatenate[AsyncIterator[In], P], AsyncIterator[Out]],
+) -> Callable[P, Stage[In, Out]]:
+    """Turn an async generator function into a pipeable stage factory.
+
+    The decorated function takes the upstream items first, then its own
+    arguments. streamkit closes the upstream when the generator ends, however
+    it ends, so existing generators drop in unchanged.
+
+    Example:
+        >>> import asyncio
+        >>> from collections.abc import AsyncIterator
+        >>> from streamkit import collect, stage
+        >>> @stage
+        ... async def repeat_each(items: AsyncIterator[str], times: int) -> AsyncIterator[str]:
+        ...     async for item in items:
+        ...         for _ in range(times):
+        ...             yield item
+        >>> asyncio.run(collect(["a", "b"] | repeat_each(2)))
+        ['a', 'a', 'b', 'b']
+    """
+    check_callable(fn, "fn")
+    name = describe(fn)
+
+    @functools.wraps(fn)
+    def factory(*args: P.args, **kwargs: P.kwargs) -> Stage[In, Out]:
+        def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _run_user_generator(fn(upstream, *args, **kwargs), upstream)
+
+        return transform_stage(f"{name}()", run)
+
+    return factory
+
+
+async def _run_user_generator(
+    produced: AsyncIterator[Any], upstream: AsyncIterator[Any]
+) -> AsyncGenerator[Any, None]:
+    if not hasattr(produced, "__anext__"):
+        await aclose(upstream)
+        raise TypeError(
+            f"a @stage function must return an async iterator, got {type(produced).__name__}"
+        )
+    try:
+        async for item in produced:
+            yield item
+    finally:
+        try:
+            await aclose(produced)
+        finally:
+            await aclose(upstream)
+
+
+# --------------------------------------------------------------------------- Flow
+
+
+class _Generated(Generic[T]):
+    """A source made by a generator factory (used by `merge`, `zip_`, ...)."""
+
+    __slots__ = ("factory", "label")
+
+    def __init__(self, label: str, factory: Callable[[], AsyncIterator[T]]) -> None:
+        self.label = label
+        self.factory = factory
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self.factory()
+
+
+_IDENTITY: Final[Stage[Any, Any]] = Stage(())
+
+
+def generated(label: str, factory: Callable[[], AsyncIterator[T]]) -> Flow[T]:
+    """A `Flow` over the iterator that ``factory()`` returns when iterated."""
+    return Flow(_Generated(label, factory), _IDENTITY)
+
+
+class Flow(AsyncIterator[T_co]):
+    """The result of running a stage: an async iterator and context manager.
+
+    A flow is lazy: nothing is pulled from the source until the first item is
+    requested. Use it in ``async with`` to close every upstream iterator
+    deterministically when the block ends, however it ends::
+
+        async with source | map_(parse) as items:
+            async for item in items:
+                ...
+
+    The terminal helpers (`collect`, `first`, ...) close it for you. A flow is
+    single-use; piping it into another stage hands it over to the new flow.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import map_
+        >>> async def main() -> list[int]:
+        ...     async with range(3) | map_(lambda x: x + 1) as items:
+        ...         return [item async for item in items]
+        >>> asyncio.run(main())
+        [1, 2, 3]
+    """
+
+    __slots__ = ("_iterator", "_state", "source", "stage")
+
+    def __init__(self, source: Source[Any], stage: Stage[Any, T_co]) -> None:
+        self.source = source
+        self.stage = stage
+        self._iterator: AsyncIterator[T_co] | None = None
+        self._state: Literal["new", "open", "handed-over", "closed"] = "new"
+
+    def __repr__(self) -> str:
+        source = getattr(self.source, "label", None) or type(self.source).__name__
+        return f"<Flow {source} | {self.stage.label} ({self._state})>"
+
+    # -- internal protocol -------------------------------------------------
+
+    def take_over(self) -> bool:
+        """Hand this unopened flow to a new, longer flow (for fusion)."""
+        if self._state != "new":
+            return False
+        self._state = "handed-over"
+        return True
+
+    def claim(self) -> bool:
+        """Claim this unopened flow for a terminal's plain-loop fast path."""
+        if self._state != "new":
+            return False
+        self._state = "closed"
+        return True
+
+    def _open(self) -> AsyncIterator[T_co]:
+        if self._state == "handed-over":
+            raise RuntimeError(f"{self!r} was piped into another stage; iterate that flow instead")
+        if self._state == "closed":
+            return _EMPTY_ITERATOR
+        parts = self.stage._plan  # pyright: ignore[reportPrivateUsage]
+        source = self.source
+        iterator: AsyncIterator[Any]
+        if parts and isinstance(parts[0], Segment) and is_sync_source(source):
+            iterator = run_segment_sync(parts[0].ops, iter(cast("Iterable[Any]", source)))
+            parts = parts[1:]
+        else:
+            iterator = open_async(source)
+        for part in parts:
+            if isinstance(part, Segment):
+                iterator = run_segment(part.ops, iterator)
+            else:
+                iterator = part.run(iterator)
+        self._iterator = iterator
+        self._state = "open"
+        return iterator
+
+    # -- AsyncIterator -----------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[T_co]:  # noqa: PYI034 - returns the inner iterator
+        # Hand out the innermost iterator itself: `async for` then runs at
+        # native async-generator speed, with no wrapper call per item.
+        iterator = self._iterator
+        if iterator is None:
+            iterator = self._open()
+        return iterator
+
+    def __anext__(self) -> Awaitable[T_co]:
+        iterator = self._iterator
+        if iterator is None:
+            iterator = self._open()
+        return iterator.__anext__()
+
+    async def aclose(self) -> None:
+        """Close the flow and, through it, every upstream iterator."""
+        state = self._state
+        self._state = "closed"
+        if state == "open":
+            iterator, self._iterator = self._iterator, _EMPTY_ITERATOR
+            await aclose(iterator)
+        elif state == "new":
+            # Never iterated: close the source if it is itself an iterator.
+            source = self.source
+            if isinstance(source, Flow | AsyncIterator | Iterator):
+                await aclose(source)
+
+    async def __aenter__(self) -> Flow[T_co]:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class _EmptyIterator(AsyncIterator[Any]):
+    __slots__ = ()
+
+    async def __anext__(self) -> Any:
+        raise StopAsyncIteration
+
+
+_EMPTY_ITERATOR: Final = _EmptyIterator()
+
+
+def check_int(value: object, parameter: str) -> int:
+    """Raise `TypeError` naming ``parameter`` unless ``value`` is an int (not a bool)."""
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{parameter} must be an int, got {type(value).__name__}: {value!r}")
+    return value
+
+
+def check_bool(value: object, parameter: str) -> bool:
+    """Raise `TypeError` naming ``parameter`` unless ``value`` is a bool."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{parameter} must be a bool, got {type(value).__name__}: {value!r}")
+    return value
+
+
+def check_count(value: object, parameter: str, *, minimum: int) -> int:
+    """Validate an integer option; raise naming ``parameter`` if it is wrong."""
+    check_int(value, parameter)
+    assert isinstance(value, int)
+    if value < minimum:
+        raise ValueError(f"{parameter} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_seconds(value: object, parameter: str) -> float:
+    """Validate a positive, finite duration in seconds."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise TypeError(f"{parameter} must be a number of seconds, got {type(value).__name__}")
+    seconds = float(value)
+    if not seconds > 0 or seconds == float("inf"):
+        raise ValueError(f"{parameter} must be a positive, finite number of seconds, got {value}")
+    return seconds

@@ -1,0 +1,259 @@
+"""Select operators: which items go on."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ._core import (
+    Passthrough,
+    Stage,
+    aclose,
+    annotate,
+    check_callable,
+    check_count,
+    describe,
+    is_async_callable,
+    item_stage,
+    transform_stage,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+
+T = TypeVar("T")
+
+
+def filter_(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) -> Stage[T, T]:
+    """Keep the items for which ``fn`` returns a truthy value.
+
+    ``fn`` may be sync or async. Consecutive `map_`, `filter_` and `tap`
+    stages run fused in a single loop.
+
+    Args:
+        fn: The predicate.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, filter_
+        >>> asyncio.run(collect(range(6) | filter_(lambda x: x % 3 == 0)))
+        [0, 3]
+    """
+    check_callable(fn, "fn")
+    return item_stage("filter", fn, f"filter_({describe(fn)})")
+
+
+def take(n: int, /) -> Passthrough:
+    """Yield the first ``n`` items, then stop and close the upstream.
+
+    The upstream is closed as soon as the ``n``-th item has been pulled, so a
+    source's ``finally`` has run before that item reaches the consumer.
+
+    Args:
+        n: How many items to take (0 or more).
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, take
+        >>> asyncio.run(collect(range(10) | take(3)))
+        [0, 1, 2]
+    """
+    check_count(n, "n", minimum=0)
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _take(upstream, n)
+
+    return Passthrough(transform_stage(f"take({n})", run).steps)
+
+
+async def _take(upstream: AsyncIterator[Any], n: int) -> AsyncIterator[Any]:
+    try:
+        if n == 0:
+            return
+        remaining = n
+        async for item in upstream:
+            remaining -= 1
+            if remaining == 0:
+                await aclose(upstream)
+                yield item
+                return
+            yield item
+    finally:
+        await aclose(upstream)
+
+
+def skip(n: int, /) -> Passthrough:
+    """Drop the first ``n`` items, yield the rest.
+
+    Args:
+        n: How many items to drop (0 or more).
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, skip
+        >>> asyncio.run(collect(range(5) | skip(3)))
+        [3, 4]
+    """
+    check_count(n, "n", minimum=0)
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _skip(upstream, n)
+
+    return Passthrough(transform_stage(f"skip({n})", run).steps)
+
+
+async def _skip(upstream: AsyncIterator[Any], n: int) -> AsyncIterator[Any]:
+    try:
+        remaining = n
+        async for item in upstream:
+            if remaining:
+                remaining -= 1
+                continue
+            yield item
+    finally:
+        await aclose(upstream)
+
+
+def take_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) -> Stage[T, T]:
+    """Yield items while ``fn`` holds; stop at the first item where it fails.
+
+    The failing item is not yielded, and the upstream is closed at once.
+
+    Args:
+        fn: The predicate (sync or async).
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, take_while
+        >>> asyncio.run(collect([1, 2, 5, 1] | take_while(lambda x: x < 3)))
+        [1, 2]
+    """
+    return _while_stage("take_while", fn, taking=True)
+
+
+def skip_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) -> Stage[T, T]:
+    """Drop items while ``fn`` holds; yield everything from the first failure on.
+
+    Args:
+        fn: The predicate (sync or async); not called again once it fails.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, skip_while
+        >>> asyncio.run(collect([1, 2, 5, 1] | skip_while(lambda x: x < 3)))
+        [5, 1]
+    """
+    return _while_stage("skip_while", fn, taking=False)
+
+
+def _while_stage(name: str, fn: Callable[[Any], Any], *, taking: bool) -> Stage[Any, Any]:
+    check_callable(fn, "fn")
+    label = f"{name}({describe(fn)})"
+    known_async = is_async_callable(fn)
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        if taking:
+            return _take_while(upstream, fn, known_async, label)
+        return _skip_while(upstream, fn, known_async, label)
+
+    return transform_stage(label, run)
+
+
+async def _take_while(
+    upstream: AsyncIterator[Any], fn: Callable[[Any], Any], known_async: bool, label: str
+) -> AsyncIterator[Any]:
+    awaits: bool | None = True if known_async else None
+    index = -1
+    try:
+        async for item in upstream:
+            index += 1
+            try:
+                keep = fn(item)
+                if awaits is None:
+                    awaits = inspect.isawaitable(keep)
+                if awaits:
+                    keep = await keep
+            except Exception as exc:
+                annotate(exc, label, index)
+                raise
+            if not keep:
+                return
+            yield item
+    finally:
+        await aclose(upstream)
+
+
+async def _skip_while(
+    upstream: AsyncIterator[Any], fn: Callable[[Any], Any], known_async: bool, label: str
+) -> AsyncIterator[Any]:
+    awaits: bool | None = True if known_async else None
+    index = -1
+    try:
+        async for item in upstream:
+            index += 1
+            try:
+                drop = fn(item)
+                if awaits is None:
+                    awaits = inspect.isawaitable(drop)
+                if awaits:
+                    drop = await drop
+            except Exception as exc:
+                annotate(exc, label, index)
+                raise
+            if not drop:
+                yield item
+                break
+        async for item in upstream:
+            yield item
+    finally:
+        await aclose(upstream)
+
+
+def distinct(*, key: Callable[[Any], Hashable] | None = None) -> Passthrough:
+    """Yield each item the first time it (or its ``key``) is seen.
+
+    Memory grows with the number of distinct keys: every key seen is kept
+    until the flow ends.
+
+    Args:
+        key: Maps an item to the hashable value compared (sync only); the
+            item itself when omitted.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, distinct
+        >>> asyncio.run(collect(["a", "B", "b", "A", "c"] | distinct(key=str.lower)))
+        ['a', 'B', 'c']
+    """
+    if key is not None:
+        check_callable(key, "key")
+        if is_async_callable(key):
+            raise TypeError("key must be a synchronous function")
+    label = "distinct()" if key is None else f"distinct(key={describe(key)})"
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _distinct(upstream, key, label)
+
+    return Passthrough(transform_stage(label, run).steps)
+
+
+async def _distinct(
+    upstream: AsyncIterator[Any], key: Callable[[Any], Hashable] | None, label: str
+) -> AsyncIterator[Any]:
+    seen: set[Hashable] = set()
+    add = seen.add
+    index = -1
+    try:
+        async for item in upstream:
+            index += 1
+            try:
+                marker = item if key is None else key(item)
+                if marker in seen:
+                    continue
+                add(marker)
+            except Exception as exc:
+                annotate(exc, label, index)
+                raise
+            yield item
+    finally:
+        await aclose(upstream)

@@ -1,0 +1,268 @@
+"""Transform operators: one item in, some items out."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+
+from ._core import (
+    FlattenStage,
+    IndexedStage,
+    Stage,
+    aclose,
+    annotate,
+    check_callable,
+    check_int,
+    describe,
+    is_async_callable,
+    is_async_iterable,
+    is_iterable,
+    item_stage,
+    transform_stage,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
+
+T = TypeVar("T")
+R = TypeVar("R")
+A = TypeVar("A")
+
+
+@overload
+def map_(fn: Callable[[T], Awaitable[R]], /) -> Stage[T, R]: ...
+@overload
+def map_(fn: Callable[[T], R], /) -> Stage[T, R]: ...
+def map_(fn: Callable[[Any], Any], /) -> Stage[Any, Any]:
+    """Apply ``fn`` to every item.
+
+    ``fn`` may be sync or async (a coroutine function, an object with an
+    async ``__call__``, or any function returning an awaitable); async
+    results are awaited. Consecutive `map_`, `filter_` and `tap` stages run
+    fused in a single loop.
+
+    Args:
+        fn: The function applied to each item.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, map_
+        >>> asyncio.run(collect(["1", "22"] | map_(len)))
+        [1, 2]
+    """
+    check_callable(fn, "fn")
+    return item_stage("map", fn, f"map_({describe(fn)})")
+
+
+def tap(fn: Callable[[T], object], /) -> Stage[T, T]:
+    """Call ``fn`` on every item for its side effect; pass the item on.
+
+    Args:
+        fn: Called with each item (sync or async); its result is ignored.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, tap
+        >>> seen = []
+        >>> asyncio.run(collect([1, 2] | tap(seen.append)))
+        [1, 2]
+        >>> seen
+        [1, 2]
+    """
+    check_callable(fn, "fn")
+    return item_stage("tap", fn, f"tap({describe(fn)})")
+
+
+@overload
+def flat_map(fn: Callable[[T], Awaitable[Iterable[R]]], /) -> Stage[T, R]: ...
+@overload
+def flat_map(fn: Callable[[T], AsyncIterable[R]], /) -> Stage[T, R]: ...
+@overload
+def flat_map(fn: Callable[[T], Iterable[R]], /) -> Stage[T, R]: ...
+def flat_map(fn: Callable[[Any], Any], /) -> Stage[Any, Any]:
+    """Apply ``fn`` to every item and yield the elements of each result.
+
+    ``fn`` may return an iterable, an async iterable, or an awaitable of an
+    iterable. An inner async iterator is closed if the flow stops part way.
+
+    Args:
+        fn: Maps one item to an iterable of output items.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, flat_map
+        >>> asyncio.run(collect([1, 3] | flat_map(range)))
+        [0, 0, 1, 2]
+    """
+    check_callable(fn, "fn")
+    label = f"flat_map({describe(fn)})"
+    known_async = is_async_callable(fn)
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _flat_map(upstream, fn, known_async, label)
+
+    return transform_stage(label, run)
+
+
+async def _flat_map(
+    upstream: AsyncIterator[Any], fn: Callable[[Any], Any], known_async: bool, label: str
+) -> AsyncIterator[Any]:
+    awaits: bool | None = True if known_async else None
+    index = -1
+    try:
+        async for item in upstream:
+            index += 1
+            try:
+                result = fn(item)
+                if awaits is None:
+                    awaits = inspect.isawaitable(result)
+                if awaits:
+                    result = await result
+                if not is_iterable(result):
+                    raise TypeError(
+                        f"{label} must return an iterable or an async iterable, "
+                        f"got {type(result).__name__}"
+                    )
+            except Exception as exc:
+                annotate(exc, label, index)
+                raise
+            async for element in _elements(result):
+                yield element
+    finally:
+        await aclose(upstream)
+
+
+async def _elements(iterable: object) -> AsyncIterator[Any]:
+    if is_async_iterable(iterable):
+        inner = aiter(iterable)
+        try:
+            async for element in inner:
+                yield element
+        finally:
+            await aclose(inner)
+    else:
+        for element in cast("Iterable[Any]", iterable):
+            yield element
+
+
+def flatten() -> FlattenStage:
+    """Yield the elements of every item; items are iterables or async iterables.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, flatten
+        >>> asyncio.run(collect([[1, 2], [], [3]] | flatten()))
+        [1, 2, 3]
+    """
+    return FlattenStage(_flatten_steps)
+
+
+def _run_flatten(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    return _flatten(upstream)
+
+
+async def _flatten(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    index = -1
+    try:
+        async for item in upstream:
+            index += 1
+            if not is_iterable(item):
+                error = TypeError(
+                    f"flatten() needs iterable items, got {type(item).__name__}: {item!r}"
+                )
+                annotate(error, "flatten()", index)
+                raise error
+            async for element in _elements(item):
+                yield element
+    finally:
+        await aclose(upstream)
+
+
+_flatten_steps = transform_stage("flatten()", _run_flatten).steps
+
+
+@overload
+def scan(fn: Callable[[A, T], Awaitable[A]], initial: A, /) -> Stage[T, A]: ...
+@overload
+def scan(fn: Callable[[A, T], A], initial: A, /) -> Stage[T, A]: ...
+def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
+    """Yield the running accumulation ``acc = fn(acc, item)`` after each item.
+
+    The initial value itself is not yielded; the accumulator type may differ
+    from the item type.
+
+    Args:
+        fn: Combines the accumulator with the next item (sync or async).
+        initial: The accumulator before the first item.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, scan
+        >>> asyncio.run(collect([1, 2, 3] | scan(lambda total, x: total + x, 0)))
+        [1, 3, 6]
+    """
+    check_callable(fn, "fn")
+    label = f"scan({describe(fn)})"
+    known_async = is_async_callable(fn)
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _scan(upstream, fn, initial, known_async, label)
+
+    return transform_stage(label, run)
+
+
+async def _scan(
+    upstream: AsyncIterator[Any],
+    fn: Callable[[Any, Any], Any],
+    accumulator: Any,
+    known_async: bool,
+    label: str,
+) -> AsyncIterator[Any]:
+    awaits: bool | None = True if known_async else None
+    index = -1
+    try:
+        async for item in upstream:
+            index += 1
+            try:
+                result = fn(accumulator, item)
+                if awaits is None:
+                    awaits = inspect.isawaitable(result)
+                if awaits:
+                    result = await result
+            except Exception as exc:
+                annotate(exc, label, index)
+                raise
+            accumulator = result
+            yield accumulator
+    finally:
+        await aclose(upstream)
+
+
+def enumerate_(start: int = 0) -> IndexedStage:
+    """Pair every item with its index: ``(start, a), (start + 1, b), ...``.
+
+    Args:
+        start: The first index.
+
+    Example:
+        >>> import asyncio
+        >>> from streamkit import collect, enumerate_
+        >>> asyncio.run(collect("ab" | enumerate_(1)))
+        [(1, 'a'), (2, 'b')]
+    """
+    check_int(start, "start")
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _enumerate(upstream, start)
+
+    return IndexedStage(transform_stage(f"enumerate_({start})", run).steps)
+
+
+async def _enumerate(upstream: AsyncIterator[Any], start: int) -> AsyncIterator[tuple[int, Any]]:
+    index = start
+    try:
+        async for item in upstream:
+            yield index, item
+            index += 1
+    finally:
+        await aclose(upstream)
