@@ -28,7 +28,7 @@ from ._core import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -60,7 +60,7 @@ def chunk(size: int, /, *, within: float | None = None) -> ListStage:
         size: The largest number of items in a list (1 or more).
         within: The longest an item may wait in a partial list, in seconds.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import chunk, collect
         >>> asyncio.run(collect(range(5) | chunk(2)))
@@ -108,7 +108,7 @@ def window(size: int, /, *, step: int = 1) -> TupleStage:
         size: Items per window (1 or more).
         step: Items between the starts of two windows (1 or more).
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, window
         >>> asyncio.run(collect(range(5) | window(3)))
@@ -149,7 +149,7 @@ async def _window(upstream: AsyncIterator[Any], size: int, step: int) -> AsyncIt
 def pairwise() -> PairStage:
     """Yield each item paired with the next: ``(a, b), (b, c), ...``.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, pairwise
         >>> asyncio.run(collect("abc" | pairwise()))
@@ -193,7 +193,7 @@ def _sync_plan(source: object) -> tuple[Iterable[Any], Segment | None] | None:
     if not is_sync_source(inner) or len(parts) > 1:
         return None
     segment = parts[0] if parts else None
-    if isinstance(segment, Transform) or not flow.claim():
+    if isinstance(segment, Transform) or not flow._claim():  # pyright: ignore[reportPrivateUsage]
         return None
     return cast("Iterable[Any]", inner), segment
 
@@ -207,7 +207,7 @@ async def collect(source: Source[T], /) -> list[T]:
     Args:
         source: A flow, or any iterable or async iterable.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, map_
         >>> asyncio.run(collect(range(3) | map_(str)))
@@ -227,11 +227,17 @@ async def collect(source: Source[T], /) -> list[T]:
 
 
 @overload
-async def fold(source: Source[T], fn: Callable[[A, T], Awaitable[A]], initial: A, /) -> A: ...
+def fold(
+    source: Source[T], fn: Callable[[A, T], Awaitable[A]], initial: A, /
+) -> Coroutine[Any, Any, A]: ...
 @overload
-async def fold(source: Source[T], fn: Callable[[A, T], A], initial: A, /) -> A: ...
-async def fold(source: Source[Any], fn: Callable[[Any, Any], Any], initial: Any, /) -> Any:
+def fold(source: Source[T], fn: Callable[[A, T], A], initial: A, /) -> Coroutine[Any, Any, A]: ...
+def fold(
+    source: Source[Any], fn: Callable[[Any, Any], Any], initial: Any, /
+) -> Coroutine[Any, Any, Any]:
     """Combine all items into one value: ``acc = fn(acc, item)``, from ``initial``.
+
+    A bad ``fn`` raises `TypeError` at once, before anything is awaited.
 
     Args:
         source: A flow, or any iterable or async iterable.
@@ -239,13 +245,20 @@ async def fold(source: Source[Any], fn: Callable[[Any, Any], Any], initial: Any,
         initial: The accumulator before the first item; returned for an
             empty stream.
 
-    Example:
+    Returns:
+        A coroutine that runs the flow to the end and returns the result.
+
+    Examples:
         >>> import asyncio
         >>> from streamkit import fold
         >>> asyncio.run(fold(["a", "bb", "ccc"], lambda total, s: total + len(s), 0))
         6
     """
     check_callable(fn, "fn")
+    return _fold(source, fn, initial)
+
+
+async def _fold(source: Source[Any], fn: Callable[[Any, Any], Any], initial: Any) -> Any:
     label = f"fold({describe(fn)})"
     awaits: bool | None = True if is_async_callable(fn) else None
     accumulator = initial
@@ -281,7 +294,7 @@ async def first(source: Source[Any], /, *, default: Any = _NO_DEFAULT) -> Any:
         default: Returned for an empty stream; without it an empty stream
             raises `ValueError`.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import first
         >>> asyncio.run(first(range(5, 10)))
@@ -312,7 +325,7 @@ async def last(source: Source[Any], /, *, default: Any = _NO_DEFAULT) -> Any:
         default: Returned for an empty stream; without it an empty stream
             raises `ValueError`.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import last
         >>> asyncio.run(last(range(5)))
@@ -335,7 +348,7 @@ async def last(source: Source[Any], /, *, default: Any = _NO_DEFAULT) -> Any:
 async def count(source: Source[Any], /) -> int:
     """Run the flow to the end and return how many items it yielded.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import count, filter_
         >>> asyncio.run(count(range(10) | filter_(lambda x: x % 2)))
@@ -354,7 +367,7 @@ async def count(source: Source[Any], /) -> int:
 async def drain(source: Source[Any], /) -> None:
     """Run the flow to the end for its side effects, discarding the items.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import drain, tap
         >>> seen = []

@@ -41,6 +41,8 @@ from typing import (
     overload,
 )
 
+from ._records import Envelope
+
 if TYPE_CHECKING:
     from types import TracebackType
 
@@ -133,6 +135,24 @@ async def aclose(iterator: object) -> None:
         sync_close()
 
 
+async def close_all(iterators: Iterable[object]) -> None:
+    """Close every iterator in turn, even if closing one of them fails.
+
+    One failure is re-raised as it is; several are raised together in an
+    exception group, so none is lost.
+    """
+    errors: list[BaseException] = []
+    for iterator in iterators:
+        try:
+            await aclose(iterator)
+        except BaseException as exc:
+            errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        raise BaseExceptionGroup("closing several iterators failed", errors)
+
+
 async def _entered(context_iterator: Any) -> AsyncGenerator[Any, None]:
     # Iterators that are also async context managers (aiostream's streamers)
     # must be iterated inside their context.
@@ -152,9 +172,13 @@ async def _from_sync(iterator: Iterator[T]) -> AsyncGenerator[T, None]:
 
 
 def open_async(source: Source[T]) -> AsyncIterator[T]:
-    """Return an async iterator over any source, without starting it."""
+    """Return an async iterator over any source, without starting it.
+
+    A flow is returned as it is: closing it closes its whole chain, and
+    ``async for`` over it still runs at its inner generator's speed.
+    """
     if isinstance(source, Flow):
-        return source.__aiter__()
+        return source
     if hasattr(source, "__aiter__"):
         iterator = cast("AsyncIterable[T]", source).__aiter__()
         if hasattr(type(iterator), "__aenter__"):
@@ -187,6 +211,11 @@ def is_iterable(value: object) -> bool:
     return hasattr(value, "__aiter__") or isinstance(value, Iterable)
 
 
+def is_envelope(value: object) -> TypeGuard[Envelope[Any]]:
+    """True for envelopes (of any value type)."""
+    return isinstance(value, Envelope)
+
+
 def is_sync_source(source: object) -> bool:
     """True for plain iterables that are not also async iterables."""
     return not hasattr(source, "__aiter__") and isinstance(source, Iterable)
@@ -207,6 +236,43 @@ class ItemOp:
     label: str
     is_async: bool
     """True when the function is known to be async at construction."""
+    may_drop: bool = False
+    """For a map: the function may return `SKIP` to drop the item (counted as
+    dropped, like a filtered item). Plain maps pay nothing for this."""
+    per_run: Callable[[], Callable[[Any], Any]] | None = None
+    """When set, called once at the start of every run to make the function
+    used in that run (so a wrapper can keep per-run counters); ``fn`` is then
+    the user's function, kept for labels and introspection."""
+
+    with_state: bool = False
+    """The function is called as ``fn(value, state)`` on envelope streams."""
+
+    def function_for_run(self) -> Callable[[Any], Any]:
+        """The function to call in a new run."""
+        return self.fn if self.per_run is None else self.per_run()
+
+
+@dataclass(frozen=True, slots=True)
+class ConcurrentOp:
+    """The per-item function and options behind an item-level `Transform`.
+
+    ``map_``, ``filter_`` and ``flat_map`` with ``concurrency > 1`` (and
+    ``flat_map`` always) run as a `Transform`; this record keeps what they
+    apply to each item discoverable, so that wrappers (a retry, say) can
+    rebuild the stage around a wrapped function with the same options.
+    """
+
+    kind: Literal["map", "filter", "flat_map"]
+    fn: Callable[[Any], Any]
+    label: str
+    is_async: bool
+    """True when the function is known to be async at construction."""
+    concurrency: int
+    """The most calls in flight at once (1: sequential)."""
+    ordered: bool
+    """Whether results keep the input order."""
+    window: int
+    """How many finished results may wait for an earlier, slower call."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,10 +281,12 @@ class Transform:
 
     ``run(upstream)`` returns an async iterator over the output. It owns the
     upstream from then on and must close it when it ends, however it ends.
+    ``item``, when set, describes the per-item function the transform applies.
     """
 
     label: str
     run: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]
+    item: ConcurrentOp | None = None
 
 
 Step: TypeAlias = ItemOp | Transform
@@ -258,22 +326,26 @@ class SegmentRun:
     """One run of a fused segment: call modes and the counters behind notes.
 
     Each item function is either known to be async at construction or is
-    classified by its first result in this run (awaitable or not). Until every
-    function is classified, items go through `probe`; then `compile` builds a
-    chain of closures, synchronous when every function is.
+    classified by its first result in this run (awaitable or not), and the
+    first item tells whether the stream carries envelopes. Until all of that
+    is known, items go through `probe`; then `compile` builds a chain of
+    closures, synchronous when every function is. Nothing is type-tested per
+    item after that.
     """
 
-    __slots__ = ("drops", "failed", "modes", "ops")
+    __slots__ = ("drops", "enveloped", "failed", "fns", "modes", "ops")
 
     def __init__(self, ops: tuple[ItemOp, ...]) -> None:
         self.ops = ops
+        self.fns: list[Callable[..., Any]] = [op.function_for_run() for op in ops]
         self.modes: list[bool | None] = [True if op.is_async else None for op in ops]
         self.drops = [0] * len(ops)
         self.failed: int | None = None
+        self.enveloped: bool | None = None
 
     def decided(self) -> bool:
-        """Whether every function's call mode is known."""
-        return None not in self.modes
+        """Whether every function's call mode, and the stream's kind, are known."""
+        return self.enveloped is not None and None not in self.modes
 
     def annotate(self, exc: BaseException, index: int) -> None:
         """Note which operation failed, and on which item of *its* input."""
@@ -282,10 +354,21 @@ class SegmentRun:
 
     async def probe(self, item: Any) -> Any:
         """Run one item through every operation, classifying functions."""
+        if self.enveloped is None:
+            self.enveloped = is_envelope(item)
+            if not self.enveloped:
+                for op in self.ops:
+                    if op.with_state:
+                        raise TypeError(
+                            f"{op.label} was built with with_state=True, which needs a stream "
+                            f"of Envelope items; got {type(item).__name__} (use envelop() first)"
+                        )
+        if self.enveloped:
+            return await self._probe_envelope(item)
         modes = self.modes
         for k, op in enumerate(self.ops):
             try:
-                result = op.fn(item)
+                result = self.fns[k](item)
                 mode = modes[k]
                 if mode is None:
                     mode = modes[k] = inspect.isawaitable(result)
@@ -295,14 +378,61 @@ class SegmentRun:
                 self.failed = k
                 raise
             if op.kind == "map":
+                if result is SKIP:
+                    self.drops[k] += 1
+                    return SKIP
                 item = result
             elif op.kind == "filter" and not result:
                 self.drops[k] += 1
                 return SKIP
         return item
 
+    async def _probe_envelope(self, envelope: Envelope[Any]) -> Any:
+        value, state = envelope.value, envelope.state
+        modes = self.modes
+        for k, op in enumerate(self.ops):
+            fn = self.fns[k]
+            try:
+                result = fn(value, state) if op.with_state else fn(value)
+                mode = modes[k]
+                if mode is None:
+                    mode = modes[k] = inspect.isawaitable(result)
+                if mode:
+                    result = await result
+            except Exception:
+                self.failed = k
+                raise
+            if op.kind == "map":
+                if result is SKIP:
+                    self.drops[k] += 1
+                    return SKIP
+                if op.with_state and is_envelope(result):
+                    value, state = result.value, result.state
+                else:
+                    value = result
+            elif op.kind == "filter" and not result:
+                self.drops[k] += 1
+                return SKIP
+        if value is envelope.value and state is envelope.state:
+            return envelope
+        return Envelope(value, state)
+
     def compile(self) -> tuple[Callable[[Any], Any], bool]:
         """Build the per-item function; the flag says whether it is async."""
+        if not self.enveloped:
+            return self._compile()
+        if not any(op.with_state for op in self.ops):
+            # No function sees the state: run the plain chain on the values
+            # and re-wrap once per item, not once per operation.
+            step, is_async = self._compile()
+            return (_async_rewrap(step) if is_async else _sync_rewrap(step)), is_async
+        self.fns = [
+            _envelope_adapter(op, fn, bool(mode))
+            for op, fn, mode in zip(self.ops, self.fns, self.modes, strict=True)
+        ]
+        return self._compile()
+
+    def _compile(self) -> tuple[Callable[[Any], Any], bool]:
         if all(mode is False for mode in self.modes):
             step: Callable[[Any], Any] | None = None
             for k in reversed(range(len(self.ops))):
@@ -317,10 +447,79 @@ class SegmentRun:
         return astep, True
 
 
+def _sync_rewrap(step: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def rewrap(envelope: Envelope[Any]) -> Any:
+        value = envelope.value
+        result = step(value)
+        if result is SKIP or result is value:
+            return result if result is SKIP else envelope
+        return Envelope(result, envelope.state)
+
+    return rewrap
+
+
+def _async_rewrap(step: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awaitable[Any]]:
+    async def rewrap(envelope: Envelope[Any]) -> Any:
+        value = envelope.value
+        result = await step(value)
+        if result is SKIP or result is value:
+            return result if result is SKIP else envelope
+        return Envelope(result, envelope.state)
+
+    return rewrap
+
+
+def _envelope_adapter(op: ItemOp, fn: Callable[..., Any], awaits: bool) -> Callable[[Any], Any]:
+    """Make ``fn`` work on envelopes, for a segment where some function sees the state.
+
+    Maps re-wrap their result with the item's state (or take the envelope a
+    ``with_state`` map returns); filters and taps see the value (and state).
+    """
+    if op.kind != "map":
+        if op.with_state:
+            return lambda envelope: fn(envelope.value, envelope.state)
+        return lambda envelope: fn(envelope.value)
+
+    def wrap(envelope: Envelope[Any], result: Any) -> Any:
+        if result is SKIP or (op.with_state and is_envelope(result)):
+            return result
+        return Envelope(result, envelope.state)
+
+    if awaits:
+
+        async def async_map(envelope: Envelope[Any]) -> Any:
+            if op.with_state:
+                return wrap(envelope, await fn(envelope.value, envelope.state))
+            return wrap(envelope, await fn(envelope.value))
+
+        return async_map
+
+    def sync_map(envelope: Envelope[Any]) -> Any:
+        if op.with_state:
+            return wrap(envelope, fn(envelope.value, envelope.state))
+        return wrap(envelope, fn(envelope.value))
+
+    return sync_map
+
+
 def _sync_link(run: SegmentRun, k: int, nxt: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
     op = run.ops[k]
-    fn = op.fn
+    fn = run.fns[k]
     drops = run.drops
+    if op.kind == "map" and op.may_drop:
+
+        def dropping_map_link(item: Any) -> Any:
+            try:
+                result = fn(item)
+            except Exception:
+                run.failed = k
+                raise
+            if result is SKIP:
+                drops[k] += 1
+                return SKIP
+            return result if nxt is None else nxt(result)
+
+        return dropping_map_link
     if op.kind == "map":
         if nxt is None:
             # The last map needs no wrapper: a failure that no wrapper marks
@@ -394,7 +593,7 @@ def _async_link(
     run: SegmentRun, k: int, nxt: Callable[[Any], Awaitable[Any]] | None
 ) -> Callable[[Any], Awaitable[Any]]:
     op = run.ops[k]
-    fn = op.fn
+    fn = run.fns[k]
     awaits = bool(run.modes[k])
     kind = op.kind
     drops = run.drops
@@ -408,6 +607,9 @@ def _async_link(
             run.failed = k
             raise
         if kind == "map":
+            if result is SKIP:
+                drops[k] += 1
+                return SKIP
             item = result
         elif kind == "filter" and not result:
             drops[k] += 1
@@ -581,7 +783,7 @@ class Stage(Generic[In, Out]):
     Consecutive item-level stages (`map_`, `filter_`, `tap` with their default
     options) are fused into a single loop when the flow runs.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import map_, filter_, collect
         >>> evens_doubled = filter_(lambda x: x % 2 == 0) | map_(lambda x: x * 2)
@@ -655,7 +857,7 @@ def _apply(stage: Stage[Any, Any], source: object) -> Any:
     if is_flow(source):
         # `src | a | b` parses as `(src | a) | b`: extend the flow so that
         # `a` and `b` can be fused.
-        if source.take_over():
+        if source._take_over():  # pyright: ignore[reportPrivateUsage]
             return Flow(source.source, compose(source.stage, stage))
     elif not hasattr(source, "__aiter__") and not isinstance(source, Iterable):
         raise TypeError(
@@ -682,7 +884,18 @@ class _ShapeStage(Stage[Any, Any]):
 class Passthrough(_ShapeStage):
     """A stage whose items come out with the type they went in with.
 
-    Returned by `take`, `skip`, `distinct`, `buffer`, `throttle`, ...
+    Returned by `take`, `skip`, `distinct`, `buffer`, `throttle`, ...: the
+    item type is taken from the source when the stage is applied, so
+    ``range(5) | take(2)`` is a ``Flow[int]``.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import Passthrough, collect, skip, take
+        >>> middle = skip(1) | take(2)
+        >>> isinstance(middle, Passthrough)
+        True
+        >>> asyncio.run(collect("abcd" | middle))
+        ['b', 'c']
     """
 
     __slots__ = ()
@@ -717,7 +930,18 @@ class Passthrough(_ShapeStage):
 
 
 class ListStage(_ShapeStage):
-    """A stage that groups items into lists (`chunk`)."""
+    """A stage that groups items into lists (`chunk`).
+
+    Applied to a source of ``T`` it gives a ``Flow[list[T]]``.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import ListStage, chunk, collect
+        >>> isinstance(chunk(2), ListStage)
+        True
+        >>> asyncio.run(collect("abc" | chunk(2)))
+        [['a', 'b'], ['c']]
+    """
 
     __slots__ = ()
 
@@ -730,7 +954,18 @@ class ListStage(_ShapeStage):
 
 
 class TupleStage(_ShapeStage):
-    """A stage that groups items into tuples (`window`)."""
+    """A stage that groups items into tuples (`window`).
+
+    Applied to a source of ``T`` it gives a ``Flow[tuple[T, ...]]``.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import TupleStage, collect, window
+        >>> isinstance(window(2), TupleStage)
+        True
+        >>> asyncio.run(collect("abc" | window(2)))
+        [('a', 'b'), ('b', 'c')]
+    """
 
     __slots__ = ()
 
@@ -743,7 +978,18 @@ class TupleStage(_ShapeStage):
 
 
 class PairStage(_ShapeStage):
-    """A stage that yields consecutive pairs (`pairwise`)."""
+    """A stage that yields consecutive pairs (`pairwise`).
+
+    Applied to a source of ``T`` it gives a ``Flow[tuple[T, T]]``.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import PairStage, collect, pairwise
+        >>> isinstance(pairwise(), PairStage)
+        True
+        >>> asyncio.run(collect([1, 4, 9] | pairwise()))
+        [(1, 4), (4, 9)]
+    """
 
     __slots__ = ()
 
@@ -756,7 +1002,18 @@ class PairStage(_ShapeStage):
 
 
 class IndexedStage(_ShapeStage):
-    """A stage that pairs each item with its index (`enumerate_`)."""
+    """A stage that pairs each item with its index (`enumerate_`).
+
+    Applied to a source of ``T`` it gives a ``Flow[tuple[int, T]]``.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import IndexedStage, collect, enumerate_
+        >>> isinstance(enumerate_(), IndexedStage)
+        True
+        >>> asyncio.run(collect("ab" | enumerate_()))
+        [(0, 'a'), (1, 'b')]
+    """
 
     __slots__ = ()
 
@@ -769,7 +1026,19 @@ class IndexedStage(_ShapeStage):
 
 
 class FlattenStage(_ShapeStage):
-    """A stage that yields the elements of each (async) iterable item (`flatten`)."""
+    """A stage that yields the elements of each (async) iterable item (`flatten`).
+
+    Applied to a source of ``Iterable[T]`` (or ``AsyncIterable[T]``) it gives
+    a ``Flow[T]``.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import FlattenStage, collect, flatten
+        >>> isinstance(flatten(), FlattenStage)
+        True
+        >>> asyncio.run(collect([["a"], ["b", "c"]] | flatten()))
+        ['a', 'b', 'c']
+    """
 
     __slots__ = ()
 
@@ -796,7 +1065,7 @@ def pipe(*stages: Stage[Any, Any]) -> Stage[Any, Any]:
     Use ``|`` when the static types matter: it keeps them precisely, while
     `pipe` of a dynamic list is typed ``Stage[Any, Any]``.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, map_, pipe, take
         >>> first_squares = pipe(map_(lambda x: x * x), take(3))
@@ -811,16 +1080,31 @@ def pipe(*stages: Stage[Any, Any]) -> Stage[Any, Any]:
     return Stage(steps)
 
 
-def item_stage(kind: ItemKind, fn: Callable[[Any], Any], label: str) -> Stage[Any, Any]:
-    """A stage made of one fusable item operation."""
-    return Stage((ItemOp(kind, fn, label, is_async_callable(fn)),))
+def item_stage(
+    kind: ItemKind,
+    fn: Callable[..., Any],
+    label: str,
+    *,
+    may_drop: bool = False,
+    per_run: Callable[[], Callable[..., Any]] | None = None,
+    is_async: bool | None = None,
+    with_state: bool = False,
+) -> Stage[Any, Any]:
+    """A stage made of one fusable item operation.
+
+    ``is_async`` overrides detection, for wrappers that are async themselves.
+    """
+    known_async = is_async_callable(fn) if is_async is None else is_async
+    return Stage((ItemOp(kind, fn, label, known_async, may_drop, per_run, with_state),))
 
 
 def transform_stage(
-    label: str, run: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]
+    label: str,
+    run: Callable[[AsyncIterator[Any]], AsyncIterator[Any]],
+    item: ConcurrentOp | None = None,
 ) -> Stage[Any, Any]:
-    """A stage made of one whole-stream transform."""
-    return Stage((Transform(label, run),))
+    """A stage made of one whole-stream transform (``item`` describes its per-item call)."""
+    return Stage((Transform(label, run, item),))
 
 
 def stage(
@@ -832,7 +1116,7 @@ def stage(
     arguments. streamkit closes the upstream when the generator ends, however
     it ends, so existing generators drop in unchanged.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from collections.abc import AsyncIterator
         >>> from streamkit import collect, stage
@@ -846,9 +1130,17 @@ def stage(
     """
     check_callable(fn, "fn")
     name = describe(fn)
+    try:
+        signature: inspect.Signature | None = inspect.signature(fn)
+    except (TypeError, ValueError):  # some builtins and C callables have none
+        signature = None
 
     @functools.wraps(fn)
     def factory(*args: P.args, **kwargs: P.kwargs) -> Stage[In, Out]:
+        if signature is not None:
+            # Wrong arguments fail here, when the stage is built, not mid-run.
+            signature.bind(None, *args, **kwargs)
+
         def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
             return _run_user_generator(fn(upstream, *args, **kwargs), upstream)
 
@@ -858,19 +1150,22 @@ def stage(
 
 
 async def _run_user_generator(
-    produced: AsyncIterator[Any], upstream: AsyncIterator[Any]
+    produced: object, upstream: AsyncIterator[Any]
 ) -> AsyncGenerator[Any, None]:
+    if inspect.iscoroutine(produced):
+        produced.close()  # an `async def` without `yield`: never awaited
     if not hasattr(produced, "__anext__"):
         await aclose(upstream)
         raise TypeError(
             f"a @stage function must return an async iterator, got {type(produced).__name__}"
         )
+    items = cast("AsyncIterator[Any]", produced)
     try:
-        async for item in produced:
+        async for item in items:
             yield item
     finally:
         try:
-            await aclose(produced)
+            await aclose(items)
         finally:
             await aclose(upstream)
 
@@ -904,16 +1199,11 @@ class Flow(AsyncIterator[T_co]):
 
     A flow is lazy: nothing is pulled from the source until the first item is
     requested. Use it in ``async with`` to close every upstream iterator
-    deterministically when the block ends, however it ends::
-
-        async with source | map_(parse) as items:
-            async for item in items:
-                ...
-
+    deterministically when the block ends, however it ends (see the example).
     The terminal helpers (`collect`, `first`, ...) close it for you. A flow is
     single-use; piping it into another stage hands it over to the new flow.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import map_
         >>> async def main() -> list[int]:
@@ -923,12 +1213,13 @@ class Flow(AsyncIterator[T_co]):
         [1, 2, 3]
     """
 
-    __slots__ = ("_iterator", "_state", "source", "stage")
+    __slots__ = ("_chain", "_iterator", "_state", "source", "stage")
 
     def __init__(self, source: Source[Any], stage: Stage[Any, T_co]) -> None:
         self.source = source
         self.stage = stage
         self._iterator: AsyncIterator[T_co] | None = None
+        self._chain: list[object] = []
         self._state: Literal["new", "open", "handed-over", "closed"] = "new"
 
     def __repr__(self) -> str:
@@ -937,14 +1228,14 @@ class Flow(AsyncIterator[T_co]):
 
     # -- internal protocol -------------------------------------------------
 
-    def take_over(self) -> bool:
+    def _take_over(self) -> bool:
         """Hand this unopened flow to a new, longer flow (for fusion)."""
         if self._state != "new":
             return False
         self._state = "handed-over"
         return True
 
-    def claim(self) -> bool:
+    def _claim(self) -> bool:
         """Claim this unopened flow for a terminal's plain-loop fast path."""
         if self._state != "new":
             return False
@@ -958,17 +1249,25 @@ class Flow(AsyncIterator[T_co]):
             return _EMPTY_ITERATOR
         parts = self.stage._plan  # pyright: ignore[reportPrivateUsage]
         source = self.source
+        # Every iterator of the chain is kept, so that closing the flow reaches
+        # the source even through generators that never started (closing an
+        # unstarted generator does not run its `finally`).
+        chain = self._chain
         iterator: AsyncIterator[Any]
         if parts and isinstance(parts[0], Segment) and is_sync_source(source):
-            iterator = run_segment_sync(parts[0].ops, iter(cast("Iterable[Any]", source)))
+            items = iter(cast("Iterable[Any]", source))
+            chain.append(items)
+            iterator = run_segment_sync(parts[0].ops, items)
             parts = parts[1:]
         else:
             iterator = open_async(source)
+        chain.append(iterator)
         for part in parts:
             if isinstance(part, Segment):
                 iterator = run_segment(part.ops, iterator)
             else:
                 iterator = part.run(iterator)
+            chain.append(iterator)
         self._iterator = iterator
         self._state = "open"
         return iterator
@@ -994,8 +1293,9 @@ class Flow(AsyncIterator[T_co]):
         state = self._state
         self._state = "closed"
         if state == "open":
-            iterator, self._iterator = self._iterator, _EMPTY_ITERATOR
-            await aclose(iterator)
+            self._iterator = _EMPTY_ITERATOR
+            chain, self._chain = self._chain, []
+            await close_all(reversed(chain))
         elif state == "new":
             # Never iterated: close the source if it is itself an iterator.
             source = self.source
@@ -1045,6 +1345,15 @@ def check_count(value: object, parameter: str, *, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{parameter} must be >= {minimum}, got {value}")
     return value
+
+
+def check_concurrency(concurrency: object, ordered: object, window: object) -> bool:
+    """Validate ``concurrency=``, ``ordered=``, ``window=``; True when sequential (1)."""
+    check_count(concurrency, "concurrency", minimum=1)
+    check_bool(ordered, "ordered")
+    if window is not None:
+        check_count(window, "window", minimum=1)
+    return concurrency == 1
 
 
 def check_seconds(value: object, parameter: str) -> float:

@@ -18,7 +18,7 @@ def iterate(source: Source[T], /) -> Flow[T]:
     Useful to give a plain source the flow's context-manager protocol, or to
     start a chain from an aiostream stream.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, iterate
         >>> asyncio.run(collect(iterate("ab")))
@@ -38,7 +38,7 @@ def iterate(source: Source[T], /) -> Flow[T]:
 def empty() -> Flow[Any]:
     """A flow with no items.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, empty
         >>> asyncio.run(collect(empty()))
@@ -50,7 +50,7 @@ def empty() -> Flow[Any]:
 def repeat(value: T, /, times: int | None = None) -> Flow[T]:
     """Yield ``value`` ``times`` times, or forever when ``times`` is None.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, repeat
         >>> asyncio.run(collect(repeat("x", 3)))
