@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, TypeVar, cast, overload
 
-from ._core import Flow, Source, aclose, check_bool, generated, is_sync_source, open_async
-from ._runtime import cancel_and_wait, spawn
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+from ._core import (
+    _IDENTITY,  # pyright: ignore[reportPrivateUsage] - the identity stage of a plain flow
+    Flow,
+    Source,
+    Stage,
+    aclose,
+    check_bool,
+    check_count,
+    generated,
+    is_stage,
+    is_sync_source,
+    open_async,
+)
+from ._runtime import (
+    Cancelled,
+    cancel_and_wait,
+    signal_maker,
+    spawn,
+    stop_all,
+    wait_for_signal,
+)
 
 T = TypeVar("T")
+R = TypeVar("R")
 T1 = TypeVar("T1")
 T2 = TypeVar("T2")
 T3 = TypeVar("T3")
@@ -27,7 +46,7 @@ def _check_sources(sources: tuple[object, ...], name: str) -> None:
             )
 
 
-async def _close_all(iterators: list[AsyncIterator[Any]]) -> None:
+async def _close_all(iterators: list[Any]) -> None:
     """Close every iterator, even if closing one of them fails."""
     errors: list[BaseException] = []
     for iterator in iterators:
@@ -47,9 +66,11 @@ async def _close_all(iterators: list[AsyncIterator[Any]]) -> None:
 def concat(*sources: Source[T]) -> Flow[T]:
     """Yield every item of the first source, then of the second, and so on.
 
-    Each source is opened only when the previous one is exhausted.
+    Each source is opened only when the previous one is exhausted. If the
+    flow stops early, the sources not yet reached are closed too when they
+    are iterators or flows (plain iterables have nothing to close).
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, concat
         >>> asyncio.run(collect(concat([1, 2], range(3, 5))))
@@ -58,13 +79,19 @@ def concat(*sources: Source[T]) -> Flow[T]:
     _check_sources(sources, "concat")
 
     async def run() -> AsyncIterator[T]:
-        for source in sources:
-            iterator = open_async(source)
-            try:
-                async for item in iterator:
-                    yield item
-            finally:
-                await aclose(iterator)
+        remaining = list(sources)
+        try:
+            while remaining:
+                iterator = open_async(remaining.pop(0))
+                try:
+                    async for item in iterator:
+                        yield item
+                finally:
+                    await aclose(iterator)
+        finally:
+            await _close_all(
+                [s for s in remaining if isinstance(s, Flow | AsyncIterator | Iterator)]
+            )
 
     return generated("concat()", run)
 
@@ -84,7 +111,7 @@ def merge(*sources: Source[T]) -> Flow[T]:
     yielded. The flow ends when every source is exhausted. If a source
     raises, the others are cancelled and closed, and the error propagates.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, merge
         >>> sorted(asyncio.run(collect(merge([1, 3], [2, 4]))))
@@ -101,6 +128,7 @@ def merge(*sources: Source[T]) -> Flow[T]:
 async def _merge(sources: tuple[Source[T], ...]) -> AsyncIterator[T]:
     iterators = [open_async(source) for source in sources]
     pending: dict[asyncio.Task[T], int] = {}
+    reason: Exception | None = None
     try:
         for position, iterator in enumerate(iterators):
             pending[spawn(_pull(iterator))] = position
@@ -116,10 +144,21 @@ async def _merge(sources: tuple[Source[T], ...]) -> AsyncIterator[T]:
                     continue
                 yield item
                 pending[spawn(_pull(iterators[position]))] = position
+    except Exception as exc:
+        reason = exc
+        raise
     finally:
-        for task in list(pending):
-            await cancel_and_wait(task)
-        await _close_all(iterators)
+        try:
+            # Waits for every pull, even if cancelled again.
+            others = await stop_all(list(pending))
+        finally:
+            await _close_all(iterators)
+        if reason is not None:
+            # Never lost: other sources that failed too. (After the consumer
+            # stops, pulls it never asked for are discarded, failed or not.)
+            for error in others:
+                if not isinstance(error, StopAsyncIteration):
+                    reason.add_note(f"streamkit: another merge() source also failed: {error!r}")
 
 
 # --------------------------------------------------------------------------- zip
@@ -152,7 +191,7 @@ def zip_(*sources: Source[Any], strict: bool = False) -> Flow[tuple[Any, ...]]:
         *sources: The sources to zip.
         strict: Require every source to have the same length.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, zip_
         >>> asyncio.run(collect(zip_("ab", range(5))))
@@ -206,8 +245,7 @@ async def _zip_round(iterators: list[AsyncIterator[Any]]) -> tuple[Any, ...]:
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
     finally:
-        for task in tasks:
-            await cancel_and_wait(task)
+        await stop_all(tasks)
     failures = [
         error for task in tasks if not task.cancelled() and (error := task.exception()) is not None
     ]
@@ -234,3 +272,196 @@ async def _zip(sources: tuple[Source[Any], ...], strict: bool) -> AsyncIterator[
             return
     finally:
         await _close_all(iterators)
+
+
+# --------------------------------------------------------------------------- tee, broadcast
+
+
+class _Tee:
+    """The state shared by the branches of one `tee`.
+
+    ``buffer`` holds the items some branch has not yet taken, ``base`` is
+    the index of ``buffer[0]`` and ``positions[i]`` the index of the next
+    item branch ``i`` takes (None once it is closed). The source is pulled
+    in a task, one item at a time, by whichever branch needs the next item
+    first; a branch waits while it is ``max_lag`` items ahead of the
+    slowest open branch, so the buffer never holds more than ``max_lag``.
+    """
+
+    __slots__ = (
+        "base",
+        "buffer",
+        "changed",
+        "end",
+        "iterator",
+        "max_lag",
+        "positions",
+        "pull",
+        "source",
+    )
+
+    def __init__(self, source: Source[Any], n: int, max_lag: int) -> None:
+        self.iterator: AsyncIterator[Any] | None = None
+        self.source = source
+        self.max_lag = max_lag
+        self.buffer: deque[Any] = deque()
+        self.base = 0
+        self.positions: list[int | None] = [0] * n
+        self.end: BaseException | None = None
+        self.pull: asyncio.Task[Any] | None = None
+        self.changed: asyncio.Future[None] | None = None
+
+    def _notify(self) -> None:
+        changed, self.changed = self.changed, None
+        if changed is not None and not changed.done():
+            changed.set_result(None)
+
+    def _trim(self) -> None:
+        open_positions = [p for p in self.positions if p is not None]
+        low = min(open_positions) if open_positions else self.base + len(self.buffer)
+        while self.base < low and self.buffer:
+            self.buffer.popleft()
+            self.base += 1
+
+    def _pulled(self, task: asyncio.Task[Any]) -> None:
+        self.pull = None
+        if task.cancelled():
+            self.end = Cancelled("the tee's source pull was cancelled")
+        elif (error := task.exception()) is not None:
+            self.end = error
+        else:
+            self.buffer.append(task.result())
+        self._notify()
+
+    async def next(self, branch: int) -> Any:
+        while True:
+            position = self.positions[branch]
+            if position is None:
+                raise StopAsyncIteration
+            offset = position - self.base
+            if offset < len(self.buffer):
+                item = self.buffer[offset]
+                self.positions[branch] = position + 1
+                if offset == 0:
+                    self._trim()
+                    self._notify()
+                return item
+            if self.end is not None:
+                raise self.end
+            open_positions = [p for p in self.positions if p is not None]
+            if self.pull is None and position - min(open_positions) < self.max_lag:
+                if self.iterator is None:
+                    self.iterator = open_async(self.source)
+                self.pull = spawn(_pull(self.iterator))
+                self.pull.add_done_callback(self._pulled)
+            if self.changed is None:
+                self.changed = signal_maker()()
+            # Wait without cancelling the shared future if this branch is cancelled.
+            await wait_for_signal(self.changed)
+
+    async def release(self, branch: int) -> None:
+        if self.positions[branch] is None:
+            return
+        self.positions[branch] = None
+        self._trim()
+        self._notify()
+        if any(p is not None for p in self.positions):
+            return
+        try:
+            if self.pull is not None:
+                pull, self.pull = self.pull, None
+                pull.remove_done_callback(self._pulled)
+                await cancel_and_wait(pull)
+        finally:
+            if self.iterator is not None:
+                await aclose(self.iterator)
+            elif isinstance(self.source, Flow | AsyncIterator):
+                await aclose(self.source)
+
+
+class _Branch(AsyncIterator[T]):
+    __slots__ = ("index", "shared")
+
+    def __init__(self, shared: _Tee, index: int) -> None:
+        self.shared = shared
+        self.index = index
+
+    def __aiter__(self) -> _Branch[T]:
+        return self
+
+    async def __anext__(self) -> T:
+        return cast("T", await self.shared.next(self.index))
+
+    async def aclose(self) -> None:
+        await self.shared.release(self.index)
+
+
+def tee(source: Source[T], n: int = 2, /, *, max_lag: int = 64) -> tuple[Flow[T], ...]:
+    """Split one source into ``n`` flows that each yield every item.
+
+    The source is opened when the first branch asks for an item and pulled
+    once per item, whichever branch asks first. A branch more than
+    ``max_lag`` items ahead of the slowest open branch waits for it, so at
+    most ``max_lag`` items are buffered: consume the branches concurrently
+    (in tasks, or through `merge`/`zip_`), or a branch read to its end
+    before the others are started will wait forever once it is ``max_lag``
+    ahead. A branch that is closed (or never iterated, then closed) stops
+    holding the others back; closing the last one closes the source. An
+    error from the source reaches every branch that asks for the next item.
+
+    Args:
+        source: The source to split.
+        n: How many flows (1 or more).
+        max_lag: How far the fastest branch may run ahead of the slowest.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import collect, tee, zip_
+        >>> evens, odds = tee(range(6))
+        >>> asyncio.run(collect(zip_(evens, odds)))
+        [(0, 0), (1, 1), (2, 2), (3, 3), (4, 4), (5, 5)]
+    """
+    _check_sources((source,), "tee")
+    check_count(n, "n", minimum=1)
+    check_count(max_lag, "max_lag", minimum=1)
+    shared = _Tee(source, n, max_lag)
+    return tuple(Flow(_Branch[T](shared, index), _IDENTITY) for index in range(n))
+
+
+def broadcast(source: Source[T], /, *stages: Stage[T, R], max_lag: int = 64) -> Flow[R]:
+    """Run every stage over all the items of ``source``; merge their outputs.
+
+    Each stage gets its own `tee` branch; the outputs are interleaved as
+    they come, like `merge`. A stage more than ``max_lag`` items behind the
+    fastest pauses the source rather than letting a buffer grow. If one
+    stage fails, the others are cancelled and closed and the error
+    propagates; a stage that ends early (``take``) no longer holds the
+    others back.
+
+    Args:
+        source: The items every stage receives.
+        *stages: The stages (one or more).
+        max_lag: How far the fastest stage may run ahead of the slowest.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import broadcast, collect, map_
+        >>> flow = broadcast([1, 2], map_(lambda x: x * 10), map_(lambda x: -x))
+        >>> sorted(asyncio.run(collect(flow)))
+        [-2, -1, 10, 20]
+    """
+    _check_sources((source,), "broadcast")
+    if not stages:
+        raise TypeError("broadcast() needs at least one stage")
+    for position, each in enumerate(stages):
+        if not is_stage(each):
+            raise TypeError(
+                f"broadcast() takes stages; argument {position + 1} is {type(each).__name__}"
+            )
+    check_count(max_lag, "max_lag", minimum=1)
+
+    def factory() -> AsyncIterator[R]:
+        branches = tee(source, len(stages), max_lag=max_lag)
+        return _merge(tuple(branch | each for branch, each in zip(branches, stages, strict=True)))
+
+    return generated("broadcast()", factory)

@@ -11,6 +11,7 @@ from ._core import (
     aclose,
     annotate,
     check_callable,
+    check_concurrency,
     check_count,
     describe,
     is_async_callable,
@@ -24,23 +25,45 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-def filter_(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) -> Stage[T, T]:
+def filter_(
+    fn: Callable[[T], object] | Callable[[T], Awaitable[object]],
+    /,
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+) -> Stage[T, T]:
     """Keep the items for which ``fn`` returns a truthy value.
 
     ``fn`` may be sync or async. Consecutive `map_`, `filter_` and `tap`
-    stages run fused in a single loop.
+    stages run fused in a single loop. With ``concurrency=N > 1``, up to
+    ``N`` predicate calls run at once, as for `map_` (see
+    docs/concurrency.md).
 
     Args:
         fn: The predicate.
+        concurrency: The most calls in flight at once.
+        ordered: Keep the input order (with ``concurrency > 1``).
+        window: How many finished results may wait for an earlier, slower
+            call; ``16 * concurrency`` by default.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, filter_
         >>> asyncio.run(collect(range(6) | filter_(lambda x: x % 3 == 0)))
         [0, 3]
+        >>> asyncio.run(collect(range(6) | filter_(lambda x: x % 3 == 0, concurrency=4)))
+        [0, 3]
     """
     check_callable(fn, "fn")
-    return item_stage("filter", fn, f"filter_({describe(fn)})")
+    if check_concurrency(concurrency, ordered, window):
+        return item_stage("filter", fn, f"filter_({describe(fn)})")
+    from ._concurrency import concurrent_stage
+
+    label = f"filter_({describe(fn)}, concurrency={concurrency})"
+    return concurrent_stage(
+        "filter", fn, label, concurrency=concurrency, ordered=ordered, window=window
+    )
 
 
 def take(n: int, /) -> Passthrough:
@@ -52,7 +75,7 @@ def take(n: int, /) -> Passthrough:
     Args:
         n: How many items to take (0 or more).
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, take
         >>> asyncio.run(collect(range(10) | take(3)))
@@ -88,7 +111,7 @@ def skip(n: int, /) -> Passthrough:
     Args:
         n: How many items to drop (0 or more).
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, skip
         >>> asyncio.run(collect(range(5) | skip(3)))
@@ -122,7 +145,7 @@ def take_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) 
     Args:
         fn: The predicate (sync or async).
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, take_while
         >>> asyncio.run(collect([1, 2, 5, 1] | take_while(lambda x: x < 3)))
@@ -137,7 +160,7 @@ def skip_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) 
     Args:
         fn: The predicate (sync or async); not called again once it fails.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, skip_while
         >>> asyncio.run(collect([1, 2, 5, 1] | skip_while(lambda x: x < 3)))
@@ -219,7 +242,7 @@ def distinct(*, key: Callable[[Any], Hashable] | None = None) -> Passthrough:
         key: Maps an item to the hashable value compared (sync only); the
             item itself when omitted.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, distinct
         >>> asyncio.run(collect(["a", "B", "b", "A", "c"] | distinct(key=str.lower)))

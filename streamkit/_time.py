@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final, Literal
 
-from ._core import aclose
+from ._core import (
+    Passthrough,
+    aclose,
+    annotate,
+    check_callable,
+    check_count,
+    check_seconds,
+    transform_stage,
+)
 from ._runtime import cancel_and_wait, current_clock, spawn, wait_done
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
 
 
 async def _pull(iterator: AsyncIterator[Any]) -> Any:
@@ -54,6 +62,291 @@ async def chunk_within(
         if batch:
             yield batch
     finally:
-        if pending is not None:
-            await cancel_and_wait(pending)
+        try:
+            if pending is not None:
+                await cancel_and_wait(pending)
+        finally:
+            await aclose(upstream)
+
+
+# --------------------------------------------------------------------------- throttle
+
+
+def throttle(
+    rate: float,
+    per: float = 1.0,
+    /,
+    *,
+    burst: int = 1,
+    cost: Callable[[Any], float] | None = None,
+) -> Passthrough:
+    """Let at most ``rate`` items through every ``per`` seconds (a token bucket).
+
+    The bucket holds up to ``burst`` tokens and refills continuously at
+    ``rate / per`` tokens a second; it starts full. Each item takes one
+    token, or ``cost(item)`` tokens. An item that finds too few tokens waits
+    for them: throttle delays, it never drops. An item costing more than
+    ``burst`` waits for a full bucket and leaves the bucket in debt.
+
+    Args:
+        rate: Tokens added every ``per`` seconds.
+        per: The period, in seconds.
+        burst: The bucket size: how many items may pass at once after a pause.
+        cost: Maps an item to the tokens it takes (a number >= 0, sync).
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import collect, throttle
+        >>> from streamkit.testing import virtual_clock
+        >>> async def main() -> list[float]:
+        ...     with virtual_clock() as clock:
+        ...         return [clock.now() async for _ in range(4) | throttle(2)]
+        >>> asyncio.run(main())
+        [0.0, 0.5, 1.0, 1.5]
+    """
+    per_second = _check_rate(rate, per)
+    check_count(burst, "burst", minimum=1)
+    if cost is not None:
+        check_callable(cost, "cost")
+    label = (
+        f"throttle({rate:g}, {per:g})"
+        if burst == 1
+        else f"throttle({rate:g}, {per:g}, burst={burst})"
+    )
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _throttle(upstream, per_second, burst, cost, label)
+
+    return Passthrough(transform_stage(label, run).steps)
+
+
+def _is_tokens(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value >= 0
+
+
+def _check_rate(rate: object, per: object) -> float:
+    if not isinstance(rate, int | float) or isinstance(rate, bool):
+        raise TypeError(f"rate must be a number, got {type(rate).__name__}")
+    if not 0 < rate < float("inf"):
+        raise ValueError(f"rate must be positive and finite, got {rate}")
+    seconds = check_seconds(per, "per")
+    return float(rate) / seconds
+
+
+async def _throttle(
+    upstream: AsyncIterator[Any],
+    per_second: float,
+    burst: int,
+    cost: Callable[[Any], float] | None,
+    label: str,
+) -> AsyncIterator[Any]:
+    clock = current_clock()
+    tokens = float(burst)
+    last = clock.now()
+    index = -1
+    try:
+        async for item in upstream:
+            index += 1
+            need: float = 1.0
+            if cost is not None:
+                try:
+                    need = cost(item)
+                    if not _is_tokens(need):
+                        raise ValueError(f"cost must return a number >= 0, got {need!r}")
+                except Exception as exc:
+                    annotate(exc, label, index)
+                    raise
+            now = clock.now()
+            tokens = min(burst, tokens + (now - last) * per_second)
+            last = now
+            wanted = min(need, burst)
+            if tokens < wanted:
+                await clock.sleep((wanted - tokens) / per_second)
+                now = clock.now()
+                tokens = min(burst, tokens + (now - last) * per_second)
+                last = now
+            tokens -= need
+            yield item
+    finally:
         await aclose(upstream)
+
+
+# --------------------------------------------------------------------------- spaced
+
+
+def spaced(seconds: float, /) -> Passthrough:
+    """Keep at least ``seconds`` between two items leaving the stage.
+
+    The first item goes at once; each later one waits until ``seconds`` have
+    passed since the previous one left (time the consumer spends counts).
+
+    Args:
+        seconds: The smallest gap between two items.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import spaced
+        >>> from streamkit.testing import virtual_clock
+        >>> async def main() -> list[float]:
+        ...     with virtual_clock() as clock:
+        ...         return [clock.now() async for _ in range(3) | spaced(0.25)]
+        >>> asyncio.run(main())
+        [0.0, 0.25, 0.5]
+    """
+    gap = check_seconds(seconds, "seconds")
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _spaced(upstream, gap)
+
+    return Passthrough(transform_stage(f"spaced({gap:g})", run).steps)
+
+
+async def _spaced(upstream: AsyncIterator[Any], gap: float) -> AsyncIterator[Any]:
+    clock = current_clock()
+    last: float | None = None
+    try:
+        async for item in upstream:
+            if last is not None:
+                wait = last + gap - clock.now()
+                if wait > 0:
+                    await clock.sleep(wait)
+            last = clock.now()
+            yield item
+    finally:
+        await aclose(upstream)
+
+
+# --------------------------------------------------------------------------- debounce
+
+
+def debounce(seconds: float, /) -> Passthrough:
+    """Yield an item only once ``seconds`` pass without a newer one.
+
+    Bursts collapse to their last item. When the upstream ends, the item
+    still waiting is yielded at once. One pull of the upstream stays pending
+    while the quiet period runs; it is never cancelled by the timer.
+
+    Args:
+        seconds: The quiet period.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import collect, debounce
+        >>> asyncio.run(collect([1, 2, 3] | debounce(0.01)))
+        [3]
+    """
+    quiet = check_seconds(seconds, "seconds")
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _debounce(upstream, quiet)
+
+    return Passthrough(transform_stage(f"debounce({quiet:g})", run).steps)
+
+
+_NOTHING: Final = object()
+
+
+async def _debounce(upstream: AsyncIterator[Any], quiet: float) -> AsyncIterator[Any]:
+    clock = current_clock()
+    latest: Any = _NOTHING
+    deadline = 0.0
+    pending = None
+    try:
+        while True:
+            if pending is None:
+                pending = spawn(_pull(upstream))
+            if latest is _NOTHING:
+                await wait_done(pending, None, clock)
+            elif not await wait_done(pending, deadline - clock.now(), clock):
+                ready, latest = latest, _NOTHING
+                yield ready
+                continue
+            task, pending = pending, None
+            try:
+                item = task.result()
+            except StopAsyncIteration:
+                break
+            latest = item
+            deadline = clock.now() + quiet
+        if latest is not _NOTHING:
+            yield latest
+    finally:
+        try:
+            if pending is not None:
+                await cancel_and_wait(pending)
+        finally:
+            await aclose(upstream)
+
+
+# --------------------------------------------------------------------------- timeout
+
+
+def timeout(seconds: float, /, *, on_timeout: Literal["raise", "end"] = "raise") -> Passthrough:
+    """Limit the wait for each item to ``seconds``.
+
+    The clock starts when the consumer asks for the next item. If the item
+    is not there in time, the pending pull is cancelled, the upstream is
+    closed, and the stage raises `TimeoutError` (with a note naming the stage
+    and the item index), or, with ``on_timeout="end"``, ends the stream.
+
+    Args:
+        seconds: The longest wait for one item.
+        on_timeout: ``"raise"`` or ``"end"``.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import collect, current_clock, timeout
+        >>> from streamkit.testing import virtual_clock
+        >>> async def ticks():
+        ...     for delay in (1, 1, 5, 1):
+        ...         await current_clock().sleep(delay)
+        ...         yield delay
+        >>> async def main() -> list[int]:
+        ...     with virtual_clock():
+        ...         return await collect(ticks() | timeout(2, on_timeout="end"))
+        >>> asyncio.run(main())
+        [1, 1]
+    """
+    limit = check_seconds(seconds, "seconds")
+    if on_timeout not in ("raise", "end"):
+        raise ValueError(f"on_timeout must be 'raise' or 'end', got {on_timeout!r}")
+    label = (
+        f"timeout({limit:g})" if on_timeout == "raise" else f"timeout({limit:g}, on_timeout='end')"
+    )
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _timeout(upstream, limit, on_timeout == "end", label)
+
+    return Passthrough(transform_stage(label, run).steps)
+
+
+async def _timeout(
+    upstream: AsyncIterator[Any], limit: float, end: bool, label: str
+) -> AsyncIterator[Any]:
+    clock = current_clock()
+    pending = None
+    index = 0
+    try:
+        while True:
+            pending = spawn(_pull(upstream))
+            if not await wait_done(pending, limit, clock):
+                await cancel_and_wait(pending)
+                pending = None
+                if end:
+                    return
+                error = TimeoutError(f"{label}: no item within {limit:g} s")
+                annotate(error, label, index)
+                raise error
+            task, pending = pending, None
+            try:
+                item = task.result()
+            except StopAsyncIteration:
+                return
+            index += 1
+            yield item
+    finally:
+        try:
+            if pending is not None:
+                await cancel_and_wait(pending)
+        finally:
+            await aclose(upstream)

@@ -6,18 +6,21 @@ import inspect
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 
 from ._core import (
+    ConcurrentOp,
     FlattenStage,
     IndexedStage,
     Stage,
     aclose,
     annotate,
     check_callable,
+    check_concurrency,
     check_int,
     describe,
     is_async_callable,
     is_async_iterable,
     is_iterable,
     item_stage,
+    open_async,
     transform_stage,
 )
 
@@ -30,10 +33,31 @@ A = TypeVar("A")
 
 
 @overload
-def map_(fn: Callable[[T], Awaitable[R]], /) -> Stage[T, R]: ...
+def map_(
+    fn: Callable[[T], Awaitable[R]],
+    /,
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+) -> Stage[T, R]: ...
 @overload
-def map_(fn: Callable[[T], R], /) -> Stage[T, R]: ...
-def map_(fn: Callable[[Any], Any], /) -> Stage[Any, Any]:
+def map_(
+    fn: Callable[[T], R],
+    /,
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+) -> Stage[T, R]: ...
+def map_(
+    fn: Callable[[Any], Any],
+    /,
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+) -> Stage[Any, Any]:
     """Apply ``fn`` to every item.
 
     ``fn`` may be sync or async (a coroutine function, an object with an
@@ -41,17 +65,37 @@ def map_(fn: Callable[[Any], Any], /) -> Stage[Any, Any]:
     results are awaited. Consecutive `map_`, `filter_` and `tap` stages run
     fused in a single loop.
 
+    With ``concurrency=N > 1``, up to ``N`` calls run at once as tasks (see
+    docs/concurrency.md): results come in input order, or in completion
+    order with ``ordered=False``, and at most ``N + window`` items are held.
+
     Args:
         fn: The function applied to each item.
+        concurrency: The most calls in flight at once.
+        ordered: Keep the input order (with ``concurrency > 1``).
+        window: How many finished results may wait for an earlier, slower
+            call before no new call starts; ``16 * concurrency`` by default.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, map_
         >>> asyncio.run(collect(["1", "22"] | map_(len)))
         [1, 2]
+        >>> async def double(x: int) -> int:
+        ...     await asyncio.sleep(0)
+        ...     return 2 * x
+        >>> asyncio.run(collect(range(5) | map_(double, concurrency=3)))
+        [0, 2, 4, 6, 8]
     """
     check_callable(fn, "fn")
-    return item_stage("map", fn, f"map_({describe(fn)})")
+    if check_concurrency(concurrency, ordered, window):
+        return item_stage("map", fn, f"map_({describe(fn)})")
+    from ._concurrency import concurrent_stage
+
+    label = f"map_({describe(fn)}, concurrency={concurrency})"
+    return concurrent_stage(
+        "map", fn, label, concurrency=concurrency, ordered=ordered, window=window
+    )
 
 
 def tap(fn: Callable[[T], object], /) -> Stage[T, T]:
@@ -60,7 +104,7 @@ def tap(fn: Callable[[T], object], /) -> Stage[T, T]:
     Args:
         fn: Called with each item (sync or async); its result is ignored.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, tap
         >>> seen = []
@@ -74,34 +118,82 @@ def tap(fn: Callable[[T], object], /) -> Stage[T, T]:
 
 
 @overload
-def flat_map(fn: Callable[[T], Awaitable[Iterable[R]]], /) -> Stage[T, R]: ...
+def flat_map(
+    fn: Callable[[T], Awaitable[Iterable[R]]],
+    /,
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+) -> Stage[T, R]: ...
 @overload
-def flat_map(fn: Callable[[T], AsyncIterable[R]], /) -> Stage[T, R]: ...
+def flat_map(
+    fn: Callable[[T], AsyncIterable[R]],
+    /,
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+) -> Stage[T, R]: ...
 @overload
-def flat_map(fn: Callable[[T], Iterable[R]], /) -> Stage[T, R]: ...
-def flat_map(fn: Callable[[Any], Any], /) -> Stage[Any, Any]:
+def flat_map(
+    fn: Callable[[T], Iterable[R]],
+    /,
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+) -> Stage[T, R]: ...
+def flat_map(
+    fn: Callable[[Any], Any],
+    /,
+    *,
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+) -> Stage[Any, Any]:
     """Apply ``fn`` to every item and yield the elements of each result.
 
     ``fn`` may return an iterable, an async iterable, or an awaitable of an
     iterable. An inner async iterator is closed if the flow stops part way.
 
+    With ``concurrency=N > 1``, up to ``N`` calls run at once, each
+    collecting its elements into a list (see docs/concurrency.md); the lists
+    come out whole, in input order or, with ``ordered=False``, in completion
+    order.
+
     Args:
         fn: Maps one item to an iterable of output items.
+        concurrency: The most calls in flight at once.
+        ordered: Keep the input order (with ``concurrency > 1``).
+        window: How many finished results may wait for an earlier, slower
+            call; ``16 * concurrency`` by default.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, flat_map
         >>> asyncio.run(collect([1, 3] | flat_map(range)))
         [0, 0, 1, 2]
+        >>> asyncio.run(collect([1, 3] | flat_map(range, concurrency=2)))
+        [0, 0, 1, 2]
     """
     check_callable(fn, "fn")
+    sequential = check_concurrency(concurrency, ordered, window)
+    if not sequential:
+        from ._concurrency import concurrent_stage
+
+        label = f"flat_map({describe(fn)}, concurrency={concurrency})"
+        return concurrent_stage(
+            "flat_map", fn, label, concurrency=concurrency, ordered=ordered, window=window
+        )
     label = f"flat_map({describe(fn)})"
     known_async = is_async_callable(fn)
+    op = ConcurrentOp("flat_map", fn, label, known_async, 1, True, 1)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _flat_map(upstream, fn, known_async, label)
 
-    return transform_stage(label, run)
+    return transform_stage(label, run, op)
 
 
 async def _flat_map(
@@ -115,7 +207,9 @@ async def _flat_map(
             try:
                 result = fn(item)
                 if awaits is None:
-                    awaits = inspect.isawaitable(result)
+                    # Some async iterables are awaitable too (aiostream's
+                    # streams): iterate those, never await them.
+                    awaits = inspect.isawaitable(result) and not hasattr(type(result), "__aiter__")
                 if awaits:
                     result = await result
                 if not is_iterable(result):
@@ -126,29 +220,26 @@ async def _flat_map(
             except Exception as exc:
                 annotate(exc, label, index)
                 raise
-            async for element in _elements(result):
-                yield element
+            # Inlined rather than delegated to a helper generator, so that an
+            # early stop closes the inner iterator at once.
+            if is_async_iterable(result):
+                inner = open_async(result)
+                try:
+                    async for element in inner:
+                        yield element
+                finally:
+                    await aclose(inner)
+            else:
+                for element in cast("Iterable[Any]", result):
+                    yield element
     finally:
         await aclose(upstream)
-
-
-async def _elements(iterable: object) -> AsyncIterator[Any]:
-    if is_async_iterable(iterable):
-        inner = aiter(iterable)
-        try:
-            async for element in inner:
-                yield element
-        finally:
-            await aclose(inner)
-    else:
-        for element in cast("Iterable[Any]", iterable):
-            yield element
 
 
 def flatten() -> FlattenStage:
     """Yield the elements of every item; items are iterables or async iterables.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, flatten
         >>> asyncio.run(collect([[1, 2], [], [3]] | flatten()))
@@ -172,8 +263,16 @@ async def _flatten(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
                 )
                 annotate(error, "flatten()", index)
                 raise error
-            async for element in _elements(item):
-                yield element
+            if is_async_iterable(item):
+                inner = open_async(item)
+                try:
+                    async for element in inner:
+                        yield element
+                finally:
+                    await aclose(inner)
+            else:
+                for element in cast("Iterable[Any]", item):
+                    yield element
     finally:
         await aclose(upstream)
 
@@ -195,7 +294,7 @@ def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
         fn: Combines the accumulator with the next item (sync or async).
         initial: The accumulator before the first item.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, scan
         >>> asyncio.run(collect([1, 2, 3] | scan(lambda total, x: total + x, 0)))
@@ -244,7 +343,7 @@ def enumerate_(start: int = 0) -> IndexedStage:
     Args:
         start: The first index.
 
-    Example:
+    Examples:
         >>> import asyncio
         >>> from streamkit import collect, enumerate_
         >>> asyncio.run(collect("ab" | enumerate_(1)))

@@ -1,0 +1,554 @@
+"""Concurrent operators: item calls in flight at once, and prefetching.
+
+`map_`, `filter_` and `flat_map` with ``concurrency > 1`` run here (their
+factories import this module only when asked for concurrency), as does
+`buffer`.
+
+The model (see docs/concurrency.md):
+
+* a *feeder* task pulls the upstream and starts one task per item while
+  fewer than ``concurrency`` calls are in flight and fewer than ``window``
+  finished results wait to be yielded;
+* each call task runs the user's function and, as it ends, updates the
+  counts and wakes whoever waits through one-shot futures: no done-callback,
+  no ``asyncio.wait`` over a set, no extra loop turn per item;
+* the generator the consumer iterates never runs inside a task group or a
+  cancel scope: it only waits on a one-shot signal and yields finished
+  results, in input order or in completion order.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections import deque
+from types import CoroutineType
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast
+
+from ._core import (
+    SKIP,
+    ConcurrentOp,
+    Passthrough,
+    Stage,
+    Transform,
+    aclose,
+    annotate,
+    check_callable,
+    check_count,
+    is_async_callable,
+    is_async_iterable,
+    is_iterable,
+    transform_stage,
+)
+from ._runtime import Cancelled, signal_maker, stop_all, task_starter, wake
+
+if TYPE_CHECKING:
+    from asyncio import Future
+    from collections.abc import AsyncIterator, Awaitable, Callable
+
+ItemKind: TypeAlias = Literal["map", "filter", "flat_map"]
+
+DEFAULT_WINDOW_FACTOR: Final = 16
+"""``window`` defaults to this times ``concurrency``: ordered mode then keeps
+every slot busy behind a call up to about 16 times slower than the others."""
+
+
+# --------------------------------------------------------------------------- building
+
+
+def concurrent_stage(
+    kind: ItemKind,
+    fn: Callable[[Any], Any],
+    label: str,
+    *,
+    concurrency: int,
+    ordered: bool,
+    window: int | None,
+) -> Stage[Any, Any]:
+    """A stage running ``fn`` on up to ``concurrency`` items at once.
+
+    Options are validated by the caller; ``window`` defaults to
+    ``16 * concurrency``.
+    """
+    op = ConcurrentOp(
+        kind=kind,
+        fn=fn,
+        label=label,
+        is_async=is_async_callable(fn),
+        concurrency=concurrency,
+        ordered=ordered,
+        window=DEFAULT_WINDOW_FACTOR * concurrency if window is None else window,
+    )
+    return Stage((concurrent_transform(op),))
+
+
+def concurrent_transform(op: ConcurrentOp) -> Transform:
+    """The `Transform` that runs ``op`` concurrently (any ``op.concurrency``).
+
+    This is how a wrapper rebuilds an item-level stage around a wrapped
+    function: ``concurrent_transform(dataclasses.replace(op, fn=wrapped))``.
+    """
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _Calls(op, upstream).results()
+
+    return Transform(op.label, run, op)
+
+
+# --------------------------------------------------------------------------- one run
+
+
+async def _flat_elements(result: Any, label: str) -> list[Any]:
+    if inspect.isawaitable(result):
+        result = await result
+    if is_async_iterable(result):
+        inner = aiter(result)
+        try:
+            return [element async for element in inner]
+        finally:
+            await aclose(inner)
+    if not is_iterable(result):
+        raise TypeError(
+            f"{label} must return an iterable or an async iterable, got {type(result).__name__}"
+        )
+    return list(result)
+
+
+_COROUTINE: Final[type[Any]] = CoroutineType  # `type(x) is` it: the fast test, no narrowing
+
+
+class _Failed:
+    __slots__ = ()
+
+
+_FAILED: Final = _Failed()
+"""What a call that failed returns: its error was recorded on the run."""
+
+
+class _Calls:
+    """The state of one run of a concurrent item stage.
+
+    ``tasks`` maps the index of each item whose call is in flight to its task.
+    In ordered mode ``queue`` holds every task not yet yielded, in input
+    order, done or not; in unordered mode ``finished`` holds the outcomes of
+    finished calls in completion order. Each call runs in `call`, which does
+    its own bookkeeping when it ends (no done-callbacks, no extra loop turn).
+    """
+
+    __slots__ = (
+        "broken",
+        "consumer_signal",
+        "failure",
+        "fed",
+        "feeder_signal",
+        "finished",
+        "fn",
+        "kind",
+        "label",
+        "limit",
+        "new_signal",
+        "next_out",
+        "ordered",
+        "others",
+        "queue",
+        "source_error",
+        "start",
+        "stopping",
+        "tasks",
+        "upstream",
+        "window",
+    )
+
+    def __init__(self, op: ConcurrentOp, upstream: AsyncIterator[Any]) -> None:
+        self.kind = op.kind
+        self.fn = op.fn
+        self.label = op.label
+        self.limit = op.concurrency
+        self.window = op.window
+        self.ordered = op.ordered
+        self.upstream = upstream
+        self.tasks: dict[int, Future[Any]] = {}
+        self.queue: deque[Future[Any]] = deque()
+        self.finished: deque[Any] = deque()
+        self.next_out = 0
+        self.failure: BaseException | None = None
+        self.others: list[BaseException] = []
+        self.broken: list[BaseException] = []
+        self.source_error: BaseException | None = None
+        self.fed = False
+        self.stopping = False
+        self.feeder_signal: Future[Any] | None = None
+        self.consumer_signal: Future[Any] | None = None
+        self.start: Callable[[Any], Future[Any]] = task_starter()
+        self.new_signal = signal_maker()
+
+    # -- signals -----------------------------------------------------------
+
+    def _has_room(self) -> bool:
+        running = len(self.tasks)
+        held = len(self.queue) - running if self.ordered else len(self.finished)
+        return running < self.limit and held < self.window
+
+    def _wake_feeder(self) -> None:
+        signal = self.feeder_signal
+        if signal is not None and self._has_room():
+            self.feeder_signal = None
+            if not signal.done():
+                signal.set_result(None)
+
+    def _wake_consumer(self) -> None:
+        signal = self.consumer_signal
+        if signal is not None:
+            self.consumer_signal = None
+            if not signal.done():
+                signal.set_result(None)
+
+    # -- one call ------------------------------------------------------------
+
+    async def call(self, item: Any, index: int) -> Any:
+        """Run ``fn`` on one item in its own task; record how it ended."""
+        try:
+            result: Any = self.fn(item)
+            kind = self.kind
+            if kind == "map":
+                if type(result) is _COROUTINE or inspect.isawaitable(result):
+                    result = await cast("Awaitable[Any]", result)
+            elif kind == "filter":
+                keep = (await result) if inspect.isawaitable(result) else result
+                result = item if keep else SKIP
+            else:
+                result = await _flat_elements(result, self.label)
+        except Exception as error:
+            annotate(error, self.label, index)
+            if self.stopping:
+                # It raised instead of stopping when cancelled: a bug to surface.
+                self.broken.append(error)
+            elif self.failure is None:
+                self.failure = error
+                self._wake_consumer()
+            else:
+                self.others.append(error)
+            result = _FAILED
+        except Cancelled as cancelled:
+            if not self.stopping and self.failure is None:
+                # Cancelled by someone else: the stream cannot go on without it.
+                self.failure = cancelled
+                self._wake_consumer()
+            raise
+        finally:
+            del self.tasks[index]
+        if not self.stopping:
+            if self.ordered:
+                if index == self.next_out:
+                    self._wake_consumer()
+            elif result is not _FAILED:
+                self.finished.append(result)
+                self._wake_consumer()
+            if self.feeder_signal is not None:
+                self._wake_feeder()
+        return result
+
+    # -- the feeder task -------------------------------------------------
+
+    async def feed(self) -> None:
+        """Pull the upstream and start calls while there is room."""
+        pull = self.upstream.__anext__
+        tasks = self.tasks
+        queue = self.queue
+        finished = self.finished
+        ordered = self.ordered
+        limit = self.limit
+        window = self.window
+        start = self.start
+        call = self.call
+        index = 0
+        try:
+            while True:
+                while True:
+                    running = len(tasks)
+                    held = len(queue) - running if ordered else len(finished)
+                    if running < limit and held < window:
+                        break
+                    signal = self.feeder_signal = self.new_signal()
+                    await signal
+                if self.failure is not None:
+                    break
+                try:
+                    item = await pull()
+                except StopAsyncIteration:
+                    break
+                except Exception as exc:
+                    # Delivered after the calls already started, like the end.
+                    self.source_error = exc
+                    break
+                task = tasks[index] = start(call(item, index))
+                if ordered:
+                    queue.append(task)
+                index += 1
+        finally:
+            self.fed = True
+            self.feeder_signal = None
+            self._wake_consumer()
+
+    # -- the generator the consumer iterates ------------------------------
+
+    async def results(self) -> AsyncIterator[Any]:
+        """Yield finished results; stop and clean up however the consumer stops."""
+        feeder = self.start(self.feed())
+        queue = self.queue
+        finished = self.finished
+        tasks = self.tasks
+        ordered = self.ordered
+        kind = self.kind
+        reason: BaseException | None = None
+        try:
+            while True:
+                failure = self.failure
+                if failure is not None:
+                    raise failure
+                if ordered:
+                    if queue:
+                        task = queue[0]
+                        if task.done():
+                            queue.popleft()
+                            self.next_out += 1
+                            if self.feeder_signal is not None:
+                                self._wake_feeder()
+                            result = task.result()
+                            if kind == "map":
+                                yield result
+                            elif kind == "filter":
+                                if result is not SKIP:
+                                    yield result
+                            else:
+                                for element in result:
+                                    yield element
+                            continue
+                    elif self.fed:
+                        break
+                elif finished:
+                    result = finished.popleft()
+                    if self.feeder_signal is not None:
+                        self._wake_feeder()
+                    if kind == "map":
+                        yield result
+                    elif kind == "filter":
+                        if result is not SKIP:
+                            yield result
+                    else:
+                        for element in result:
+                            yield element
+                    continue
+                elif self.fed and not tasks:
+                    break
+                signal = self.consumer_signal = self.new_signal()
+                try:
+                    await signal
+                finally:
+                    self.consumer_signal = None
+            if self.source_error is not None:
+                raise self.source_error
+        except BaseException as exc:
+            reason = exc
+            raise
+        finally:
+            await self._shutdown(feeder, reason)
+
+    async def _shutdown(self, feeder: Future[None], reason: BaseException | None) -> None:
+        """Cancel and await the feeder and every call; close the upstream.
+
+        See "Failures" in docs/concurrency.md for what happens to the errors
+        found here.
+        """
+        self.stopping = True
+        try:
+            # One snapshot: the feeder cannot start a call once it is cancelled.
+            # It never fails on its own; if it does, that surfaces too.
+            broken = await stop_all([feeder, *self.tasks.values()])
+        finally:
+            await aclose(self.upstream)
+        broken += self.broken
+        unused = list(self.others)
+        for error in (self.failure, self.source_error):
+            if error is not None and error is not reason:
+                unused.append(error)
+        if reason is not None and (reason is self.failure or reason is self.source_error):
+            for error in [*unused, *broken]:
+                reason.add_note(f"streamkit: {self.label} also failed: {error!r}")
+            return
+        # The consumer stopped (break, aclose, an error downstream or a
+        # cancellation): outcomes it never asked for, failures included, are
+        # discarded like unyielded results.
+        if not broken:
+            return
+        if reason is None or isinstance(reason, GeneratorExit):
+            first, *others = broken
+            for error in others:
+                first.add_note(f"streamkit: {self.label} also failed: {error!r}")
+            raise first
+        for error in broken:
+            reason.add_note(f"streamkit: {self.label} failed while being cancelled: {error!r}")
+
+
+# --------------------------------------------------------------------------- buffer
+
+Overflow: TypeAlias = Literal["wait", "drop_oldest", "drop_newest"]
+_OVERFLOWS: Final = ("wait", "drop_oldest", "drop_newest")
+
+
+def buffer(
+    n: int,
+    /,
+    *,
+    overflow: Overflow = "wait",
+    on_drop: Callable[[Any], object] | None = None,
+) -> Passthrough:
+    """Prefetch up to ``n`` items in a background task.
+
+    A slow producer and a slow consumer then overlap instead of taking turns.
+    With ``overflow="wait"`` (the default) the producer pauses while ``n``
+    items wait; nothing is lost. With ``"drop_oldest"`` or ``"drop_newest"``
+    the producer never pauses: when the buffer is full the oldest buffered
+    item, or the item just pulled, is dropped and passed to ``on_drop``,
+    which these policies require so that no item disappears unreported.
+
+    Args:
+        n: How many items may wait in the buffer (1 or more).
+        overflow: What to do when the buffer is full.
+        on_drop: Called (synchronously, in the producer task) with each
+            dropped item; an exception from it fails the stream.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import buffer, collect
+        >>> asyncio.run(collect(range(5) | buffer(2)))
+        [0, 1, 2, 3, 4]
+        >>> dropped = []
+        >>> lossy = buffer(2, overflow="drop_newest", on_drop=dropped.append)
+        >>> asyncio.run(collect(range(5) | lossy))
+        [0, 1]
+        >>> dropped
+        [2, 3, 4]
+    """
+    check_count(n, "n", minimum=1)
+    if overflow not in _OVERFLOWS:
+        choices = ", ".join(map(repr, _OVERFLOWS))
+        raise ValueError(f"overflow must be one of {choices}; got {overflow!r}")
+    if overflow != "wait":
+        if on_drop is None:
+            raise TypeError(f"overflow={overflow!r} needs on_drop= to report the dropped items")
+        check_callable(on_drop, "on_drop")
+    label = f"buffer({n})" if overflow == "wait" else f"buffer({n}, overflow={overflow!r})"
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _Buffer(upstream, n, overflow, on_drop, label).results()
+
+    return Passthrough(transform_stage(label, run).steps)
+
+
+class _Buffer:
+    __slots__ = (
+        "consumer_signal",
+        "ended",
+        "error",
+        "items",
+        "label",
+        "n",
+        "new_signal",
+        "on_drop",
+        "overflow",
+        "producer_signal",
+        "pulled",
+        "upstream",
+    )
+
+    def __init__(
+        self,
+        upstream: AsyncIterator[Any],
+        n: int,
+        overflow: Overflow,
+        on_drop: Callable[[Any], object] | None,
+        label: str,
+    ) -> None:
+        self.upstream = upstream
+        self.n = n
+        self.overflow = overflow
+        self.on_drop = on_drop
+        self.label = label
+        self.items: deque[Any] = deque()
+        self.ended = False
+        self.error: BaseException | None = None
+        self.pulled = 0
+        self.producer_signal: Future[Any] | None = None
+        self.consumer_signal: Future[Any] | None = None
+        self.new_signal = signal_maker()
+
+    async def produce(self) -> None:
+        items = self.items
+        try:
+            while True:
+                if self.overflow == "wait":
+                    while len(items) >= self.n:
+                        signal = self.producer_signal = self.new_signal()
+                        await signal
+                try:
+                    item = await anext(self.upstream)
+                except StopAsyncIteration:
+                    break
+                index = self.pulled
+                self.pulled += 1
+                if len(items) >= self.n:
+                    dropped = item
+                    if self.overflow == "drop_oldest":
+                        dropped = items.popleft()
+                        items.append(item)
+                    assert self.on_drop is not None
+                    try:
+                        self.on_drop(dropped)
+                    except Exception as exc:
+                        annotate(exc, f"{self.label} on_drop", index)
+                        raise
+                else:
+                    items.append(item)
+                wake(self.consumer_signal)
+        except Exception as exc:
+            self.error = exc
+        finally:
+            self.ended = True
+            self.producer_signal = None
+            wake(self.consumer_signal)
+
+    async def results(self) -> AsyncIterator[Any]:
+        producer = task_starter()(self.produce())
+        items = self.items
+        reason: BaseException | None = None
+        try:
+            while True:
+                if items:
+                    item = items.popleft()
+                    wake(self.producer_signal)
+                    yield item
+                    continue
+                if self.ended:
+                    break
+                signal = self.consumer_signal = self.new_signal()
+                try:
+                    await signal
+                finally:
+                    self.consumer_signal = None
+            if self.error is not None:
+                raise self.error
+        except BaseException as exc:
+            reason = exc
+            raise
+        finally:
+            try:
+                broken = await stop_all([producer])
+            finally:
+                await aclose(self.upstream)
+            # A failure the consumer never reached is discarded with the
+            # items it never asked for; the producer itself never fails.
+            if broken:
+                if reason is None or isinstance(reason, GeneratorExit):
+                    raise broken[0]
+                for error in broken:
+                    reason.add_note(f"streamkit: {self.label} failed while stopping: {error!r}")
