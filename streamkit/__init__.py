@@ -2,9 +2,14 @@
 
 Build stages with the operator functions, compose them with ``|``, apply them
 to any iterable or async iterable, and consume the resulting `Flow` with
-``async for`` or a terminal helper::
+``async for`` or a terminal helper such as `collect`.
 
-    results = await collect(source | map_(parse) | filter_(valid) | take(10))
+Examples:
+    >>> import asyncio
+    >>> from streamkit import collect, filter_, map_, take
+    >>> words = ["3", "x", "14", "15", "", "92"]
+    >>> asyncio.run(collect(words | filter_(str.isdigit) | map_(int) | take(3)))
+    [3, 14, 15]
 """
 
 from ._aggregate import chunk as chunk
@@ -16,9 +21,18 @@ from ._aggregate import fold as fold
 from ._aggregate import last as last
 from ._aggregate import pairwise as pairwise
 from ._aggregate import window as window
+from ._backoff import Backoff as Backoff
+from ._backoff import BackoffPolicy as BackoffPolicy
+from ._backoff import ConstantBackoff as ConstantBackoff
+from ._backoff import ExponentialBackoff as ExponentialBackoff
+from ._backoff import constant as constant
+from ._backoff import exponential as exponential
+from ._combine import broadcast as broadcast
 from ._combine import concat as concat
 from ._combine import merge as merge
+from ._combine import tee as tee
 from ._combine import zip_ as zip_
+from ._concurrency import buffer as buffer
 from ._core import FlattenStage as FlattenStage
 from ._core import Flow as Flow
 from ._core import IndexedStage as IndexedStage
@@ -33,13 +47,32 @@ from ._core import stage as stage
 from ._create import empty as empty
 from ._create import iterate as iterate
 from ._create import repeat as repeat
+from ._failures import DeadLetters as DeadLetters
+from ._failures import ErrorRecord as ErrorRecord
+from ._failures import ErrorReport as ErrorReport
+from ._failures import ExceptionInfo as ExceptionInfo
+from ._failures import FailureStage as FailureStage
+from ._failures import FailureStatistics as FailureStatistics
+from ._failures import OnError as OnError
+from ._failures import SuccessStage as SuccessStage
+from ._failures import UnhandledFailure as UnhandledFailure
+from ._failures import error_report as error_report
+from ._failures import failures as failures
+from ._failures import successes as successes
+from ._failures import with_retry as with_retry
 from ._runtime import Clock as Clock
+from ._runtime import current_clock as current_clock
+from ._runtime import use_clock as use_clock
 from ._select import distinct as distinct
 from ._select import filter_ as filter_
 from ._select import skip as skip
 from ._select import skip_while as skip_while
 from ._select import take as take
 from ._select import take_while as take_while
+from ._time import debounce as debounce
+from ._time import spaced as spaced
+from ._time import throttle as throttle
+from ._time import timeout as timeout
 from ._transform import enumerate_ as enumerate_
 from ._transform import flat_map as flat_map
 from ._transform import flatten as flatten
@@ -50,24 +83,45 @@ from ._transform import tap as tap
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Backoff",
+    "BackoffPolicy",
     "Clock",
+    "ConstantBackoff",
+    "DeadLetters",
+    "ErrorRecord",
+    "ErrorReport",
+    "ExceptionInfo",
+    "ExponentialBackoff",
+    "FailureStage",
+    "FailureStatistics",
     "FlattenStage",
     "Flow",
     "IndexedStage",
     "ListStage",
+    "OnError",
     "PairStage",
     "Passthrough",
     "Source",
     "Stage",
+    "SuccessStage",
     "TupleStage",
+    "UnhandledFailure",
+    "broadcast",
+    "buffer",
     "chunk",
     "collect",
     "concat",
+    "constant",
     "count",
+    "current_clock",
+    "debounce",
     "distinct",
     "drain",
     "empty",
     "enumerate_",
+    "error_report",
+    "exponential",
+    "failures",
     "filter_",
     "first",
     "flat_map",
@@ -83,10 +137,17 @@ __all__ = [
     "scan",
     "skip",
     "skip_while",
+    "spaced",
     "stage",
+    "successes",
     "take",
     "take_while",
     "tap",
+    "tee",
+    "throttle",
+    "timeout",
+    "use_clock",
     "window",
+    "with_retry",
     "zip_",
 ]
