@@ -1,0 +1,1 @@
+"""Runnable examples; run the demo with ``python -m examples.demo`` (``make demo``)."""
