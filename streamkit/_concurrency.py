@@ -36,9 +36,12 @@ from ._core import (
     check_count,
     is_async_callable,
     is_async_iterable,
+    is_envelope,
     is_iterable,
+    open_async,
     transform_stage,
 )
+from ._records import Envelope
 from ._runtime import Cancelled, signal_maker, stop_all, task_starter, wake
 
 if TYPE_CHECKING:
@@ -63,6 +66,7 @@ def concurrent_stage(
     concurrency: int,
     ordered: bool,
     window: int | None,
+    with_state: bool = False,
 ) -> Stage[Any, Any]:
     """A stage running ``fn`` on up to ``concurrency`` items at once.
 
@@ -77,6 +81,7 @@ def concurrent_stage(
         concurrency=concurrency,
         ordered=ordered,
         window=DEFAULT_WINDOW_FACTOR * concurrency if window is None else window,
+        with_state=with_state,
     )
     return Stage((concurrent_transform(op),))
 
@@ -97,11 +102,18 @@ def concurrent_transform(op: ConcurrentOp) -> Transform:
 # --------------------------------------------------------------------------- one run
 
 
+def _awaitable_not_iterable(value: object) -> bool:
+    # No narrowing on purpose: the caller keeps treating the value as Any.
+    return inspect.isawaitable(value) and not hasattr(type(value), "__aiter__")
+
+
 async def _flat_elements(result: Any, label: str) -> list[Any]:
-    if inspect.isawaitable(result):
+    if _awaitable_not_iterable(result):
+        # Some async iterables are awaitable too (aiostream's streams):
+        # iterate those, never await them.
         result = await result
     if is_async_iterable(result):
-        inner = aiter(result)
+        inner = open_async(result)
         try:
             return [element async for element in inner]
         finally:
@@ -137,6 +149,7 @@ class _Calls:
     __slots__ = (
         "broken",
         "consumer_signal",
+        "enveloped",
         "failure",
         "fed",
         "feeder_signal",
@@ -156,6 +169,7 @@ class _Calls:
         "tasks",
         "upstream",
         "window",
+        "with_state",
     )
 
     def __init__(self, op: ConcurrentOp, upstream: AsyncIterator[Any]) -> None:
@@ -166,6 +180,8 @@ class _Calls:
         self.window = op.window
         self.ordered = op.ordered
         self.upstream = upstream
+        self.with_state = op.with_state
+        self.enveloped: bool | None = None
         self.tasks: dict[int, Future[Any]] = {}
         self.queue: deque[Future[Any]] = deque()
         self.finished: deque[Any] = deque()
@@ -207,16 +223,28 @@ class _Calls:
     async def call(self, item: Any, index: int) -> Any:
         """Run ``fn`` on one item in its own task; record how it ended."""
         try:
-            result: Any = self.fn(item)
-            kind = self.kind
-            if kind == "map":
-                if type(result) is _COROUTINE or inspect.isawaitable(result):
-                    result = await cast("Awaitable[Any]", result)
-            elif kind == "filter":
-                keep = (await result) if inspect.isawaitable(result) else result
-                result = item if keep else SKIP
+            enveloped = self.enveloped
+            if enveloped is None:
+                # The first item tells whether the stream carries envelopes.
+                enveloped = self.enveloped = is_envelope(item)
+            if enveloped:
+                result: Any = await self._call_enveloped(item)
             else:
-                result = await _flat_elements(result, self.label)
+                if self.with_state:
+                    raise TypeError(
+                        f"{self.label} was built with with_state=True, which needs a stream "
+                        f"of Envelope items; got {type(item).__name__} (use envelop() first)"
+                    )
+                result = self.fn(item)
+                kind = self.kind
+                if kind == "map":
+                    if type(result) is _COROUTINE or inspect.isawaitable(result):
+                        result = await cast("Awaitable[Any]", result)
+                elif kind == "filter":
+                    keep = (await result) if inspect.isawaitable(result) else result
+                    result = item if keep else SKIP
+                else:
+                    result = await _flat_elements(result, self.label)
         except Exception as error:
             annotate(error, self.label, index)
             if self.stopping:
@@ -246,6 +274,23 @@ class _Calls:
             if self.feeder_signal is not None:
                 self._wake_feeder()
         return result
+
+    async def _call_enveloped(self, envelope: Envelope[Any]) -> Any:
+        """One call on an envelope: the function sees the value (and state)."""
+        value, state = envelope.value, envelope.state
+        call: Callable[..., Any] = self.fn
+        result: Any = call(value, state) if self.with_state else call(value)
+        if _awaitable_not_iterable(result):
+            result = await result
+        kind = self.kind
+        if kind == "filter":
+            return envelope if result else SKIP
+        if kind == "flat_map":
+            elements = await _flat_elements(result, self.label)
+            return [Envelope(element, state) for element in elements]
+        if result is SKIP or (self.with_state and is_envelope(result)):
+            return result
+        return Envelope(result, state)
 
     # -- the feeder task -------------------------------------------------
 

@@ -273,6 +273,8 @@ class ConcurrentOp:
     """Whether results keep the input order."""
     window: int
     """How many finished results may wait for an earlier, slower call."""
+    with_state: bool = False
+    """The function is called as ``fn(value, state)`` on envelope streams."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, overload
 
 from ._core import (
     Passthrough,
     Stage,
     aclose,
     annotate,
+    check_bool,
     check_callable,
     check_concurrency,
     check_count,
@@ -18,21 +19,75 @@ from ._core import (
     item_stage,
     transform_stage,
 )
+from ._transform import with_failure_options
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
 
+    from returns.result import Result
+
+    from ._failures import DeadLetterSink, ErrorRecord, ErrorReport, OnError
+    from ._records import Envelope, State
+
+    Handled: TypeAlias = Literal["fail", "skip", "collect", "split"]
+
 T = TypeVar("T")
 
 
+@overload
+def filter_(
+    fn: Callable[[T, State], object] | Callable[[T, State], Awaitable[object]],
+    /,
+    *,
+    with_state: Literal[True],
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
+) -> Stage[Envelope[T], Envelope[T]]: ...
+@overload
 def filter_(
     fn: Callable[[T], object] | Callable[[T], Awaitable[object]],
     /,
     *,
+    with_state: Literal[False] = False,
     concurrency: int = 1,
     ordered: bool = True,
     window: int | None = None,
-) -> Stage[T, T]:
+    timeout: float | None = None,
+    on_error: Literal["result"],
+    report: ErrorReport | None = None,
+) -> Stage[T, Result[T, ErrorRecord[T]]]: ...
+@overload
+def filter_(
+    fn: Callable[[T], object] | Callable[[T], Awaitable[object]],
+    /,
+    *,
+    with_state: Literal[False] = False,
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
+) -> Stage[T, T]: ...
+def filter_(
+    fn: Callable[..., object],
+    /,
+    *,
+    with_state: bool = False,
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+    timeout: float | None = None,
+    on_error: OnError = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
+) -> Stage[Any, Any]:
     """Keep the items for which ``fn`` returns a truthy value.
 
     ``fn`` may be sync or async. Consecutive `map_`, `filter_` and `tap`
@@ -40,12 +95,20 @@ def filter_(
     ``N`` predicate calls run at once, as for `map_` (see
     docs/concurrency.md).
 
+    On a stream of `Envelope` items ``fn`` receives each value (and, with
+    ``with_state=True``, its state too: ``fn(value, state)``).
+
     Args:
         fn: The predicate.
+        with_state: Call ``fn(value, state)`` (envelope streams only).
         concurrency: The most calls in flight at once.
         ordered: Keep the input order (with ``concurrency > 1``).
         window: How many finished results may wait for an earlier, slower
             call; ``16 * concurrency`` by default.
+        timeout: Seconds one call may take (see `map_`).
+        on_error: What a failed call does (see `map_`).
+        dead_letter: Where ``on_error="split"`` sends error records.
+        report: The `ErrorReport` that counts this stage's failures.
 
     Examples:
         >>> import asyncio
@@ -56,13 +119,25 @@ def filter_(
         [0, 3]
     """
     check_callable(fn, "fn")
+    check_bool(with_state, "with_state")
     if check_concurrency(concurrency, ordered, window):
-        return item_stage("filter", fn, f"filter_({describe(fn)})")
-    from ._concurrency import concurrent_stage
+        label = f"filter_({describe(fn)})"
+        built = item_stage("filter", fn, label, with_state=with_state)
+    else:
+        from ._concurrency import concurrent_stage
 
-    label = f"filter_({describe(fn)}, concurrency={concurrency})"
-    return concurrent_stage(
-        "filter", fn, label, concurrency=concurrency, ordered=ordered, window=window
+        label = f"filter_({describe(fn)}, concurrency={concurrency})"
+        built = concurrent_stage(
+            "filter",
+            fn,
+            label,
+            concurrency=concurrency,
+            ordered=ordered,
+            window=window,
+            with_state=with_state,
+        )
+    return with_failure_options(
+        built, label, timeout=timeout, on_error=on_error, dead_letter=dead_letter, report=report
     )
 
 

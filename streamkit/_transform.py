@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, cast, overload
 
 from ._core import (
     ConcurrentOp,
@@ -12,6 +12,7 @@ from ._core import (
     Stage,
     aclose,
     annotate,
+    check_bool,
     check_callable,
     check_concurrency,
     check_int,
@@ -27,36 +28,171 @@ from ._core import (
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 
+    from returns.result import Result
+
+    from ._failures import DeadLetterSink, ErrorRecord, ErrorReport, OnError
+    from ._records import Envelope, State
+
+    Handled: TypeAlias = Literal["fail", "skip", "collect", "split"]
+
 T = TypeVar("T")
 R = TypeVar("R")
 A = TypeVar("A")
 
 
+def with_failure_options(
+    stage: Stage[Any, Any],
+    label: str,
+    *,
+    timeout: float | None,
+    on_error: OnError,
+    dead_letter: DeadLetterSink | None,
+    report: ErrorReport | None,
+) -> Stage[Any, Any]:
+    """Apply the per-item failure options shared by every item-level operator.
+
+    With the defaults the stage is returned untouched: no wrapper, no cost.
+    Otherwise its per-item function is guarded (see docs/errors.md): a
+    per-call ``timeout``, and what ``on_error`` does with a call that failed.
+    """
+    if timeout is None and on_error == "fail" and dead_letter is None and report is None:
+        return stage
+    # Failure handling builds on the operators; only a stage that asks for
+    # it loads it.
+    from ._failures import guard_stage, make_guard
+
+    guard = make_guard(
+        f"{label}, on_error={on_error!r}" if on_error != "fail" else label,
+        timeout=timeout,
+        on_error=on_error,
+        dead_letter=dead_letter,
+        report=report,
+    )
+    return guard_stage(stage, guard)
+
+
+@overload
+def map_(
+    fn: Callable[[T, State], Awaitable[Envelope[R]]],
+    /,
+    *,
+    with_state: Literal[True],
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
+) -> Stage[Envelope[T], Envelope[R]]: ...
+@overload
+def map_(
+    fn: Callable[[T, State], Envelope[R]],
+    /,
+    *,
+    with_state: Literal[True],
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
+) -> Stage[Envelope[T], Envelope[R]]: ...
+@overload
+def map_(
+    fn: Callable[[T, State], Awaitable[R]],
+    /,
+    *,
+    with_state: Literal[True],
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
+) -> Stage[Envelope[T], Envelope[R]]: ...
+@overload
+def map_(
+    fn: Callable[[T, State], R],
+    /,
+    *,
+    with_state: Literal[True],
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
+) -> Stage[Envelope[T], Envelope[R]]: ...
 @overload
 def map_(
     fn: Callable[[T], Awaitable[R]],
     /,
     *,
+    with_state: Literal[False] = False,
     concurrency: int = 1,
     ordered: bool = True,
     window: int | None = None,
+    timeout: float | None = None,
+    on_error: Literal["result"],
+    report: ErrorReport | None = None,
+) -> Stage[T, Result[R, ErrorRecord[T]]]: ...
+@overload
+def map_(
+    fn: Callable[[T], R],
+    /,
+    *,
+    with_state: Literal[False] = False,
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+    timeout: float | None = None,
+    on_error: Literal["result"],
+    report: ErrorReport | None = None,
+) -> Stage[T, Result[R, ErrorRecord[T]]]: ...
+@overload
+def map_(
+    fn: Callable[[T], Awaitable[R]],
+    /,
+    *,
+    with_state: Literal[False] = False,
+    concurrency: int = 1,
+    ordered: bool = True,
+    window: int | None = None,
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
 ) -> Stage[T, R]: ...
 @overload
 def map_(
     fn: Callable[[T], R],
     /,
     *,
+    with_state: Literal[False] = False,
     concurrency: int = 1,
     ordered: bool = True,
     window: int | None = None,
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
 ) -> Stage[T, R]: ...
 def map_(
-    fn: Callable[[Any], Any],
+    fn: Callable[..., Any],
     /,
     *,
+    with_state: bool = False,
     concurrency: int = 1,
     ordered: bool = True,
     window: int | None = None,
+    timeout: float | None = None,
+    on_error: OnError = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
 ) -> Stage[Any, Any]:
     """Apply ``fn`` to every item.
 
@@ -69,12 +205,27 @@ def map_(
     docs/concurrency.md): results come in input order, or in completion
     order with ``ordered=False``, and at most ``N + window`` items are held.
 
+    On a stream of `Envelope` items ``fn`` receives each value and its
+    result is re-wrapped with that item's state; with ``with_state=True`` it
+    is called as ``fn(value, state)`` and may return a plain value (the state
+    is kept) or an `Envelope` (the state is replaced).
+
     Args:
         fn: The function applied to each item.
+        with_state: Call ``fn(value, state)`` (envelope streams only).
         concurrency: The most calls in flight at once.
         ordered: Keep the input order (with ``concurrency > 1``).
         window: How many finished results may wait for an earlier, slower
             call before no new call starts; ``16 * concurrency`` by default.
+        timeout: Seconds one call may take before it is cancelled and fails
+            with `TimeoutError`.
+        on_error: What a failed call does: ``"fail"`` (raise), ``"skip"``,
+            ``"collect"`` (into ``report``), ``"split"`` (to
+            ``dead_letter``) or ``"result"`` (yield `returns` results); see
+            docs/errors.md.
+        dead_letter: Where ``on_error="split"`` sends error records.
+        report: The `ErrorReport` that counts (and, for ``"collect"``,
+            keeps) this stage's failures.
 
     Examples:
         >>> import asyncio
@@ -88,21 +239,79 @@ def map_(
         [0, 2, 4, 6, 8]
     """
     check_callable(fn, "fn")
+    check_bool(with_state, "with_state")
     if check_concurrency(concurrency, ordered, window):
-        return item_stage("map", fn, f"map_({describe(fn)})")
-    from ._concurrency import concurrent_stage
+        label = f"map_({describe(fn)})"
+        built = item_stage("map", fn, label, with_state=with_state)
+    else:
+        from ._concurrency import concurrent_stage
 
-    label = f"map_({describe(fn)}, concurrency={concurrency})"
-    return concurrent_stage(
-        "map", fn, label, concurrency=concurrency, ordered=ordered, window=window
+        label = f"map_({describe(fn)}, concurrency={concurrency})"
+        built = concurrent_stage(
+            "map",
+            fn,
+            label,
+            concurrency=concurrency,
+            ordered=ordered,
+            window=window,
+            with_state=with_state,
+        )
+    return with_failure_options(
+        built, label, timeout=timeout, on_error=on_error, dead_letter=dead_letter, report=report
     )
 
 
-def tap(fn: Callable[[T], object], /) -> Stage[T, T]:
+@overload
+def tap(
+    fn: Callable[[T, State], object],
+    /,
+    *,
+    with_state: Literal[True],
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
+) -> Stage[Envelope[T], Envelope[T]]: ...
+@overload
+def tap(
+    fn: Callable[[T], object],
+    /,
+    *,
+    with_state: Literal[False] = False,
+    timeout: float | None = None,
+    on_error: Literal["result"],
+    report: ErrorReport | None = None,
+) -> Stage[T, Result[T, ErrorRecord[T]]]: ...
+@overload
+def tap(
+    fn: Callable[[T], object],
+    /,
+    *,
+    with_state: Literal[False] = False,
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
+) -> Stage[T, T]: ...
+def tap(
+    fn: Callable[..., object],
+    /,
+    *,
+    with_state: bool = False,
+    timeout: float | None = None,
+    on_error: OnError = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
+) -> Stage[Any, Any]:
     """Call ``fn`` on every item for its side effect; pass the item on.
 
     Args:
         fn: Called with each item (sync or async); its result is ignored.
+        with_state: Call ``fn(value, state)`` (envelope streams only).
+        timeout: Seconds one call may take (see `map_`).
+        on_error: What a failed call does (see `map_`).
+        dead_letter: Where ``on_error="split"`` sends error records.
+        report: The `ErrorReport` that counts this stage's failures.
 
     Examples:
         >>> import asyncio
@@ -114,7 +323,16 @@ def tap(fn: Callable[[T], object], /) -> Stage[T, T]:
         [1, 2]
     """
     check_callable(fn, "fn")
-    return item_stage("tap", fn, f"tap({describe(fn)})")
+    check_bool(with_state, "with_state")
+    label = f"tap({describe(fn)})"
+    return with_failure_options(
+        item_stage("tap", fn, label, with_state=with_state),
+        label,
+        timeout=timeout,
+        on_error=on_error,
+        dead_letter=dead_letter,
+        report=report,
+    )
 
 
 @overload
@@ -125,6 +343,10 @@ def flat_map(
     concurrency: int = 1,
     ordered: bool = True,
     window: int | None = None,
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
 ) -> Stage[T, R]: ...
 @overload
 def flat_map(
@@ -134,6 +356,10 @@ def flat_map(
     concurrency: int = 1,
     ordered: bool = True,
     window: int | None = None,
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
 ) -> Stage[T, R]: ...
 @overload
 def flat_map(
@@ -143,6 +369,10 @@ def flat_map(
     concurrency: int = 1,
     ordered: bool = True,
     window: int | None = None,
+    timeout: float | None = None,
+    on_error: Handled = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
 ) -> Stage[T, R]: ...
 def flat_map(
     fn: Callable[[Any], Any],
@@ -151,6 +381,10 @@ def flat_map(
     concurrency: int = 1,
     ordered: bool = True,
     window: int | None = None,
+    timeout: float | None = None,
+    on_error: OnError = "fail",
+    dead_letter: DeadLetterSink | None = None,
+    report: ErrorReport | None = None,
 ) -> Stage[Any, Any]:
     """Apply ``fn`` to every item and yield the elements of each result.
 
@@ -168,6 +402,11 @@ def flat_map(
         ordered: Keep the input order (with ``concurrency > 1``).
         window: How many finished results may wait for an earlier, slower
             call; ``16 * concurrency`` by default.
+        timeout: Seconds one call may take (see `map_`).
+        on_error: What a failed call does (see `map_`); a retried or failed
+            call never yields part of its elements.
+        dead_letter: Where ``on_error="split"`` sends error records.
+        report: The `ErrorReport` that counts this stage's failures.
 
     Examples:
         >>> import asyncio
@@ -183,17 +422,21 @@ def flat_map(
         from ._concurrency import concurrent_stage
 
         label = f"flat_map({describe(fn)}, concurrency={concurrency})"
-        return concurrent_stage(
+        built = concurrent_stage(
             "flat_map", fn, label, concurrency=concurrency, ordered=ordered, window=window
         )
-    label = f"flat_map({describe(fn)})"
-    known_async = is_async_callable(fn)
-    op = ConcurrentOp("flat_map", fn, label, known_async, 1, True, 1)
+    else:
+        label = f"flat_map({describe(fn)})"
+        known_async = is_async_callable(fn)
+        op = ConcurrentOp("flat_map", fn, label, known_async, 1, True, 1)
 
-    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _flat_map(upstream, fn, known_async, label)
+        def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _flat_map(upstream, fn, known_async, label)
 
-    return transform_stage(label, run, op)
+        built = transform_stage(label, run, op)
+    return with_failure_options(
+        built, label, timeout=timeout, on_error=on_error, dead_letter=dead_letter, report=report
+    )
 
 
 async def _flat_map(
