@@ -27,6 +27,7 @@ from ._backoff import ConstantBackoff as ConstantBackoff
 from ._backoff import ExponentialBackoff as ExponentialBackoff
 from ._backoff import constant as constant
 from ._backoff import exponential as exponential
+from ._batch import BatchPipeline as BatchPipeline
 from ._combine import broadcast as broadcast
 from ._combine import concat as concat
 from ._combine import merge as merge
@@ -60,6 +61,12 @@ from ._failures import error_report as error_report
 from ._failures import failures as failures
 from ._failures import successes as successes
 from ._failures import with_retry as with_retry
+from ._records import Envelope as Envelope
+from ._records import Key as Key
+from ._records import Scope as Scope
+from ._records import State as State
+from ._records import StateLimitError as StateLimitError
+from ._records import StateLimits as StateLimits
 from ._runtime import Clock as Clock
 from ._runtime import current_clock as current_clock
 from ._runtime import use_clock as use_clock
@@ -69,6 +76,17 @@ from ._select import skip as skip
 from ._select import skip_while as skip_while
 from ._select import take as take
 from ._select import take_while as take_while
+from ._state import BRANCH as BRANCH
+from ._state import EnvelopStage as EnvelopStage
+from ._state import UnwrapStage as UnwrapStage
+from ._state import branch as branch
+from ._state import envelop as envelop
+from ._state import fork as fork
+from ._state import reduce_point as reduce_point
+from ._state import scan_state as scan_state
+from ._state import set_state as set_state
+from ._state import unwrap as unwrap
+from ._template import render as render
 from ._time import debounce as debounce
 from ._time import spaced as spaced
 from ._time import throttle as throttle
@@ -83,11 +101,15 @@ from ._transform import tap as tap
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "BRANCH",
     "Backoff",
     "BackoffPolicy",
+    "BatchPipeline",
     "Clock",
     "ConstantBackoff",
     "DeadLetters",
+    "EnvelopStage",
+    "Envelope",
     "ErrorRecord",
     "ErrorReport",
     "ExceptionInfo",
@@ -97,15 +119,22 @@ __all__ = [
     "FlattenStage",
     "Flow",
     "IndexedStage",
+    "Key",
     "ListStage",
     "OnError",
     "PairStage",
     "Passthrough",
+    "Scope",
     "Source",
     "Stage",
+    "State",
+    "StateLimitError",
+    "StateLimits",
     "SuccessStage",
     "TupleStage",
     "UnhandledFailure",
+    "UnwrapStage",
+    "branch",
     "broadcast",
     "buffer",
     "chunk",
@@ -119,6 +148,7 @@ __all__ = [
     "drain",
     "empty",
     "enumerate_",
+    "envelop",
     "error_report",
     "exponential",
     "failures",
@@ -127,14 +157,19 @@ __all__ = [
     "flat_map",
     "flatten",
     "fold",
+    "fork",
     "iterate",
     "last",
     "map_",
     "merge",
     "pairwise",
     "pipe",
+    "reduce_point",
+    "render",
     "repeat",
     "scan",
+    "scan_state",
+    "set_state",
     "skip",
     "skip_while",
     "spaced",
@@ -146,6 +181,7 @@ __all__ = [
     "tee",
     "throttle",
     "timeout",
+    "unwrap",
     "use_clock",
     "window",
     "with_retry",

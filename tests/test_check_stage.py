@@ -10,7 +10,9 @@ import pytest
 
 import streamkit
 from streamkit import (
+    ErrorReport,
     Stage,
+    branch,
     broadcast,
     buffer,
     chunk,
@@ -18,25 +20,34 @@ from streamkit import (
     debounce,
     distinct,
     enumerate_,
+    envelop,
+    failures,
     filter_,
     flat_map,
     flatten,
+    fork,
     iterate,
     map_,
     merge,
     pairwise,
+    reduce_point,
     scan,
+    scan_state,
+    set_state,
     skip,
     skip_while,
     spaced,
     stage,
+    successes,
     take,
     take_while,
     tap,
     tee,
     throttle,
     timeout,
+    unwrap,
     window,
+    with_retry,
     zip_,
 )
 from streamkit.testing import (
@@ -66,6 +77,25 @@ async def pages(x: int) -> AsyncIterator[int]:
     for i in range(x % 3):
         await current_clock().sleep(0.25)
         yield i
+
+
+_flaky_calls: dict[int, int] = {}
+
+
+async def flaky_double(x: int) -> int:
+    """Fails the first call for every third item, then succeeds."""
+    await current_clock().sleep(0.25)
+    if x % 3 == 0:
+        _flaky_calls[x] = _flaky_calls.get(x, 0) + 1
+        if _flaky_calls[x] % 2:
+            raise ConnectionError(f"flaky on {x}")
+    return 2 * x
+
+
+def fails_on_sevens(x: int) -> int:
+    if x % 7 == 6:
+        raise ValueError(f"no {x}")
+    return x
 
 
 @stage
@@ -110,9 +140,34 @@ STAGES: dict[str, Callable[[], Stage[Any, Any]]] = {
     "debounce": lambda: debounce(0.5),
     "timeout": lambda: timeout(1.0),
     "timeout end": lambda: timeout(1.0, on_timeout="end"),
+    "envelop": lambda: envelop({"run": 1}),
+    "unwrap": lambda: envelop() | unwrap(),
+    "set_state": lambda: set_state("double", lambda x: 2 * x),
+    "scan_state": lambda: scan_state("running", lambda a, x: a + x, 0),
+    "reduce_point": lambda: reduce_point("total", lambda a, x: a + x, 0),
+    "reduce_point spilling": lambda: reduce_point("total", lambda a, x: a + x, 0, memory_limit=3),
+    "reduce_point aggregate": lambda: reduce_point("n", lambda a, x: a + 1, 0, emit="aggregate"),
+    "fork": lambda: fork(map_(lambda x: x + 1), take(3)),
+    "fork zip": lambda: fork(unwrap(), set_state("x", abs), combine="zip", buffer=2),
+    "branch": lambda: branch(a=reduce_point("t", lambda a, x: a + x, 0), b=take(2)),
+    "with_retry": lambda: with_retry(map_(flaky_double), attempts=3),
+    "with_retry concurrency": lambda: with_retry(map_(flaky_double, concurrency=3), attempts=3),
+    "map_ on_error skip": lambda: map_(fails_on_sevens, on_error="skip", report=ErrorReport()),
+    "filter_ on_error collect": lambda: filter_(
+        fails_on_sevens, on_error="collect", report=ErrorReport()
+    ),
+    "tap timeout": lambda: tap(double, timeout=5.0),
+    "successes": lambda: (
+        map_(fails_on_sevens, on_error="result") | successes(on_failure=ErrorReport())
+    ),
+    "failures": lambda: (
+        map_(fails_on_sevens, on_error="result")
+        | failures(on_success=[].append)
+        | map_(lambda record: record.index)
+    ),
 }
 
-UNORDERED = {"map_ unordered", "filter_ unordered", "flat_map unordered"}
+UNORDERED = {"map_ unordered", "filter_ unordered", "flat_map unordered", "fork", "branch"}
 LOSSY = {"buffer drop_oldest", "buffer drop_newest"}
 
 
