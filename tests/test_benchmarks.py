@@ -1,0 +1,140 @@
+"""Structural checks of the benchmark harness (benchmarks/). No timing assertions."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import pytest
+
+from benchmarks import CASES, CaseResult, Settings, render_markdown, run_cases
+from benchmarks.cases_concurrency import ideal_makespan
+from benchmarks.cli import main
+from benchmarks.harness import TIMING_HEADERS
+from benchmarks.report import NOTES_END, NOTES_START, extract_notes, read_notes, write_doc
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+TINY = Settings(quick=True, repeat=1)
+
+EXPECTED_ROWS = {
+    "a": {"streamkit", "handwritten", "aiostream", "asyncstdlib", "aioitertools"},
+    "b": {"streamkit", "sync_loop", "handwritten"},
+    "c": {
+        "streamkit_ordered",
+        "deque",
+        "aiostream_ordered",
+        "streamkit_unordered",
+        "wait",
+        "aiostream_unordered",
+    },
+    "d": {"ideal", "streamkit", "streamkit_window", "aiostream", "semaphore", "deque"},
+    "e": {"streamkit_drain", "streamkit_collect", "handwritten_drain", "handwritten_collect"},
+}
+
+
+@pytest.fixture(scope="module")
+def results() -> dict[str, CaseResult]:
+    return {result.key: result for result in run_cases(settings=TINY)}
+
+
+def test_every_registered_case_is_expected() -> None:
+    assert set(CASES) == set(EXPECTED_ROWS)
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED_ROWS))
+def test_case_has_a_row_per_competitor(results: dict[str, CaseResult], key: str) -> None:
+    result = results[key]
+    assert {row.key for row in result.rows} == EXPECTED_ROWS[key]
+    for row in result.rows:
+        assert len(row.cells) == len(result.headers) - 1
+        if row.key.startswith("streamkit"):
+            # streamkit may lack a feature while it is being written, but must not fail.
+            assert not row.note or row.note.startswith("n/a: "), row.note
+        else:
+            assert not row.note, row.note
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED_ROWS))
+def test_ratios_are_positive_and_finite(results: dict[str, CaseResult], key: str) -> None:
+    result = results[key]
+    streamkit_measured = all(not r.note for r in result.rows if r.key.startswith("streamkit"))
+    for row in result.rows:
+        if row.ratio is None:
+            assert row.note or not streamkit_measured, f"{row.key} has no ratio"
+        else:
+            assert math.isfinite(row.ratio)
+            assert row.ratio > 0
+
+
+@pytest.mark.parametrize("key", sorted(EXPECTED_ROWS))
+def test_every_target_gets_a_verdict(results: dict[str, CaseResult], key: str) -> None:
+    result = results[key]
+    assert len(result.verdicts) == len(CASES[key].targets) >= 1
+    for verdict in result.verdicts:
+        assert verdict.status in {"met", "NOT met", "not evaluated"}
+        assert (verdict.value is None) == (verdict.met is None)
+        if verdict.value is not None:
+            assert math.isfinite(verdict.value)
+
+
+def _table_header(markdown: str, first_cell: str) -> list[str]:
+    lines = markdown.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith(f"| {first_cell} "):
+            assert set(lines[i + 1]) <= set("|:-"), "header is not followed by a rule"
+            return [cell.strip() for cell in line.strip("|").split(" | ")]
+    raise AssertionError(f"no table starting with {first_cell!r}")
+
+
+def test_markdown_has_a_section_and_table_per_case(results: dict[str, CaseResult]) -> None:
+    markdown = render_markdown(list(results.values()), TINY, notes="kept by hand")
+    for key, result in results.items():
+        assert f"## ({key}) {result.title}" in markdown
+    assert _table_header(markdown, "competitor") == [h.replace("|", r"\|") for h in TIMING_HEADERS]
+    assert _table_header(markdown, "mode")[:3] == ["mode", "peak, N = 1,000", "peak, N = 10,000"]
+    assert _table_header(markdown, "case") == ["case", "target", "result", "measured"]
+    for heading in ("## Environment", "## Targets", "## Notes", "Python", "aiostream"):
+        assert heading in markdown
+    assert extract_notes(markdown) == "kept by hand"
+
+
+def test_regenerating_keeps_the_notes(results: dict[str, CaseResult], tmp_path: Path) -> None:
+    path = tmp_path / "performance.md"
+    assert read_notes(path) is None
+    write_doc(render_markdown([results["e"]], TINY, notes=None), path)
+    default = read_notes(path)
+    assert default
+    notes = "Hand-written.\n\nTwo paragraphs, a | pipe and a [link](https://example.org)."
+    path.write_text(path.read_text().replace(default, notes))
+    write_doc(render_markdown([results["e"]], TINY, notes=read_notes(path)), path)
+    text = path.read_text()
+    assert read_notes(path) == notes
+    assert text.count(NOTES_START) == text.count(NOTES_END) == 1
+
+
+def test_ideal_schedule_is_greedy_list_scheduling() -> None:
+    assert ideal_makespan([1.0] * 16, 8) == 2.0
+    assert ideal_makespan([3.0, 1.0, 1.0, 1.0], 2) == 3.0
+    # A straggler first: the other slot takes every fast item meanwhile.
+    assert ideal_makespan([20.0] + [1.0] * 30, 2) == 25.0
+    assert ideal_makespan([], 8) == 0.0
+
+
+def test_quick_cli_prints_and_does_not_write(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def refuse(*args: object) -> None:
+        raise AssertionError("--quick must not rewrite the doc")
+
+    monkeypatch.setattr("benchmarks.cli.write_doc", refuse)
+    assert main(["--quick", "--cases", "e"]) == 0
+    out = capsys.readouterr().out
+    assert "(e) peak memory" in out
+    assert "not rewritten" in out
+
+
+def test_cli_rejects_unknown_cases() -> None:
+    with pytest.raises(SystemExit):
+        main(["--cases", "a,zz", "--no-write"])
