@@ -1,0 +1,157 @@
+"""The public surface, pinned: a change to it is a deliberate, reviewed change."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+
+import streamkit
+import streamkit.testing
+
+PUBLIC = [
+    "BRANCH",
+    "Backoff",
+    "BackoffPolicy",
+    "BatchPipeline",
+    "Clock",
+    "ConstantBackoff",
+    "DeadLetters",
+    "EnvelopStage",
+    "Envelope",
+    "ErrorRecord",
+    "ErrorReport",
+    "ExceptionInfo",
+    "ExponentialBackoff",
+    "FailureStage",
+    "FailureStatistics",
+    "FlattenStage",
+    "Flow",
+    "IndexedStage",
+    "Key",
+    "ListStage",
+    "OnError",
+    "PairStage",
+    "Passthrough",
+    "Scope",
+    "Source",
+    "Stage",
+    "State",
+    "StateLimitError",
+    "StateLimits",
+    "SuccessStage",
+    "TupleStage",
+    "UnhandledFailure",
+    "UnwrapStage",
+    "branch",
+    "broadcast",
+    "buffer",
+    "chunk",
+    "collect",
+    "concat",
+    "constant",
+    "count",
+    "current_clock",
+    "debounce",
+    "distinct",
+    "drain",
+    "empty",
+    "enumerate_",
+    "envelop",
+    "error_report",
+    "exponential",
+    "failures",
+    "filter_",
+    "first",
+    "flat_map",
+    "flatten",
+    "fold",
+    "fork",
+    "iterate",
+    "last",
+    "map_",
+    "merge",
+    "pairwise",
+    "pipe",
+    "reduce_point",
+    "render",
+    "repeat",
+    "scan",
+    "scan_state",
+    "set_state",
+    "skip",
+    "skip_while",
+    "spaced",
+    "stage",
+    "successes",
+    "take",
+    "take_while",
+    "tap",
+    "tee",
+    "throttle",
+    "timeout",
+    "unwrap",
+    "use_clock",
+    "window",
+    "with_retry",
+    "zip_",
+]
+
+TESTING = [
+    "SourceError",
+    "StageCheckError",
+    "TrackedSource",
+    "VirtualClock",
+    "assert_no_pending_tasks",
+    "check_flow",
+    "check_stage",
+    "current_clock",
+    "use_clock",
+    "virtual_clock",
+]
+
+BUILTINS = {"map", "filter", "zip", "enumerate"}
+
+
+def test_all_is_pinned() -> None:
+    assert sorted(streamkit.__all__) == PUBLIC
+
+
+def test_testing_all_is_pinned() -> None:
+    assert sorted(streamkit.testing.__all__) == TESTING
+
+
+@pytest.mark.parametrize("module", [streamkit, streamkit.testing])
+def test_every_name_in_all_exists(module: object) -> None:
+    for name in getattr(module, "__all__"):  # noqa: B009 - the module is a parameter
+        assert hasattr(module, name), name
+
+
+def test_the_front_door_exports_everything_it_imports() -> None:
+    # streamkit/__init__.py re-exports with `from ._x import y as y` only, so
+    # every public-looking attribute must be in __all__.
+    names = set(streamkit.__all__)
+    public = {
+        name
+        for name, value in vars(streamkit).items()
+        if not name.startswith("_")
+        and getattr(value, "__module__", "").startswith("streamkit")
+        and not isinstance(value, type(importlib))
+    }
+    assert public <= names, sorted(public - names)
+
+
+def test_public_names_are_reexported_from_private_modules() -> None:
+    for name in streamkit.__all__:
+        value = getattr(streamkit, name)
+        module = getattr(value, "__module__", None)
+        if module is not None and module.startswith("streamkit"):
+            assert module.split(".")[1].startswith("_"), f"{name} lives in public {module}"
+
+
+def test_trailing_underscore_only_for_builtin_clashes() -> None:
+    for name in streamkit.__all__:
+        if name.endswith("_"):
+            assert name[:-1] in BUILTINS, name
+        else:
+            assert name not in BUILTINS, name
