@@ -42,6 +42,7 @@ from ._core import PairStage as PairStage
 from ._core import Passthrough as Passthrough
 from ._core import Source as Source
 from ._core import Stage as Stage
+from ._core import StateStage as StateStage
 from ._core import TupleStage as TupleStage
 from ._core import pipe as pipe
 from ._core import stage as stage
@@ -130,6 +131,7 @@ __all__ = [
     "State",
     "StateLimitError",
     "StateLimits",
+    "StateStage",
     "SuccessStage",
     "TupleStage",
     "UnhandledFailure",

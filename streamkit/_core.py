@@ -815,12 +815,22 @@ class Stage(Generic[In, Out]):
     def __hash__(self) -> int:
         return hash(self.steps)
 
-    def __call__(self, source: Source[In], /) -> Flow[Out]:
+    # A source of envelopes gives envelopes: item-level stages pass each
+    # value to their function and re-wrap the result with the item's state.
+    @overload
+    def __call__(self, source: Source[Envelope[In]], /) -> Flow[Envelope[Out]]: ...
+    @overload
+    def __call__(self, source: Source[In], /) -> Flow[Out]: ...
+    def __call__(self, source: Source[Any], /) -> Flow[Any]:
         """Apply the stage to ``source``; nothing runs until iteration."""
-        return cast("Flow[Out]", _apply(self, source))
+        return cast("Flow[Any]", _apply(self, source))
 
-    def __ror__(self, source: Source[In], /) -> Flow[Out]:
-        return cast("Flow[Out]", _apply(self, source))
+    @overload
+    def __ror__(self, source: Source[Envelope[In]], /) -> Flow[Envelope[Out]]: ...
+    @overload
+    def __ror__(self, source: Source[In], /) -> Flow[Out]: ...
+    def __ror__(self, source: Source[Any], /) -> Flow[Any]:
+        return cast("Flow[Any]", _apply(self, source))
 
     @overload
     def __or__(self, other: Passthrough, /) -> Stage[In, Out]: ...
@@ -931,6 +941,36 @@ class Passthrough(_ShapeStage):
         return compose(self, other)
 
 
+class StateStage(Stage[In, Out]):
+    """A stage that works on envelopes themselves (`set_state`, `reduce_point`, ...).
+
+    Its types are exactly ``In -> Out``: unlike other stages it is not
+    envelope-transparent, because it reads and writes the items' state.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import StateStage, collect, set_state
+        >>> lengths = set_state("length", len)
+        >>> isinstance(lengths, StateStage)
+        True
+        >>> [item.state["length"] for item in asyncio.run(collect(["ab", "c"] | lengths))]
+        [2, 1]
+    """
+
+    __slots__ = ()
+
+    def __call__(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
+        self, source: Source[In], /
+    ) -> Flow[Out]:
+        """Apply the stage to ``source``."""
+        return cast("Flow[Out]", _apply(self, source))
+
+    def __ror__(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
+        self, source: Source[In], /
+    ) -> Flow[Out]:
+        return cast("Flow[Out]", _apply(self, source))
+
+
 class ListStage(_ShapeStage):
     """A stage that groups items into lists (`chunk`).
 
@@ -947,12 +987,20 @@ class ListStage(_ShapeStage):
 
     __slots__ = ()
 
-    def __call__(self, source: Source[S], /) -> Flow[list[S]]:
+    @overload
+    def __call__(self, source: Source[Envelope[S]], /) -> Flow[Envelope[list[S]]]: ...  # type: ignore[overload-overlap]  # pyright: ignore[reportOverlappingOverload]
+    @overload
+    def __call__(self, source: Source[S], /) -> Flow[list[S]]: ...
+    def __call__(self, source: Source[Any], /) -> Flow[Any]:
         """Apply the stage to ``source``."""
-        return cast("Flow[list[S]]", _apply(self, source))
+        return cast("Flow[Any]", _apply(self, source))
 
-    def __ror__(self, source: Source[S], /) -> Flow[list[S]]:
-        return cast("Flow[list[S]]", _apply(self, source))
+    @overload
+    def __ror__(self, source: Source[Envelope[S]], /) -> Flow[Envelope[list[S]]]: ...  # type: ignore[overload-overlap]  # pyright: ignore[reportOverlappingOverload]
+    @overload
+    def __ror__(self, source: Source[S], /) -> Flow[list[S]]: ...
+    def __ror__(self, source: Source[Any], /) -> Flow[Any]:
+        return cast("Flow[Any]", _apply(self, source))
 
 
 class TupleStage(_ShapeStage):
@@ -971,12 +1019,20 @@ class TupleStage(_ShapeStage):
 
     __slots__ = ()
 
-    def __call__(self, source: Source[S], /) -> Flow[tuple[S, ...]]:
+    @overload
+    def __call__(self, source: Source[Envelope[S]], /) -> Flow[Envelope[tuple[S, ...]]]: ...  # type: ignore[overload-overlap]  # pyright: ignore[reportOverlappingOverload]
+    @overload
+    def __call__(self, source: Source[S], /) -> Flow[tuple[S, ...]]: ...
+    def __call__(self, source: Source[Any], /) -> Flow[Any]:
         """Apply the stage to ``source``."""
-        return cast("Flow[tuple[S, ...]]", _apply(self, source))
+        return cast("Flow[Any]", _apply(self, source))
 
-    def __ror__(self, source: Source[S], /) -> Flow[tuple[S, ...]]:
-        return cast("Flow[tuple[S, ...]]", _apply(self, source))
+    @overload
+    def __ror__(self, source: Source[Envelope[S]], /) -> Flow[Envelope[tuple[S, ...]]]: ...  # type: ignore[overload-overlap]  # pyright: ignore[reportOverlappingOverload]
+    @overload
+    def __ror__(self, source: Source[S], /) -> Flow[tuple[S, ...]]: ...
+    def __ror__(self, source: Source[Any], /) -> Flow[Any]:
+        return cast("Flow[Any]", _apply(self, source))
 
 
 class PairStage(_ShapeStage):
@@ -995,12 +1051,20 @@ class PairStage(_ShapeStage):
 
     __slots__ = ()
 
-    def __call__(self, source: Source[S], /) -> Flow[tuple[S, S]]:
+    @overload
+    def __call__(self, source: Source[Envelope[S]], /) -> Flow[Envelope[tuple[S, S]]]: ...  # type: ignore[overload-overlap]  # pyright: ignore[reportOverlappingOverload]
+    @overload
+    def __call__(self, source: Source[S], /) -> Flow[tuple[S, S]]: ...
+    def __call__(self, source: Source[Any], /) -> Flow[Any]:
         """Apply the stage to ``source``."""
-        return cast("Flow[tuple[S, S]]", _apply(self, source))
+        return cast("Flow[Any]", _apply(self, source))
 
-    def __ror__(self, source: Source[S], /) -> Flow[tuple[S, S]]:
-        return cast("Flow[tuple[S, S]]", _apply(self, source))
+    @overload
+    def __ror__(self, source: Source[Envelope[S]], /) -> Flow[Envelope[tuple[S, S]]]: ...  # type: ignore[overload-overlap]  # pyright: ignore[reportOverlappingOverload]
+    @overload
+    def __ror__(self, source: Source[S], /) -> Flow[tuple[S, S]]: ...
+    def __ror__(self, source: Source[Any], /) -> Flow[Any]:
+        return cast("Flow[Any]", _apply(self, source))
 
 
 class IndexedStage(_ShapeStage):
@@ -1019,12 +1083,20 @@ class IndexedStage(_ShapeStage):
 
     __slots__ = ()
 
-    def __call__(self, source: Source[S], /) -> Flow[tuple[int, S]]:
+    @overload
+    def __call__(self, source: Source[Envelope[S]], /) -> Flow[Envelope[tuple[int, S]]]: ...  # type: ignore[overload-overlap]  # pyright: ignore[reportOverlappingOverload]
+    @overload
+    def __call__(self, source: Source[S], /) -> Flow[tuple[int, S]]: ...
+    def __call__(self, source: Source[Any], /) -> Flow[Any]:
         """Apply the stage to ``source``."""
-        return cast("Flow[tuple[int, S]]", _apply(self, source))
+        return cast("Flow[Any]", _apply(self, source))
 
-    def __ror__(self, source: Source[S], /) -> Flow[tuple[int, S]]:
-        return cast("Flow[tuple[int, S]]", _apply(self, source))
+    @overload
+    def __ror__(self, source: Source[Envelope[S]], /) -> Flow[Envelope[tuple[int, S]]]: ...  # type: ignore[overload-overlap]  # pyright: ignore[reportOverlappingOverload]
+    @overload
+    def __ror__(self, source: Source[S], /) -> Flow[tuple[int, S]]: ...
+    def __ror__(self, source: Source[Any], /) -> Flow[Any]:
+        return cast("Flow[Any]", _apply(self, source))
 
 
 class FlattenStage(_ShapeStage):
@@ -1044,7 +1116,7 @@ class FlattenStage(_ShapeStage):
 
     __slots__ = ()
 
-    @overload
+    @overload  # type: ignore[override]
     def __call__(self, source: Source[Iterable[S]], /) -> Flow[S]: ...
     @overload
     def __call__(self, source: Source[AsyncIterable[S]], /) -> Flow[S]: ...
@@ -1052,7 +1124,7 @@ class FlattenStage(_ShapeStage):
         """Apply the stage to ``source``."""
         return cast("Flow[Any]", _apply(self, source))
 
-    @overload
+    @overload  # type: ignore[override]
     def __ror__(self, source: Source[Iterable[S]], /) -> Flow[S]: ...
     @overload
     def __ror__(self, source: Source[AsyncIterable[S]], /) -> Flow[S]: ...

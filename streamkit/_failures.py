@@ -1345,15 +1345,17 @@ class SuccessStage(Stage[Any, Any]):
 
     __slots__ = ()
 
-    def __call__(self, source: Source[Result[S, Any]], /) -> Flow[S]:
+    def __call__(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
+        self, source: Source[Result[S, Any]], /
+    ) -> Flow[S]:
         """Apply the stage to ``source``."""
         return cast("Flow[S]", super().__call__(source))
 
-    @overload
+    @overload  # type: ignore[override]
     def __ror__(self, source: Stage[A, Result[S, Any]], /) -> Stage[A, S]: ...
     @overload
     def __ror__(self, source: Source[Result[S, Any]], /) -> Flow[S]: ...
-    def __ror__(self, source: Any, /) -> Any:
+    def __ror__(self, source: Any, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
         return super().__ror__(source)
 
 
@@ -1373,15 +1375,17 @@ class FailureStage(Stage[Any, Any]):
 
     __slots__ = ()
 
-    def __call__(self, source: Source[Result[Any, E]], /) -> Flow[E]:
+    def __call__(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
+        self, source: Source[Result[Any, E]], /
+    ) -> Flow[E]:
         """Apply the stage to ``source``."""
         return cast("Flow[E]", super().__call__(source))
 
-    @overload
+    @overload  # type: ignore[override]
     def __ror__(self, source: Stage[A, Result[Any, E]], /) -> Stage[A, E]: ...
     @overload
     def __ror__(self, source: Source[Result[Any, E]], /) -> Flow[E]: ...
-    def __ror__(self, source: Any, /) -> Any:
+    def __ror__(self, source: Any, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
         return super().__ror__(source)
 
 

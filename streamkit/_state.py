@@ -23,6 +23,7 @@ from ._core import (
     Flow,
     Source,
     Stage,
+    StateStage,
     aclose,
     annotate,
     check_bool,
@@ -249,7 +250,7 @@ def set_state(
     /,
     *,
     with_state: Literal[False] = False,
-) -> Stage[T | Envelope[T], Envelope[T]]: ...
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def set_state(
     key: Key[V] | str,
@@ -257,7 +258,7 @@ def set_state(
     /,
     *,
     with_state: Literal[False] = False,
-) -> Stage[T | Envelope[T], Envelope[T]]: ...
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def set_state(
     key: Key[V] | str,
@@ -265,7 +266,7 @@ def set_state(
     /,
     *,
     with_state: Literal[True],
-) -> Stage[T | Envelope[T], Envelope[T]]: ...
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def set_state(
     key: Key[V] | str,
@@ -273,7 +274,7 @@ def set_state(
     /,
     *,
     with_state: Literal[True],
-) -> Stage[T | Envelope[T], Envelope[T]]: ...
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 def set_state(
     key: Key[Any] | str,
     fn: Callable[..., Any],
@@ -325,7 +326,7 @@ def set_state(
 
         return step
 
-    return _raw_map(f"set_state({name!r}, {describe(fn)})", per_run)
+    return StateStage(_raw_map(f"set_state({name!r}, {describe(fn)})", per_run).steps)
 
 
 # --------------------------------------------------------------------------- scan_state
@@ -339,7 +340,7 @@ def scan_state(
     /,
     *,
     with_state: Literal[False] = False,
-) -> Stage[T | Envelope[T], Envelope[T]]: ...
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def scan_state(
     key: Key[A] | str,
@@ -348,7 +349,7 @@ def scan_state(
     /,
     *,
     with_state: Literal[False] = False,
-) -> Stage[T | Envelope[T], Envelope[T]]: ...
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def scan_state(
     key: Key[A] | str,
@@ -357,7 +358,7 @@ def scan_state(
     /,
     *,
     with_state: Literal[True],
-) -> Stage[T | Envelope[T], Envelope[T]]: ...
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def scan_state(
     key: Key[A] | str,
@@ -366,7 +367,7 @@ def scan_state(
     /,
     *,
     with_state: Literal[True],
-) -> Stage[T | Envelope[T], Envelope[T]]: ...
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 def scan_state(
     key: Key[Any] | str,
     fn: Callable[..., Any],
@@ -427,7 +428,7 @@ def scan_state(
 
         return step
 
-    return _raw_map(f"scan_state({name!r}, {describe(fn)})", per_run)
+    return StateStage(_raw_map(f"scan_state({name!r}, {describe(fn)})", per_run).steps)
 
 
 # --------------------------------------------------------------------------- reduce_point
@@ -497,7 +498,7 @@ def reduce_point(
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
-) -> Stage[T | Envelope[T], Envelope[T]]: ...
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
@@ -509,7 +510,7 @@ def reduce_point(
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
-) -> Stage[T | Envelope[T], Envelope[T]]: ...
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
@@ -521,7 +522,7 @@ def reduce_point(
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
-) -> Stage[T | Envelope[T], Envelope[T]]: ...
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
@@ -533,7 +534,7 @@ def reduce_point(
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
-) -> Stage[T | Envelope[T], Envelope[T]]: ...
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
@@ -543,7 +544,7 @@ def reduce_point(
     *,
     with_state: Literal[False] = False,
     emit: Literal["aggregate"],
-) -> Stage[T | Envelope[T], Envelope[A]]: ...
+) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
@@ -553,7 +554,7 @@ def reduce_point(
     *,
     with_state: Literal[False] = False,
     emit: Literal["aggregate"],
-) -> Stage[T | Envelope[T], Envelope[A]]: ...
+) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
@@ -563,7 +564,7 @@ def reduce_point(
     *,
     with_state: Literal[True],
     emit: Literal["aggregate"],
-) -> Stage[T | Envelope[T], Envelope[A]]: ...
+) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
@@ -573,7 +574,7 @@ def reduce_point(
     *,
     with_state: Literal[True],
     emit: Literal["aggregate"],
-) -> Stage[T | Envelope[T], Envelope[A]]: ...
+) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 def reduce_point(
     key: Key[Any] | str,
     reducer: Callable[..., Any],
@@ -649,7 +650,7 @@ def reduce_point(
             memory_limit,
         )
 
-    return transform_stage(label, run)
+    return StateStage(transform_stage(label, run).steps)
 
 
 class _Reduction:

@@ -39,6 +39,7 @@ PUBLIC = [
     "State",
     "StateLimitError",
     "StateLimits",
+    "StateStage",
     "SuccessStage",
     "TupleStage",
     "UnhandledFailure",

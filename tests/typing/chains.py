@@ -181,17 +181,17 @@ def check_flows() -> None:
 def check_stage_decorator() -> None:
     assert_type(repeat_each(2), Stage[str, str])
     assert_type(repeat_each(2, sep="-"), Stage[str, str])
-    repeat_each("2")  # type: ignore[arg-type]
-    repeat_each(2, separator="-")  # type: ignore[call-arg]
+    repeat_each("2")  # type: ignore[arg-type]  # pyright: ignore
+    repeat_each(2, separator="-")  # type: ignore[call-arg]  # pyright: ignore
     # The factory keeps the generator's own parameters (after `items`).
     factory: Callable[[int], Stage[str, str]] = repeat_each
     assert_type(factory(3), Stage[str, str])
 
 
 def check_misuse_is_reported() -> None:
-    range(3) | map_(is_nonempty)  # type: ignore[operator]
-    map_(to_str) | map_(double)  # type: ignore[arg-type]
-    zip_(range(3), strict=1)  # type: ignore[call-overload]
+    range(3) | map_(is_nonempty)  # type: ignore[operator]  # pyright: ignore
+    map_(to_str) | map_(double)  # type: ignore[arg-type]  # pyright: ignore
+    zip_(range(3), strict=1)  # type: ignore[call-overload]  # pyright: ignore
 
 
 async def check_terminals() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, assert_type
 
-from streamkit import Flow, Stage, collect, map_
+from streamkit import Flow, Stage, StateStage, collect, map_
 from streamkit._batch import BatchPipeline
 from streamkit._records import Envelope, Key, Scope, State, StateLimits
 from streamkit._state import (
@@ -73,8 +73,8 @@ def check_keys_and_state() -> None:
     assert_type(state.delete(TOTAL), State)
     assert_type(state.limits, StateLimits)
     assert_type(list(state), list[str])
-    state.set(TOTAL, "three")  # type: ignore[misc]
-    state[3]  # type: ignore[call-overload]
+    state.set(TOTAL, "three")  # type: ignore[misc]  # pyright: ignore
+    state[3]  # type: ignore[call-overload]  # pyright: ignore
 
 
 def accepts_any_envelope(item: Envelope[object]) -> object:
@@ -90,7 +90,7 @@ def check_envelopes() -> None:
     assert_type(item.replace(state=State()), Envelope[int])
     assert_type(item.with_state(TOTAL, 1), Envelope[int])
     assert_type(Envelope[int](1, State()).value, int)
-    item.with_state(TOTAL, "one")  # type: ignore[misc]
+    item.with_state(TOTAL, "one")  # type: ignore[misc]  # pyright: ignore
     # Envelopes are covariant in their value type.
     accepts_any_envelope(item)
 
@@ -100,31 +100,32 @@ def check_stages() -> None:
     assert_type(envelop({"run": 1})(words()), Flow[Envelope[str]])
     assert_type(range(3) | envelop() | unwrap(), Flow[int])
     assert_type(unwrap()([Envelope("a")]), Flow[str])
-    assert_type(set_state(TOTAL, length), Stage[str | Envelope[str], Envelope[str]])
-    assert_type(set_state(TOTAL, length_later), Stage[str | Envelope[str], Envelope[str]])
+    assert_type(set_state(TOTAL, length), StateStage[str | Envelope[str], Envelope[str]])
+    assert_type(set_state(TOTAL, length_later), StateStage[str | Envelope[str], Envelope[str]])
     assert_type(
-        set_state(TOTAL, weighted, with_state=True), Stage[str | Envelope[str], Envelope[str]]
+        set_state(TOTAL, weighted, with_state=True), StateStage[str | Envelope[str], Envelope[str]]
     )
     assert_type(words() | set_state(TOTAL, length), Flow[Envelope[str]])
     assert_type(words() | envelop() | set_state(TOTAL, length), Flow[Envelope[str]])
     assert_type(words() | set_state(TOTAL, length) | set_state("n", length) | unwrap(), Flow[str])
-    assert_type(scan_state(TOTAL, add_len, 0), Stage[str | Envelope[str], Envelope[str]])
-    assert_type(scan_state(TOTAL, add_len_later, 0), Stage[str | Envelope[str], Envelope[str]])
+    assert_type(scan_state(TOTAL, add_len, 0), StateStage[str | Envelope[str], Envelope[str]])
+    assert_type(scan_state(TOTAL, add_len_later, 0), StateStage[str | Envelope[str], Envelope[str]])
     assert_type(
         scan_state(TOTAL, add_weighted, 0, with_state=True),
-        Stage[str | Envelope[str], Envelope[str]],
+        StateStage[str | Envelope[str], Envelope[str]],
     )
-    assert_type(reduce_point(TOTAL, add_len, 0), Stage[str | Envelope[str], Envelope[str]])
+    assert_type(reduce_point(TOTAL, add_len, 0), StateStage[str | Envelope[str], Envelope[str]])
     assert_type(
         reduce_point(TOTAL, add_len_later, 0, memory_limit=None),
-        Stage[str | Envelope[str], Envelope[str]],
+        StateStage[str | Envelope[str], Envelope[str]],
     )
     assert_type(
-        reduce_point(TOTAL, add_len, 0, emit="aggregate"), Stage[str | Envelope[str], Envelope[int]]
+        reduce_point(TOTAL, add_len, 0, emit="aggregate"),
+        StateStage[str | Envelope[str], Envelope[int]],
     )
     assert_type(
         reduce_point(TOTAL, add_weighted, 0, with_state=True, replay=words),
-        Stage[str | Envelope[str], Envelope[str]],
+        StateStage[str | Envelope[str], Envelope[str]],
     )
     assert_type(words() | reduce_point(TOTAL, add_len, 0), Flow[Envelope[str]])
     assert_type(fork(map_(length)), Stage[Any, Envelope[Any]])
@@ -132,9 +133,9 @@ def check_stages() -> None:
     assert_type(branch(a=map_(length)), Stage[Any, Envelope[Any]])
     assert_type(branch(a=map_(length), combine="zip"), Stage[Any, Envelope[dict[str, Any]]])
     assert_type(BRANCH, Key[str])
-    set_state(TOTAL, str.upper)  # type: ignore[arg-type]
-    reduce_point(TOTAL, add_len, "zero")  # type: ignore[arg-type, misc]
-    reduce_point(TOTAL, add_len, 0, emit="all")  # type: ignore[call-overload]
+    set_state(TOTAL, str.upper)  # type: ignore[arg-type]  # pyright: ignore
+    reduce_point(TOTAL, add_len, "zero")  # type: ignore[arg-type, misc]  # pyright: ignore
+    reduce_point(TOTAL, add_len, 0, emit="all")  # type: ignore[call-overload]  # pyright: ignore
 
 
 async def check_batch_and_templates() -> None:
