@@ -58,6 +58,7 @@ from ._failures import FailureStatistics as FailureStatistics
 from ._failures import OnError as OnError
 from ._failures import SuccessStage as SuccessStage
 from ._failures import UnhandledFailure as UnhandledFailure
+from ._failures import attempts_key as attempts_key
 from ._failures import error_report as error_report
 from ._failures import failures as failures
 from ._failures import successes as successes
@@ -136,6 +137,7 @@ __all__ = [
     "TupleStage",
     "UnhandledFailure",
     "UnwrapStage",
+    "attempts_key",
     "branch",
     "broadcast",
     "buffer",

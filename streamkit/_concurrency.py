@@ -163,6 +163,7 @@ class _Calls:
         "ordered",
         "others",
         "queue",
+        "sees_envelope",
         "source_error",
         "start",
         "stopping",
@@ -180,7 +181,8 @@ class _Calls:
         self.window = op.window
         self.ordered = op.ordered
         self.upstream = upstream
-        self.with_state = op.with_state
+        self.with_state = op.with_state and not op.sees_envelope
+        self.sees_envelope = op.sees_envelope
         self.enveloped: bool | None = None
         self.tasks: dict[int, Future[Any]] = {}
         self.queue: deque[Future[Any]] = deque()
@@ -279,7 +281,10 @@ class _Calls:
         """One call on an envelope: the function sees the value (and state)."""
         value, state = envelope.value, envelope.state
         call: Callable[..., Any] = self.fn
-        result: Any = call(value, state) if self.with_state else call(value)
+        if self.sees_envelope:
+            result: Any = call(envelope)
+        else:
+            result = call(value, state) if self.with_state else call(value)
         if _awaitable_not_iterable(result):
             result = await result
         kind = self.kind
@@ -287,8 +292,10 @@ class _Calls:
             return envelope if result else SKIP
         if kind == "flat_map":
             elements = await _flat_elements(result, self.label)
+            if self.sees_envelope:  # already wrapped, with the state it recorded
+                return [e if is_envelope(e) else Envelope(e, state) for e in elements]
             return [Envelope(element, state) for element in elements]
-        if result is SKIP or (self.with_state and is_envelope(result)):
+        if result is SKIP or ((self.with_state or self.sees_envelope) and is_envelope(result)):
             return result
         return Envelope(result, state)
 

@@ -246,6 +246,11 @@ class ItemOp:
 
     with_state: bool = False
     """The function is called as ``fn(value, state)`` on envelope streams."""
+    sees_envelope: bool = False
+    """On envelope streams the function receives the whole `Envelope` and
+    returns an envelope (used as it is), a plain value (re-wrapped with the
+    item's state) or `SKIP`; on plain streams it receives the item. For
+    wrappers that record something in each item's state (retries)."""
 
     def function_for_run(self) -> Callable[[Any], Any]:
         """The function to call in a new run."""
@@ -275,6 +280,8 @@ class ConcurrentOp:
     """How many finished results may wait for an earlier, slower call."""
     with_state: bool = False
     """The function is called as ``fn(value, state)`` on envelope streams."""
+    sees_envelope: bool = False
+    """As `ItemOp.sees_envelope`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,7 +367,7 @@ class SegmentRun:
             self.enveloped = is_envelope(item)
             if not self.enveloped:
                 for op in self.ops:
-                    if op.with_state:
+                    if op.with_state and not op.sees_envelope:
                         raise TypeError(
                             f"{op.label} was built with with_state=True, which needs a stream "
                             f"of Envelope items; got {type(item).__name__} (use envelop() first)"
@@ -395,7 +402,13 @@ class SegmentRun:
         for k, op in enumerate(self.ops):
             fn = self.fns[k]
             try:
-                result = fn(value, state) if op.with_state else fn(value)
+                if op.sees_envelope:
+                    current = envelope
+                    if value is not envelope.value or state is not envelope.state:
+                        current = Envelope(value, state)
+                    result = fn(current)
+                else:
+                    result = fn(value, state) if op.with_state else fn(value)
                 mode = modes[k]
                 if mode is None:
                     mode = modes[k] = inspect.isawaitable(result)
@@ -408,7 +421,7 @@ class SegmentRun:
                 if result is SKIP:
                     self.drops[k] += 1
                     return SKIP
-                if op.with_state and is_envelope(result):
+                if (op.with_state or op.sees_envelope) and is_envelope(result):
                     value, state = result.value, result.state
                 else:
                     value = result
@@ -423,7 +436,7 @@ class SegmentRun:
         """Build the per-item function; the flag says whether it is async."""
         if not self.enveloped:
             return self._compile()
-        if not any(op.with_state for op in self.ops):
+        if not any(op.with_state or op.sees_envelope for op in self.ops):
             # No function sees the state: run the plain chain on the values
             # and re-wrap once per item, not once per operation.
             step, is_async = self._compile()
@@ -482,14 +495,18 @@ def _envelope_adapter(op: ItemOp, fn: Callable[..., Any], awaits: bool) -> Calla
             return lambda envelope: fn(envelope.value, envelope.state)
         return lambda envelope: fn(envelope.value)
 
+    takes_state = op.with_state or op.sees_envelope
+
     def wrap(envelope: Envelope[Any], result: Any) -> Any:
-        if result is SKIP or (op.with_state and is_envelope(result)):
+        if result is SKIP or (takes_state and is_envelope(result)):
             return result
         return Envelope(result, envelope.state)
 
     if awaits:
 
         async def async_map(envelope: Envelope[Any]) -> Any:
+            if op.sees_envelope:
+                return wrap(envelope, await fn(envelope))
             if op.with_state:
                 return wrap(envelope, await fn(envelope.value, envelope.state))
             return wrap(envelope, await fn(envelope.value))
@@ -497,6 +514,8 @@ def _envelope_adapter(op: ItemOp, fn: Callable[..., Any], awaits: bool) -> Calla
         return async_map
 
     def sync_map(envelope: Envelope[Any]) -> Any:
+        if op.sees_envelope:
+            return wrap(envelope, fn(envelope))
         if op.with_state:
             return wrap(envelope, fn(envelope.value, envelope.state))
         return wrap(envelope, fn(envelope.value))

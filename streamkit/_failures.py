@@ -65,9 +65,11 @@ from ._core import (
     annotate,
     check_count,
     is_async_iterable,
+    is_envelope,
     is_iterable,
     is_stage,
 )
+from ._records import Envelope, Key, Scope, State
 from ._runtime import cancel_and_wait, current_clock, signal_maker, spawn, wait_done
 
 if TYPE_CHECKING:
@@ -698,14 +700,19 @@ class Guard:
             sink = _sink_function(self.dead_letter, "dead_letter")
         object.__setattr__(self, "sink", sink)
 
-    def run(self, kind: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def run(
+        self, kind: str, fn: Callable[..., Any], *, with_state: bool = False
+    ) -> Callable[[Any], Any]:
         """The per-item function for one run: ``item -> awaitable outcome``.
 
         ``kind`` is that of the wrapped step (map, filter, tap, flat_map);
         the outcome is the value to pass on, `SKIP` to drop the item (a list
-        for flat_map), or a `Result` with ``on_error="result"``.
+        for flat_map), or a `Result` with ``on_error="result"``. Given an
+        `Envelope`, the function gets its value (and state, ``with_state``)
+        and the outcome comes back in an envelope whose state records this
+        stage's attempts (see `attempts_key`).
         """
-        return _GuardRun(self, kind, fn).call
+        return _GuardRun(self, kind, fn, with_state).call
 
 
 def _check_optional_seconds(value: object, parameter: str) -> float | None:
@@ -717,6 +724,22 @@ def _check_optional_seconds(value: object, parameter: str) -> float | None:
     if not (seconds > 0 and math.isfinite(seconds)):
         raise ValueError(f"{parameter} must be a positive, finite number of seconds, got {value}")
     return seconds
+
+
+def attempts_key(label: str) -> Key[dict[str, Any]]:
+    """The state key under which a guarded stage records each item's attempts.
+
+    On envelope streams, every item that passes a stage with retries or an
+    error strategy carries, under ``Key("attempts", scope=Scope.stage(label))``,
+    the stage's node state for that item: ``status`` ("succeeded" or
+    "failed"), ``attempts``, ``retry_count``, the last ``error`` (type and
+    message, or None) and ``execution_time`` in seconds.
+
+    Examples:
+        >>> attempts_key("map_(fetch)").qualified
+        'stage:map_(fetch)/attempts'
+    """
+    return Key[dict[str, Any]]("attempts", scope=Scope.stage(label))
 
 
 def make_guard(
@@ -775,14 +798,20 @@ class _GuardRun:
         "make_schedule",
         "notes",
         "result",
+        "state_key",
         "success",
         "timeout",
+        "with_state",
     )
 
-    def __init__(self, guard: Guard, kind: str, fn: Callable[[Any], Any]) -> None:
+    def __init__(
+        self, guard: Guard, kind: str, fn: Callable[..., Any], with_state: bool = False
+    ) -> None:
         self.guard = guard
         self.kind = kind
         self.fn = fn
+        self.with_state = with_state
+        self.state_key = attempts_key(guard.label)
         self.index = 0
         self.clock = current_clock()
         # The report's counters are private to this module, not to the class.
@@ -803,7 +832,35 @@ class _GuardRun:
         # takes the state on envelope streams (``ItemOp.with_state``).
         index = self.index
         self.index = index + 1
+        if len(args) == 1 and is_envelope(args[0]):
+            return self._enveloped(args[0], index)
         return self._item(args, index)
+
+    async def _enveloped(self, envelope: Envelope[Any], index: int) -> Any:
+        """Run one envelope's value and record the attempts in its state."""
+        value, state = envelope.value, envelope.state
+        args = (value, state) if self.with_state else (value,)
+        trace: list[Any] = []
+        outcome = await self._item(args, index, trace, state)
+        attempts, error, elapsed, status = trace
+        record = {
+            "status": status,
+            "attempts": attempts,
+            "retry_count": attempts - 1,
+            "error": None if error is None else f"{type(error).__name__}: {error}",
+            "execution_time": elapsed,
+        }
+        if outcome is SKIP:
+            return SKIP
+        kind = self.kind
+        if kind == "flat_map":
+            recorded = state.set(self.state_key, record)
+            return [Envelope(element, recorded) for element in outcome]
+        if kind != "map":  # filter, tap: the outcome is the item's value
+            return Envelope(value, state.set(self.state_key, record))
+        if self.with_state and is_envelope(outcome):
+            return Envelope(outcome.value, outcome.state.set(self.state_key, record))
+        return Envelope(outcome, state.set(self.state_key, record))
 
     async def _once(self, args: tuple[Any, ...]) -> Any:
         result = self.fn(*args)
@@ -843,13 +900,21 @@ class _GuardRun:
             )
         return task.result()
 
-    async def _item(self, args: tuple[Any, ...], index: int) -> Any:
+    async def _item(
+        self,
+        args: tuple[Any, ...],
+        index: int,
+        trace: list[Any] | None = None,
+        state: State | None = None,
+    ) -> Any:
+        # ``trace``, when given, receives [attempts, last error, elapsed, status].
         counters = self.counters
         clock = self.clock
         counters.items += 1
         started = clock.now()
         schedule: Iterator[float] | None = None
         attempt = 0
+        last_error: Exception | None = None
         while True:
             attempt += 1
             counters.attempts += 1
@@ -861,7 +926,7 @@ class _GuardRun:
                 else:
                     value = await self._timed(args)
             except Exception as exc:
-                error = exc
+                error = last_error = exc
             except BaseException:
                 counters.cancelled += 1
                 raise
@@ -869,6 +934,8 @@ class _GuardRun:
                 counters.succeeded += 1
                 if attempt > 1:
                     counters.recovered += 1
+                if trace is not None:
+                    trace[:] = [attempt, last_error, clock.now() - started, "succeeded"]
                 return self._success(args[0], value)
             delay = 0.0
             try:
@@ -900,7 +967,10 @@ class _GuardRun:
                     counters.cancelled += 1
                     raise
                 continue
-            return await self._give_up(args, index, error, attempt, clock.now() - started, reason)
+            elapsed = clock.now() - started
+            if trace is not None:
+                trace[:] = [attempt, error, elapsed, "failed"]
+            return await self._give_up(args, index, error, attempt, elapsed, reason, state)
 
     def _success(self, item: Any, value: Any) -> Any:
         kind = self.kind
@@ -925,6 +995,7 @@ class _GuardRun:
         attempts: int,
         elapsed: float,
         reason: str,
+        state: State | None = None,
     ) -> Any:
         guard = self.guard
         counters = self.counters
@@ -949,7 +1020,7 @@ class _GuardRun:
             exception=error,
             attempts=attempts,
             elapsed=elapsed,
-            state=args[1] if len(args) > 1 else None,
+            state=state if state is not None else (args[1] if len(args) > 1 else None),
         )
         if strategy == "collect":
             guard.report.add(record)
@@ -991,7 +1062,8 @@ class GuardedItem:
     """The step as it was before guarding (kind, user function, options)."""
 
     def __call__(self) -> Callable[[Any], Any]:
-        return self.guard.run(self.base.kind, self.base.function_for_run())
+        base = self.base
+        return self.guard.run(base.kind, base.function_for_run(), with_state=base.with_state)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1004,11 +1076,13 @@ class GuardedTransform:
 
     def __call__(self, upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         op = self.base
-        fn = self.guard.run(op.kind, op.fn)
+        fn = self.guard.run(op.kind, op.fn, with_state=op.with_state)
         if op.kind == "flat_map" and op.concurrency == 1:
             return _flat_sequential(upstream, fn, self.guard.label)
         kind: Literal["map", "flat_map"] = "flat_map" if op.kind == "flat_map" else "map"
-        wrapped = dataclasses.replace(op, kind=kind, fn=fn, label=self.guard.label, is_async=True)
+        wrapped = dataclasses.replace(
+            op, kind=kind, fn=fn, label=self.guard.label, is_async=True, sees_envelope=True
+        )
         results = concurrent_transform(wrapped).run(upstream)
         return results if kind == "flat_map" else _without_skips(results)
 
@@ -1054,6 +1128,7 @@ def guard_item(op: ItemOp, guard: Guard) -> ItemOp:
         is_async=True,
         may_drop=True,
         per_run=GuardedItem(guard, op),
+        sees_envelope=True,
     )
 
 

@@ -44,6 +44,7 @@ PUBLIC = [
     "TupleStage",
     "UnhandledFailure",
     "UnwrapStage",
+    "attempts_key",
     "branch",
     "broadcast",
     "buffer",
