@@ -20,15 +20,19 @@ from ._core import (
     check_seconds,
     describe,
     is_async_callable,
+    is_envelope,
     is_flow,
     is_sync_source,
     open_async,
     run_segment_to_list,
     transform_stage,
 )
+from ._records import Envelope
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+
+    from ._records import State
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -48,6 +52,29 @@ _NO_DEFAULT: Final = _NoDefault()
 # --------------------------------------------------------------------------- grouping
 
 
+def merged_state(group: Iterable[Envelope[Any]]) -> State:
+    """The states of a non-empty group of envelopes, merged left to right.
+
+    Later items win on conflicting keys. A state shared by consecutive items
+    is merged once, so a group that shares one state object (the common
+    case: `envelop`'s initial state) gets that very object back, unmerged.
+    """
+    envelopes = iter(group)
+    merged = previous = next(envelopes).state
+    for envelope in envelopes:
+        state = envelope.state
+        if state is not previous:
+            # Merging the state just merged again would change nothing.
+            merged = merged.set_many(state)
+            previous = state
+    return merged
+
+
+def enveloped_list(batch: Sequence[Envelope[Any]]) -> Envelope[list[Any]]:
+    """One envelope for a group: the list of values, with the merged state."""
+    return Envelope([envelope.value for envelope in batch], merged_state(batch))
+
+
 def chunk(size: int, /, *, within: float | None = None) -> ListStage:
     """Group items into lists of up to ``size`` items.
 
@@ -55,6 +82,10 @@ def chunk(size: int, /, *, within: float | None = None) -> ListStage:
     last. With ``within=seconds``, a partial list is also emitted once its
     oldest item has waited that long (count-or-time batching); this reads the
     current clock, so it runs exactly under `streamkit.testing.VirtualClock`.
+
+    On a stream of `Envelope` items each group comes out as one envelope:
+    the list of values, with the items' states merged (later items win on a
+    conflicting key).
 
     Args:
         size: The largest number of items in a list (1 or more).
@@ -84,16 +115,23 @@ def chunk(size: int, /, *, within: float | None = None) -> ListStage:
     return ListStage(transform_stage(f"chunk({size}, within={seconds:g})", run_within).steps)
 
 
-async def _chunk(upstream: AsyncIterator[Any], size: int) -> AsyncIterator[list[Any]]:
+async def _chunk(upstream: AsyncIterator[Any], size: int) -> AsyncIterator[Any]:
     batch: list[Any] = []
+    # Decided by the first item (the first of the first batch), once per run;
+    # checked once per batch, never per item.
+    enveloped: bool | None = None
     try:
         async for item in upstream:
             batch.append(item)
             if len(batch) == size:
-                yield batch
+                if enveloped is None:
+                    enveloped = is_envelope(batch[0])
+                yield enveloped_list(batch) if enveloped else batch
                 batch = []
         if batch:
-            yield batch
+            if enveloped is None:
+                enveloped = is_envelope(batch[0])
+            yield enveloped_list(batch) if enveloped else batch
     finally:
         await aclose(upstream)
 
@@ -102,7 +140,9 @@ def window(size: int, /, *, step: int = 1) -> TupleStage:
     """Yield sliding windows: tuples of ``size`` consecutive items.
 
     A window starts every ``step`` items. Only full windows are yielded: a
-    stream shorter than ``size`` yields none.
+    stream shorter than ``size`` yields none. On a stream of `Envelope` items
+    each window comes out as one envelope: the tuple of values, with the
+    items' states merged (later items win on a conflicting key).
 
     Args:
         size: Items per window (1 or more).
@@ -128,6 +168,9 @@ def window(size: int, /, *, step: int = 1) -> TupleStage:
 async def _window(upstream: AsyncIterator[Any], size: int, step: int) -> AsyncIterator[Any]:
     buffer: deque[Any] = deque(maxlen=size)
     to_skip = 0
+    # Decided by the first item (the first of the first window), once per
+    # run; checked once per window, never per item.
+    enveloped: bool | None = None
     try:
         async for item in upstream:
             if to_skip:
@@ -135,7 +178,14 @@ async def _window(upstream: AsyncIterator[Any], size: int, step: int) -> AsyncIt
                 continue
             buffer.append(item)
             if len(buffer) == size:
-                yield tuple(buffer)
+                if enveloped is None:
+                    enveloped = is_envelope(buffer[0])
+                if enveloped:
+                    yield Envelope(
+                        tuple([envelope.value for envelope in buffer]), merged_state(buffer)
+                    )
+                else:
+                    yield tuple(buffer)
                 if step >= size:
                     buffer.clear()
                     to_skip = step - size
@@ -148,6 +198,10 @@ async def _window(upstream: AsyncIterator[Any], size: int, step: int) -> AsyncIt
 
 def pairwise() -> PairStage:
     """Yield each item paired with the next: ``(a, b), (b, c), ...``.
+
+    On a stream of `Envelope` items each pair comes out as one envelope: the
+    pair of values, with the two states merged (the later item wins on a
+    conflicting key).
 
     Examples:
         >>> import asyncio
@@ -162,13 +216,27 @@ def _run_pairwise(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
     return _pairwise(upstream)
 
 
-async def _pairwise(upstream: AsyncIterator[Any]) -> AsyncIterator[tuple[Any, Any]]:
-    missing = previous = object()
+async def _pairwise(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
     try:
-        async for item in upstream:
-            if previous is not missing:
+        try:
+            previous = await anext(upstream)
+        except StopAsyncIteration:
+            return
+        # The first item decides the stream's kind; each kind has its own loop.
+        if is_envelope(previous):
+            before = previous.state
+            async for item in upstream:
+                state = item.state
+                yield Envelope(
+                    (previous.value, item.value),
+                    before if state is before else before.set_many(state),
+                )
+                previous = item
+                before = state
+        else:
+            async for item in upstream:
                 yield previous, item
-            previous = item
+                previous = item
     finally:
         await aclose(upstream)
 

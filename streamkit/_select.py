@@ -16,6 +16,7 @@ from ._core import (
     check_count,
     describe,
     is_async_callable,
+    is_envelope,
     item_stage,
     transform_stage,
 )
@@ -215,7 +216,9 @@ async def _skip(upstream: AsyncIterator[Any], n: int) -> AsyncIterator[Any]:
 def take_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) -> Stage[T, T]:
     """Yield items while ``fn`` holds; stop at the first item where it fails.
 
-    The failing item is not yielded, and the upstream is closed at once.
+    The failing item is not yielded, and the upstream is closed at once. On
+    a stream of `Envelope` items ``fn`` receives each value, and the items
+    pass on as the same envelopes.
 
     Args:
         fn: The predicate (sync or async).
@@ -231,6 +234,9 @@ def take_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) 
 
 def skip_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) -> Stage[T, T]:
     """Drop items while ``fn`` holds; yield everything from the first failure on.
+
+    On a stream of `Envelope` items ``fn`` receives each value, and the items
+    pass on as the same envelopes.
 
     Args:
         fn: The predicate (sync or async); not called again once it fails.
@@ -261,12 +267,19 @@ async def _take_while(
     upstream: AsyncIterator[Any], fn: Callable[[Any], Any], known_async: bool, label: str
 ) -> AsyncIterator[Any]:
     awaits: bool | None = True if known_async else None
+    enveloped: bool | None = None  # decided by the first item, once per run
     index = -1
     try:
         async for item in upstream:
             index += 1
+            value = item
+            if enveloped is not False:  # never true again after a plain first item
+                if enveloped is None:
+                    enveloped = bool(is_envelope(item))
+                if enveloped:
+                    value = item.value
             try:
-                keep = fn(item)
+                keep = fn(value)
                 if awaits is None:
                     awaits = inspect.isawaitable(keep)
                 if awaits:
@@ -285,12 +298,19 @@ async def _skip_while(
     upstream: AsyncIterator[Any], fn: Callable[[Any], Any], known_async: bool, label: str
 ) -> AsyncIterator[Any]:
     awaits: bool | None = True if known_async else None
+    enveloped: bool | None = None  # decided by the first item, once per run
     index = -1
     try:
         async for item in upstream:
             index += 1
+            value = item
+            if enveloped is not False:  # never true again after a plain first item
+                if enveloped is None:
+                    enveloped = bool(is_envelope(item))
+                if enveloped:
+                    value = item.value
             try:
-                drop = fn(item)
+                drop = fn(value)
                 if awaits is None:
                     awaits = inspect.isawaitable(drop)
                 if awaits:
@@ -311,7 +331,9 @@ def distinct(*, key: Callable[[Any], Hashable] | None = None) -> Passthrough:
     """Yield each item the first time it (or its ``key``) is seen.
 
     Memory grows with the number of distinct keys: every key seen is kept
-    until the flow ends.
+    until the flow ends. On a stream of `Envelope` items the values (or
+    ``key(value)``) are compared, not the envelopes, and the first envelope
+    of each is yielded.
 
     Args:
         key: Maps an item to the hashable value compared (sync only); the
@@ -340,12 +362,19 @@ async def _distinct(
 ) -> AsyncIterator[Any]:
     seen: set[Hashable] = set()
     add = seen.add
+    enveloped: bool | None = None  # decided by the first item, once per run
     index = -1
     try:
         async for item in upstream:
             index += 1
+            value = item
+            if enveloped is not False:  # never true again after a plain first item
+                if enveloped is None:
+                    enveloped = bool(is_envelope(item))
+                if enveloped:
+                    value = item.value
             try:
-                marker = item if key is None else key(item)
+                marker = value if key is None else key(value)
                 if marker in seen:
                     continue
                 add(marker)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Final, Literal
 
+from ._aggregate import enveloped_list
 from ._core import (
     Passthrough,
     aclose,
@@ -11,6 +12,7 @@ from ._core import (
     check_callable,
     check_count,
     check_seconds,
+    is_envelope,
     transform_stage,
 )
 from ._runtime import cancel_and_wait, current_clock, spawn, wait_done
@@ -25,15 +27,19 @@ async def _pull(iterator: AsyncIterator[Any]) -> Any:
 
 async def chunk_within(
     upstream: AsyncIterator[Any], size: int, within: float
-) -> AsyncIterator[list[Any]]:
+) -> AsyncIterator[Any]:
     """Count-or-time batching: a list at ``size`` items or ``within`` seconds.
 
     One pull of the upstream is kept pending across batches; a timeout never
     cancels it, so no item is lost and the upstream is never interrupted
-    mid-item.
+    mid-item. On a stream of `Envelope` items each batch is one envelope:
+    the list of values, with the items' states merged (later items win).
     """
     clock = current_clock()
     batch: list[Any] = []
+    # Decided by the first item (the first of the first batch), once per run;
+    # checked once per batch, never per item.
+    enveloped: bool | None = None
     deadline = 0.0
     pending = None
     try:
@@ -44,7 +50,9 @@ async def chunk_within(
                 arrived = await wait_done(pending, deadline - clock.now(), clock)
                 if not arrived:
                     ready, batch = batch, []
-                    yield ready
+                    if enveloped is None:
+                        enveloped = is_envelope(ready[0])
+                    yield enveloped_list(ready) if enveloped else ready
                     continue
             else:
                 await wait_done(pending, None, clock)
@@ -58,9 +66,13 @@ async def chunk_within(
             batch.append(item)
             if len(batch) == size:
                 ready, batch = batch, []
-                yield ready
+                if enveloped is None:
+                    enveloped = is_envelope(ready[0])
+                yield enveloped_list(ready) if enveloped else ready
         if batch:
-            yield batch
+            if enveloped is None:
+                enveloped = is_envelope(batch[0])
+            yield enveloped_list(batch) if enveloped else batch
     finally:
         try:
             if pending is not None:

@@ -19,11 +19,13 @@ from ._core import (
     describe,
     is_async_callable,
     is_async_iterable,
+    is_envelope,
     is_iterable,
     item_stage,
     open_async,
     transform_stage,
 )
+from ._records import Envelope
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
     from returns.result import Result
 
     from ._failures import DeadLetterSink, ErrorRecord, ErrorReport, OnError
-    from ._records import Envelope, State
+    from ._records import State
 
     Handled: TypeAlias = Literal["fail", "skip", "collect", "split"]
 
@@ -396,6 +398,9 @@ def flat_map(
     come out whole, in input order or, with ``ordered=False``, in completion
     order.
 
+    On a stream of `Envelope` items ``fn`` receives each value, and every
+    element comes out as ``Envelope(element, state)`` with its item's state.
+
     Args:
         fn: Maps one item to an iterable of output items.
         concurrency: The most calls in flight at once.
@@ -443,12 +448,19 @@ async def _flat_map(
     upstream: AsyncIterator[Any], fn: Callable[[Any], Any], known_async: bool, label: str
 ) -> AsyncIterator[Any]:
     awaits: bool | None = True if known_async else None
+    enveloped: bool | None = None  # decided by the first item, once per run
     index = -1
     try:
         async for item in upstream:
             index += 1
+            value = item
+            if enveloped is not False:  # never true again after a plain first item
+                if enveloped is None:
+                    enveloped = bool(is_envelope(item))
+                if enveloped:
+                    value = item.value
             try:
-                result = fn(item)
+                result = fn(value)
                 if awaits is None:
                     # Some async iterables are awaitable too (aiostream's
                     # streams): iterate those, never await them.
@@ -468,10 +480,19 @@ async def _flat_map(
             if is_async_iterable(result):
                 inner = open_async(result)
                 try:
-                    async for element in inner:
-                        yield element
+                    if enveloped:
+                        state = item.state
+                        async for element in inner:
+                            yield Envelope(element, state)
+                    else:
+                        async for element in inner:
+                            yield element
                 finally:
                     await aclose(inner)
+            elif enveloped:
+                state = item.state
+                for element in cast("Iterable[Any]", result):
+                    yield Envelope(element, state)
             else:
                 for element in cast("Iterable[Any]", result):
                     yield element
@@ -481,6 +502,9 @@ async def _flat_map(
 
 def flatten() -> FlattenStage:
     """Yield the elements of every item; items are iterables or async iterables.
+
+    On a stream of `Envelope` items each value is the iterable, and every
+    element comes out as ``Envelope(element, state)`` with its item's state.
 
     Examples:
         >>> import asyncio
@@ -496,25 +520,41 @@ def _run_flatten(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
 
 
 async def _flatten(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    enveloped: bool | None = None  # decided by the first item, once per run
     index = -1
     try:
         async for item in upstream:
             index += 1
-            if not is_iterable(item):
+            value = item
+            if enveloped is not False:  # never true again after a plain first item
+                if enveloped is None:
+                    enveloped = bool(is_envelope(item))
+                if enveloped:
+                    value = item.value
+            if not is_iterable(value):
                 error = TypeError(
-                    f"flatten() needs iterable items, got {type(item).__name__}: {item!r}"
+                    f"flatten() needs iterable items, got {type(value).__name__}: {value!r}"
                 )
                 annotate(error, "flatten()", index)
                 raise error
-            if is_async_iterable(item):
-                inner = open_async(item)
+            if is_async_iterable(value):
+                inner = open_async(value)
                 try:
-                    async for element in inner:
-                        yield element
+                    if enveloped:
+                        state = item.state
+                        async for element in inner:
+                            yield Envelope(element, state)
+                    else:
+                        async for element in inner:
+                            yield element
                 finally:
                     await aclose(inner)
+            elif enveloped:
+                state = item.state
+                for element in cast("Iterable[Any]", value):
+                    yield Envelope(element, state)
             else:
-                for element in cast("Iterable[Any]", item):
+                for element in cast("Iterable[Any]", value):
                     yield element
     finally:
         await aclose(upstream)
@@ -531,7 +571,9 @@ def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
     """Yield the running accumulation ``acc = fn(acc, item)`` after each item.
 
     The initial value itself is not yielded; the accumulator type may differ
-    from the item type.
+    from the item type. On a stream of `Envelope` items ``fn`` receives each
+    value, and each accumulator comes out as ``Envelope(acc, state)`` with the
+    state of the item that produced it.
 
     Args:
         fn: Combines the accumulator with the next item (sync or async).
@@ -561,12 +603,19 @@ async def _scan(
     label: str,
 ) -> AsyncIterator[Any]:
     awaits: bool | None = True if known_async else None
+    enveloped: bool | None = None  # decided by the first item, once per run
     index = -1
     try:
         async for item in upstream:
             index += 1
+            value = item
+            if enveloped is not False:  # never true again after a plain first item
+                if enveloped is None:
+                    enveloped = bool(is_envelope(item))
+                if enveloped:
+                    value = item.value
             try:
-                result = fn(accumulator, item)
+                result = fn(accumulator, value)
                 if awaits is None:
                     awaits = inspect.isawaitable(result)
                 if awaits:
@@ -575,13 +624,16 @@ async def _scan(
                 annotate(exc, label, index)
                 raise
             accumulator = result
-            yield accumulator
+            yield Envelope(accumulator, item.state) if enveloped else accumulator
     finally:
         await aclose(upstream)
 
 
 def enumerate_(start: int = 0) -> IndexedStage:
     """Pair every item with its index: ``(start, a), (start + 1, b), ...``.
+
+    On a stream of `Envelope` items the pairs hold the values and keep each
+    item's state: ``Envelope((i, value), state)``.
 
     Args:
         start: The first index.
@@ -600,11 +652,25 @@ def enumerate_(start: int = 0) -> IndexedStage:
     return IndexedStage(transform_stage(f"enumerate_({start})", run).steps)
 
 
-async def _enumerate(upstream: AsyncIterator[Any], start: int) -> AsyncIterator[tuple[int, Any]]:
+async def _enumerate(upstream: AsyncIterator[Any], start: int) -> AsyncIterator[Any]:
     index = start
     try:
-        async for item in upstream:
-            yield index, item
+        try:
+            first = await anext(upstream)
+        except StopAsyncIteration:
+            return
+        # The first item decides the stream's kind; each kind has its own loop.
+        if is_envelope(first):
+            yield Envelope((index, first.value), first.state)
             index += 1
+            async for item in upstream:
+                yield Envelope((index, item.value), item.state)
+                index += 1
+        else:
+            yield index, first
+            index += 1
+            async for item in upstream:
+                yield index, item
+                index += 1
     finally:
         await aclose(upstream)
