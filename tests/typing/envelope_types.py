@@ -17,6 +17,7 @@ from streamkit import (
     collect,
     envelop,
     filter_,
+    flatten,
     map_,
     pairwise,
     set_state,
@@ -72,6 +73,8 @@ def check_shapes_over_envelopes() -> None:
     assert_type(items() | chunk(2), Flow[Envelope[list[int]]])
     assert_type(items() | window(2), Flow[Envelope[tuple[int, ...]]])
     assert_type(items() | pairwise(), Flow[Envelope[tuple[int, int]]])
+    lists: list[Envelope[list[str]]] = [Envelope(["a"])]
+    assert_type(lists | flatten(), Flow[Envelope[str]])
 
 
 def check_with_state() -> None:
