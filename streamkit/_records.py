@@ -32,6 +32,9 @@ D = TypeVar("D")
 ScopeKind: TypeAlias = Literal["global", "pipeline", "stage", "custom"]
 
 _MAX_DEPTH: Final = 8
+_COMPACT_LIMIT: Final = 32
+"""Nodes with at most this many entries of their own are merged when a chain
+grows past `_MAX_DEPTH`; larger ones (shared states) stay as parents."""
 """A state chain deeper than this is flattened into one node on the next set."""
 
 _KEYS_IN_MESSAGES: Final = 20
@@ -569,16 +572,7 @@ class State(Mapping[str, Any]):
             self._check(name, count, nbytes, size)
         depth = self._depth + 1
         if depth > _MAX_DEPTH:
-            node = State._node(None, limits, count, nbytes, 0)
-            own, sizes = self._flat_with_sizes()
-            own = dict(own)
-            own[name] = value
-            if sizes is not None:
-                sizes = dict(sizes)
-                sizes[name] = size
-            node._own = own
-            node._sizes = sizes
-            return node
+            return self._merge_top({name: value}, {name: size}, count, nbytes)
         node = _new_state(State)
         if self._count == 0 and self._parent is None:
             node._parent = None
@@ -595,6 +589,57 @@ class State(Mapping[str, Any]):
         node._bytes = nbytes
         node._limits = limits
         return node
+
+    def _merge_top(
+        self,
+        entries: dict[str, Any],
+        entry_sizes: dict[str, int] | None,
+        count: int,
+        nbytes: int,
+    ) -> State:
+        """Set ``entries`` by merging them with the small nodes atop the chain.
+
+        Only nodes that hold few entries (an item's own recent keys) are
+        copied; the first node that holds many, typically a state shared by
+        every item, stays as the parent. So setting keys per item never copies
+        the shared entries, and lookups stay short.
+        """
+        small: list[State] = []
+        node: State | None = self
+        while node is not None and (node._own is None or len(node._own) <= _COMPACT_LIMIT):
+            small.append(node)
+            node = node._parent
+        limits = self._limits
+        own: dict[str, Any] = {}
+        sizes: dict[str, int] | None = {} if limits.max_bytes is not None else None
+        for each in reversed(small):
+            if each._key is not None:
+                own[each._key] = each._value
+                if sizes is not None:
+                    sizes[each._key] = each._size
+            elif each._own is not None:
+                own.update(each._own)
+                if sizes is not None:
+                    if each._sizes is None:
+                        sizes.update((k, entry_size(k, v)) for k, v in each._own.items())
+                    else:
+                        sizes.update(each._sizes)
+        own.update(entries)
+        if sizes is not None:
+            if entry_sizes is None:
+                sizes.update((k, entry_size(k, v)) for k, v in entries.items())
+            else:
+                sizes.update(entry_sizes)
+        if node is None:
+            # Nothing below to shadow: deletion markers have done their work.
+            for key in [key for key, entry in own.items() if entry is _DELETED]:
+                del own[key]
+                if sizes is not None:
+                    del sizes[key]
+        merged = State._node(node, limits, count, nbytes, 1)
+        merged._own = own
+        merged._sizes = sizes
+        return merged
 
     @overload
     def set(self, key: Key[T], value: T, /) -> State: ...
@@ -639,7 +684,9 @@ class State(Mapping[str, Any]):
                 nbytes += size - (old_size if present else 0)
             self._check(name, count, nbytes, size)
         depth = self._depth + 1
-        if depth > _MAX_DEPTH or (self._count == 0 and self._parent is None):
+        if depth > _MAX_DEPTH:
+            return self._merge_top(entries, sizes, count, nbytes)
+        if self._count == 0 and self._parent is None:
             own, own_sizes = self._flat_with_sizes()
             own = {**own, **entries}
             if sizes is not None and own_sizes is not None:
@@ -668,14 +715,8 @@ class State(Mapping[str, Any]):
             return State(limits=self._limits)
         depth = self._depth + 1
         if depth > _MAX_DEPTH:
-            own, sizes = self._flat_with_sizes()
-            own = {k: v for k, v in own.items() if k != name}
-            if sizes is not None:
-                sizes = {k: v for k, v in sizes.items() if k != name}
-            node = State._node(None, self._limits, count, nbytes, 0)
-            node._own = own
-            node._sizes = sizes
-            return node
+            # A marker, kept while a node below may still hold the key.
+            return self._merge_top({name: _DELETED}, {name: 0}, count, nbytes)
         node = State._node(self, self._limits, count, nbytes, depth)
         node._key = name
         node._value = _DELETED

@@ -145,11 +145,15 @@ def test_deep_chains_are_flattened_and_still_correct() -> None:
             st.integers() | st.text(max_size=5) | st.none(),
         ),
         max_size=60,
-    )
+    ),
+    st.sampled_from([0, 3, 40]),
 )
-def test_state_agrees_with_a_dict(ops: list[tuple[str, str, Any]]) -> None:
-    state = State()
-    model: dict[str, Any] = {}
+def test_state_agrees_with_a_dict(ops: list[tuple[str, str, Any]], base_size: int) -> None:
+    # A base larger than a node that compaction copies stays shared below
+    # the item's own keys: its entries must still read, shadow and delete.
+    model: dict[str, Any] = {f"base{i}": i for i in range(base_size)}
+    model.update({"a": "base", "c": "base"} if base_size else {})
+    state = State(model)
     for op, key, value in ops:
         if op == "set":
             state = state.set(key, value)
@@ -167,7 +171,7 @@ def test_state_agrees_with_a_dict(ops: list[tuple[str, str, Any]]) -> None:
         assert dict(state) == model
         assert len(state) == len(model)
         assert state.nbytes == compact_json(state)
-        for probe in "abcdez":
+        for probe in [*"abcdez", "base0", "base39"]:
             assert state.get(probe, "missing") == model.get(probe, "missing")
 
 
@@ -187,6 +191,30 @@ def test_setting_a_key_on_a_shared_state_does_not_copy_it() -> None:
     assert used / len(derived) < 400, used / len(derived)
     assert all(item["key199"] == "x" * 50 for item in derived[:10])
     assert derived[5][TOTAL] == 5
+
+
+def test_many_keys_per_item_still_never_copy_the_shared_state() -> None:
+    # Past the depth at which an item's own nodes are compacted, the shared
+    # entries must stay shared: only the item's own keys are merged.
+    shared = State({f"key{i}": "x" * 50 for i in range(200)})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        derived = []
+        for item in range(500):
+            state = shared
+            for step in range(20):
+                state = state.set(f"step{step}", item)
+            derived.append(state)
+        used = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    # A copy of the shared entries would be ~20 KB per item; twenty own keys
+    # take a few KB at most.
+    assert used / len(derived) < 6_000, used / len(derived)
+    assert derived[7]["step19"] == 7
+    assert derived[7]["key199"] == "x" * 50
+    assert len(derived[7]) == 220
 
 
 def test_envelope_default_state_is_one_shared_object() -> None:
