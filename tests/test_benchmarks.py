@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import CASES, CaseResult, Settings, render_markdown, run_cases
 from benchmarks.cases_concurrency import ideal_makespan
+from benchmarks.cases_state import CHAIN, MICRO_STATE_SIZES, STATE_SIZES
 from benchmarks.cli import main
 from benchmarks.harness import TIMING_HEADERS
 from benchmarks.report import NOTES_END, NOTES_START, extract_notes, read_notes, write_doc
@@ -31,6 +32,34 @@ EXPECTED_ROWS = {
     },
     "d": {"ideal", "streamkit", "streamkit_window", "aiostream", "semaphore", "deque"},
     "e": {"streamkit_drain", "streamkit_collect", "handwritten_drain", "handwritten_collect"},
+    "f": {
+        "streamkit_plain",
+        "streamkit_envelope",
+        "streamkit_envelop_unwrap",
+        "plain_source",
+        "streamkit_envelope_source",
+    },
+    "g": {
+        *(
+            f"streamkit_{kind}_{keys}{size}"
+            for kind in ("envelop", "set_state")
+            for keys in STATE_SIZES
+            for size in ("", "_large")
+        ),
+        *(
+            f"streamkit_{kind}_{keys}"
+            for kind in ("state_set", "chain")
+            for keys in MICRO_STATE_SIZES
+        ),
+    },
+    "h": {
+        "streamkit_reduce_drain",
+        "streamkit_reduce_collect",
+        "list_collect",
+        "streamkit_envelop_collect",
+        "streamkit_envelop_drain",
+    },
+    "i": {"streamkit_spill", "streamkit_buffer"},
 }
 
 
@@ -112,6 +141,75 @@ def test_regenerating_keeps_the_notes(results: dict[str, CaseResult], tmp_path: 
     text = path.read_text()
     assert read_notes(path) == notes
     assert text.count(NOTES_START) == text.count(NOTES_END) == 1
+
+
+def _measured(result: CaseResult, key: str, value: str) -> float:
+    row = result.row(key)
+    assert row is not None, key
+    if row.note:  # streamkit may lack the feature while it is being written
+        assert row.note.startswith("n/a: "), row.note
+        pytest.skip(f"{key}: {row.note}")
+    return row.values[value]
+
+
+def test_envelope_case_compares_every_row_with_plain_mode(
+    results: dict[str, CaseResult],
+) -> None:
+    result = results["f"]
+    plain = _measured(result, "streamkit_plain", "median_ms")
+    for row in result.rows:
+        if not row.note:
+            assert row.ratio == pytest.approx(row.values["median_ms"] / plain)
+    assert result.ratio("streamkit_plain") == pytest.approx(1.0)
+    (verdict,) = result.verdicts
+    assert verdict.value == result.ratio("streamkit_envelope")
+    assert any("`envelop()` and `unwrap()`" in note for note in result.footnotes)
+
+
+def test_set_state_case_reports_own_cost_per_state_size_and_n(
+    results: dict[str, CaseResult],
+) -> None:
+    result = results["g"]
+    headers = result.headers
+    assert headers[:2] == ("variant", "N")
+    for keys in STATE_SIZES:
+        for suffix in ("", "_large"):
+            step = _measured(result, f"streamkit_set_state_{keys}{suffix}", "ns_per_item")
+            base = _measured(result, f"streamkit_envelop_{keys}{suffix}", "ns_per_item")
+            own = _measured(result, f"streamkit_set_state_{keys}{suffix}", "own_ns")
+            assert own == pytest.approx(step - base)
+    sizes = {row.cells[0] for row in result.rows if row.key.startswith("streamkit_envelop_")}
+    assert len(sizes) == 2, "two sizes of N"
+    chain = _measured(result, f"streamkit_chain_{MICRO_STATE_SIZES[0]}", "own_ns")
+    assert chain > 0
+    assert CHAIN > 8  # one more set than the depth at which a state chain is flattened
+    assert len(result.verdicts) == 3
+
+
+def test_reduction_case_target_is_drained_reduce_point_over_a_list(
+    results: dict[str, CaseResult],
+) -> None:
+    result = results["h"]
+    reduce = _measured(result, "streamkit_reduce_drain", "median_ms")
+    listed = _measured(result, "list_collect", "median_ms")
+    (verdict,) = result.verdicts
+    assert verdict.value == pytest.approx(reduce / listed)
+    assert result.ratio("list_collect") == pytest.approx(1.0)
+
+
+def test_spilling_case_reports_both_peaks_of_both_modes(results: dict[str, CaseResult]) -> None:
+    result = results["i"]
+    for key in ("streamkit_spill", "streamkit_buffer"):
+        for size in ("peak_small_bytes", "peak_large_bytes"):
+            assert _measured(result, key, size) > 0
+    flat, below = result.verdicts
+    spill_large = _measured(result, "streamkit_spill", "peak_large_bytes")
+    assert flat.value == pytest.approx(
+        spill_large / _measured(result, "streamkit_spill", "peak_small_bytes")
+    )
+    assert below.value == pytest.approx(
+        spill_large / _measured(result, "streamkit_buffer", "peak_large_bytes")
+    )
 
 
 def test_ideal_schedule_is_greedy_list_scheduling() -> None:
