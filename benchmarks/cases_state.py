@@ -332,7 +332,7 @@ STATE_SIZES = (1, 1_000)
 MICRO_STATE_SIZES = (1, 10_000)
 """Keys in the state of the `State.set` micro-timings."""
 CHAIN = 9
-"""Sets in a row in the chained micro-timing: one more than the depth at which a state flattens."""
+"""Sets in a row in the chained micro-timing: one more than the depth at which a chain compacts."""
 
 
 def _big_limits() -> Any:
@@ -556,8 +556,9 @@ def set_one_key(settings: Settings) -> CaseResult:
         "(`envelop(state)` only, same state, same N). The micro-timings call `state.set(KEY, "
         f"i)` {micro_n:,} times in a plain loop on a state of 1 and of {micro_big:,} keys; the "
         f"last rows chain {CHAIN} sets per item from the shared state (`state.set(...)"
-        ".set(...)...`), one more than the depth (8) at which streamkit flattens a chain of "
-        "states into one node, as a pipeline with nine state steps does. The default "
+        ".set(...)...`), one more than the depth (8) at which streamkit compacts an item's "
+        "own nodes of a chain into one, as a pipeline with nine state steps does (a shared "
+        "state below them is never copied). The default "
         f"`StateLimits` (256 keys) cannot hold a {big:,}-key state, so every state here has "
         "`StateLimits(max_bytes=4_000_000, max_keys=100_000)`: the limit accounting runs in "
         f"every row. The last column is the own cost {DIVIDE} the same row with the 1-key "
