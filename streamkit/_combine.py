@@ -15,6 +15,7 @@ from ._core import (
     aclose,
     check_bool,
     check_count,
+    close_all,
     generated,
     is_stage,
     is_sync_source,
@@ -46,20 +47,6 @@ def _check_sources(sources: tuple[object, ...], name: str) -> None:
             )
 
 
-async def _close_all(iterators: list[Any]) -> None:
-    """Close every iterator, even if closing one of them fails."""
-    errors: list[BaseException] = []
-    for iterator in iterators:
-        try:
-            await aclose(iterator)
-        except BaseException as exc:
-            errors.append(exc)
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        raise BaseExceptionGroup("closing merged sources failed", errors)
-
-
 # --------------------------------------------------------------------------- concat
 
 
@@ -89,7 +76,7 @@ def concat(*sources: Source[T]) -> Flow[T]:
                 finally:
                     await aclose(iterator)
         finally:
-            await _close_all(
+            await close_all(
                 [s for s in remaining if isinstance(s, Flow | AsyncIterator | Iterator)]
             )
 
@@ -152,7 +139,7 @@ async def _merge(sources: tuple[Source[T], ...]) -> AsyncIterator[T]:
             # Waits for every pull, even if cancelled again.
             others = await stop_all(list(pending))
         finally:
-            await _close_all(iterators)
+            await close_all(iterators)
         if reason is not None:
             # Never lost: other sources that failed too. (After the consumer
             # stops, pulls it never asked for are discarded, failed or not.)
@@ -271,7 +258,7 @@ async def _zip(sources: tuple[Source[Any], ...], strict: bool) -> AsyncIterator[
                 raise ValueError(f"zip_(strict=True): source(s) {ended} ended before the others")
             return
     finally:
-        await _close_all(iterators)
+        await close_all(iterators)
 
 
 # --------------------------------------------------------------------------- tee, broadcast

@@ -10,17 +10,14 @@ from ._core import (
     Stage,
     aclose,
     annotate,
-    check_bool,
     check_callable,
-    check_concurrency,
     check_count,
     describe,
     is_async_callable,
     is_envelope,
-    item_stage,
     transform_stage,
 )
-from ._transform import with_failure_options
+from ._transform import item_level_stage
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -119,26 +116,17 @@ def filter_(
         >>> asyncio.run(collect(range(6) | filter_(lambda x: x % 3 == 0, concurrency=4)))
         [0, 3]
     """
-    check_callable(fn, "fn")
-    check_bool(with_state, "with_state")
-    if check_concurrency(concurrency, ordered, window):
-        label = f"filter_({describe(fn)})"
-        built = item_stage("filter", fn, label, with_state=with_state)
-    else:
-        from ._concurrency import concurrent_stage
-
-        label = f"filter_({describe(fn)}, concurrency={concurrency})"
-        built = concurrent_stage(
-            "filter",
-            fn,
-            label,
-            concurrency=concurrency,
-            ordered=ordered,
-            window=window,
-            with_state=with_state,
-        )
-    return with_failure_options(
-        built, label, timeout=timeout, on_error=on_error, dead_letter=dead_letter, report=report
+    return item_level_stage(
+        "filter",
+        fn,
+        with_state=with_state,
+        concurrency=concurrency,
+        ordered=ordered,
+        window=window,
+        timeout=timeout,
+        on_error=on_error,
+        dead_letter=dead_letter,
+        report=report,
     )
 
 

@@ -42,6 +42,48 @@ R = TypeVar("R")
 A = TypeVar("A")
 
 
+def item_level_stage(
+    kind: Literal["map", "filter"],
+    fn: Callable[..., Any],
+    *,
+    with_state: bool,
+    concurrency: int,
+    ordered: bool,
+    window: int | None,
+    timeout: float | None,
+    on_error: OnError,
+    dead_letter: DeadLetterSink | None,
+    report: ErrorReport | None,
+) -> Stage[Any, Any]:
+    """Build `map_` or `filter_`: fused when sequential, tasks when concurrent.
+
+    Validates every option (errors name the parameter), then applies the
+    failure options.
+    """
+    check_callable(fn, "fn")
+    check_bool(with_state, "with_state")
+    name = f"{kind}_"
+    if check_concurrency(concurrency, ordered, window):
+        label = f"{name}({describe(fn)})"
+        built = item_stage(kind, fn, label, with_state=with_state)
+    else:
+        from ._concurrency import concurrent_stage  # only concurrent stages need it
+
+        label = f"{name}({describe(fn)}, concurrency={concurrency})"
+        built = concurrent_stage(
+            kind,
+            fn,
+            label,
+            concurrency=concurrency,
+            ordered=ordered,
+            window=window,
+            with_state=with_state,
+        )
+    return with_failure_options(
+        built, label, timeout=timeout, on_error=on_error, dead_letter=dead_letter, report=report
+    )
+
+
 def with_failure_options(
     stage: Stage[Any, Any],
     label: str,
@@ -240,26 +282,17 @@ def map_(
         >>> asyncio.run(collect(range(5) | map_(double, concurrency=3)))
         [0, 2, 4, 6, 8]
     """
-    check_callable(fn, "fn")
-    check_bool(with_state, "with_state")
-    if check_concurrency(concurrency, ordered, window):
-        label = f"map_({describe(fn)})"
-        built = item_stage("map", fn, label, with_state=with_state)
-    else:
-        from ._concurrency import concurrent_stage
-
-        label = f"map_({describe(fn)}, concurrency={concurrency})"
-        built = concurrent_stage(
-            "map",
-            fn,
-            label,
-            concurrency=concurrency,
-            ordered=ordered,
-            window=window,
-            with_state=with_state,
-        )
-    return with_failure_options(
-        built, label, timeout=timeout, on_error=on_error, dead_letter=dead_letter, report=report
+    return item_level_stage(
+        "map",
+        fn,
+        with_state=with_state,
+        concurrency=concurrency,
+        ordered=ordered,
+        window=window,
+        timeout=timeout,
+        on_error=on_error,
+        dead_letter=dead_letter,
+        report=report,
     )
 
 
@@ -445,8 +478,9 @@ def flat_map(
 
 
 async def _flat_map(
-    upstream: AsyncIterator[Any], fn: Callable[[Any], Any], known_async: bool, label: str
+    upstream: AsyncIterator[Any], fn: Callable[[Any], Any] | None, known_async: bool, label: str
 ) -> AsyncIterator[Any]:
+    # ``fn=None`` is `flatten()`: the items themselves are the iterables.
     awaits: bool | None = True if known_async else None
     enveloped: bool | None = None  # decided by the first item, once per run
     index = -1
@@ -460,18 +494,28 @@ async def _flat_map(
                 if enveloped:
                     value = item.value
             try:
-                result = fn(value)
-                if awaits is None:
-                    # Some async iterables are awaitable too (aiostream's
-                    # streams): iterate those, never await them.
-                    awaits = inspect.isawaitable(result) and not hasattr(type(result), "__aiter__")
-                if awaits:
-                    result = await result
-                if not is_iterable(result):
-                    raise TypeError(
-                        f"{label} must return an iterable or an async iterable, "
-                        f"got {type(result).__name__}"
-                    )
+                if fn is None:
+                    result = value
+                    if not is_iterable(result):
+                        raise TypeError(
+                            f"flatten() needs iterable items, got {type(result).__name__}: "
+                            f"{result!r}"
+                        )
+                else:
+                    result = fn(value)
+                    if awaits is None:
+                        # Some async iterables are awaitable too (aiostream's
+                        # streams): iterate those, never await them.
+                        awaits = inspect.isawaitable(result) and not hasattr(
+                            type(result), "__aiter__"
+                        )
+                    if awaits:
+                        result = await result
+                    if not is_iterable(result):
+                        raise TypeError(
+                            f"{label} must return an iterable or an async iterable, "
+                            f"got {type(result).__name__}"
+                        )
             except Exception as exc:
                 annotate(exc, label, index)
                 raise
@@ -516,48 +560,7 @@ def flatten() -> FlattenStage:
 
 
 def _run_flatten(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    return _flatten(upstream)
-
-
-async def _flatten(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    enveloped: bool | None = None  # decided by the first item, once per run
-    index = -1
-    try:
-        async for item in upstream:
-            index += 1
-            value = item
-            if enveloped is not False:  # never true again after a plain first item
-                if enveloped is None:
-                    enveloped = bool(is_envelope(item))
-                if enveloped:
-                    value = item.value
-            if not is_iterable(value):
-                error = TypeError(
-                    f"flatten() needs iterable items, got {type(value).__name__}: {value!r}"
-                )
-                annotate(error, "flatten()", index)
-                raise error
-            if is_async_iterable(value):
-                inner = open_async(value)
-                try:
-                    if enveloped:
-                        state = item.state
-                        async for element in inner:
-                            yield Envelope(element, state)
-                    else:
-                        async for element in inner:
-                            yield element
-                finally:
-                    await aclose(inner)
-            elif enveloped:
-                state = item.state
-                for element in cast("Iterable[Any]", value):
-                    yield Envelope(element, state)
-            else:
-                for element in cast("Iterable[Any]", value):
-                    yield element
-    finally:
-        await aclose(upstream)
+    return _flat_map(upstream, None, False, "flatten()")
 
 
 _flatten_steps = transform_stage("flatten()", _run_flatten).steps
