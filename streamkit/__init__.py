@@ -63,12 +63,23 @@ from ._failures import error_report as error_report
 from ._failures import failures as failures
 from ._failures import successes as successes
 from ._failures import with_retry as with_retry
+from ._metrics import QuantileSketch as QuantileSketch
+from ._metrics import RunStatistics as RunStatistics
+from ._metrics import StageStatistics as StageStatistics
+from ._metrics import to_prometheus as to_prometheus
 from ._records import Envelope as Envelope
 from ._records import Key as Key
 from ._records import Scope as Scope
 from ._records import State as State
 from ._records import StateLimitError as StateLimitError
 from ._records import StateLimits as StateLimits
+from ._run import HookError as HookError
+from ._run import Hooks as Hooks
+from ._run import Run as Run
+from ._run import RunStatus as RunStatus
+from ._run import StageStatus as StageStatus
+from ._run import StateUpdate as StateUpdate
+from ._run import config_hash as config_hash
 from ._runtime import Clock as Clock
 from ._runtime import current_clock as current_clock
 from ._runtime import use_clock as use_clock
@@ -120,19 +131,28 @@ __all__ = [
     "FailureStatistics",
     "FlattenStage",
     "Flow",
+    "HookError",
+    "Hooks",
     "IndexedStage",
     "Key",
     "ListStage",
     "OnError",
     "PairStage",
     "Passthrough",
+    "QuantileSketch",
+    "Run",
+    "RunStatistics",
+    "RunStatus",
     "Scope",
     "Source",
     "Stage",
+    "StageStatistics",
+    "StageStatus",
     "State",
     "StateLimitError",
     "StateLimits",
     "StateStage",
+    "StateUpdate",
     "SuccessStage",
     "TupleStage",
     "UnhandledFailure",
@@ -144,6 +164,7 @@ __all__ = [
     "chunk",
     "collect",
     "concat",
+    "config_hash",
     "constant",
     "count",
     "current_clock",
@@ -185,6 +206,7 @@ __all__ = [
     "tee",
     "throttle",
     "timeout",
+    "to_prometheus",
     "unwrap",
     "use_clock",
     "window",
