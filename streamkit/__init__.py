@@ -73,6 +73,9 @@ from ._records import Scope as Scope
 from ._records import State as State
 from ._records import StateLimitError as StateLimitError
 from ._records import StateLimits as StateLimits
+from ._resumable import Resumable as Resumable
+from ._resumable import lines as lines
+from ._resumable import resumable as resumable
 from ._run import HookError as HookError
 from ._run import Hooks as Hooks
 from ._run import Run as Run
@@ -99,6 +102,11 @@ from ._state import reduce_point as reduce_point
 from ._state import scan_state as scan_state
 from ._state import set_state as set_state
 from ._state import unwrap as unwrap
+from ._store import Checkpoint as Checkpoint
+from ._store import CheckpointError as CheckpointError
+from ._store import MemoryStore as MemoryStore
+from ._store import SQLiteStore as SQLiteStore
+from ._store import Store as Store
 from ._template import render as render
 from ._time import debounce as debounce
 from ._time import spaced as spaced
@@ -118,6 +126,8 @@ __all__ = [
     "Backoff",
     "BackoffPolicy",
     "BatchPipeline",
+    "Checkpoint",
+    "CheckpointError",
     "Clock",
     "ConstantBackoff",
     "DeadLetters",
@@ -136,13 +146,16 @@ __all__ = [
     "IndexedStage",
     "Key",
     "ListStage",
+    "MemoryStore",
     "OnError",
     "PairStage",
     "Passthrough",
     "QuantileSketch",
+    "Resumable",
     "Run",
     "RunStatistics",
     "RunStatus",
+    "SQLiteStore",
     "Scope",
     "Source",
     "Stage",
@@ -153,6 +166,7 @@ __all__ = [
     "StateLimits",
     "StateStage",
     "StateUpdate",
+    "Store",
     "SuccessStage",
     "TupleStage",
     "UnhandledFailure",
@@ -185,6 +199,7 @@ __all__ = [
     "fork",
     "iterate",
     "last",
+    "lines",
     "map_",
     "merge",
     "pairwise",
@@ -192,6 +207,7 @@ __all__ = [
     "reduce_point",
     "render",
     "repeat",
+    "resumable",
     "scan",
     "scan_state",
     "set_state",
