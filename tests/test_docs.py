@@ -146,7 +146,7 @@ def test_python_blocks_run(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         if block.skipped:
             continue
         try:
-            code = compile(block.code, block.where, "exec")
+            code = compile(block.code, block.where, "exec", dont_inherit=True)
         except SyntaxError as exc:
             hint = (
                 " (top-level await is not allowed: wrap the example in "
