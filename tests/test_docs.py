@@ -110,7 +110,7 @@ def _python_blocks(path: Path) -> list[Block]:
 
 
 def _pages() -> list[Path]:
-    pages = sorted(DOCS.glob("*.md"))
+    pages = sorted(DOCS.rglob("*.md"))
     pages += [path for path in (ROOT / "README.md", ROOT / "CHANGELOG.md") if path.exists()]
     return pages
 
