@@ -86,8 +86,8 @@ async def chunk_within(
 
 def throttle(
     rate: float,
-    per: float = 1.0,
     /,
+    per: float = 1.0,
     *,
     burst: int = 1,
     cost: Callable[[Any], float] | None = None,

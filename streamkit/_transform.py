@@ -105,8 +105,11 @@ def with_failure_options(
     # it loads it.
     from ._failures import guard_stage, make_guard
 
+    if on_error != "fail":
+        # `map_(parse)` becomes `map_(parse, on_error='skip')`.
+        label = f"{label[:-1]}, on_error={on_error!r})"
     guard = make_guard(
-        f"{label}, on_error={on_error!r}" if on_error != "fail" else label,
+        label,
         timeout=timeout,
         on_error=on_error,
         dead_letter=dead_letter,

@@ -219,3 +219,9 @@ async def test_time_operators_with_the_real_loop_clock() -> None:
     assert await collect(range(3) | timeout(5)) == [0, 1, 2]
     assert await collect(range(3) | debounce(0.001)) == [2]
     assert_no_pending_tasks()
+
+
+async def test_throttle_takes_per_by_keyword_too() -> None:
+    with virtual_clock() as clock:
+        times = [clock.now() async for _ in range(4) | throttle(30, per=60)]
+    assert times == [0.0, 2.0, 4.0, 6.0]
