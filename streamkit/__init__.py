@@ -34,6 +34,7 @@ from ._combine import merge as merge
 from ._combine import tee as tee
 from ._combine import zip_ as zip_
 from ._concurrency import buffer as buffer
+from ._core import EnvelopStage as EnvelopStage
 from ._core import FlattenStage as FlattenStage
 from ._core import Flow as Flow
 from ._core import IndexedStage as IndexedStage
@@ -44,6 +45,7 @@ from ._core import Source as Source
 from ._core import Stage as Stage
 from ._core import StateStage as StateStage
 from ._core import TupleStage as TupleStage
+from ._core import UnwrapStage as UnwrapStage
 from ._core import pipe as pipe
 from ._core import stage as stage
 from ._create import empty as empty
@@ -93,8 +95,6 @@ from ._select import skip_while as skip_while
 from ._select import take as take
 from ._select import take_while as take_while
 from ._state import BRANCH as BRANCH
-from ._state import EnvelopStage as EnvelopStage
-from ._state import UnwrapStage as UnwrapStage
 from ._state import branch as branch
 from ._state import envelop as envelop
 from ._state import fork as fork

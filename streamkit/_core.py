@@ -866,6 +866,10 @@ class Stage(Generic[In, Out]):
     @overload
     def __or__(self: Stage[A, AsyncIterable[S]], other: FlattenStage, /) -> Stage[A, S]: ...
     @overload
+    def __or__(self, other: EnvelopStage, /) -> Stage[In, Envelope[Out]]: ...
+    @overload
+    def __or__(self: Stage[A, Envelope[S]], other: UnwrapStage, /) -> Stage[A, S]: ...
+    @overload
     def __or__(self, other: Stage[Out, R], /) -> Stage[In, R]: ...
     def __or__(self, other: object, /) -> Stage[Any, Any]:
         if not is_stage(other):
@@ -951,6 +955,10 @@ class Passthrough(_ShapeStage):
     @overload
     def __or__(self, other: FlattenStage, /) -> FlattenStage: ...
     @overload
+    def __or__(self, other: EnvelopStage, /) -> EnvelopStage: ...
+    @overload
+    def __or__(self, other: UnwrapStage, /) -> UnwrapStage: ...
+    @overload
     def __or__(self, other: Stage[S, R], /) -> Stage[S, R]: ...
     def __or__(  # pyright: ignore[reportIncompatibleMethodOverride] - narrower overloads
         self, other: object, /
@@ -958,6 +966,48 @@ class Passthrough(_ShapeStage):
         if not is_stage(other):
             return NotImplemented
         return compose(self, other)
+
+
+class EnvelopStage(_ShapeStage):
+    """The stage `envelop` returns: items of type ``T`` come out as ``Envelope[T]``.
+
+    Its item type is resolved against the source at ``|`` (like `Passthrough`).
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import collect, envelop
+        >>> asyncio.run(collect(envelop()("ab")))
+        [Envelope(value='a', state=State({})), Envelope(value='b', state=State({}))]
+    """
+
+    __slots__ = ()
+
+    def __call__(self, source: Source[S], /) -> Flow[Envelope[S]]:
+        """Apply the stage to ``source``."""
+        return cast("Flow[Envelope[S]]", _apply(self, source))
+
+    def __ror__(self, source: Source[S], /) -> Flow[Envelope[S]]:
+        return cast("Flow[Envelope[S]]", _apply(self, source))
+
+
+class UnwrapStage(_ShapeStage):
+    """The stage `unwrap` returns: ``Envelope[T]`` items come out as ``T``.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import Envelope, collect, unwrap
+        >>> asyncio.run(collect(unwrap()([Envelope(1), Envelope(2)])))
+        [1, 2]
+    """
+
+    __slots__ = ()
+
+    def __call__(self, source: Source[Envelope[S]], /) -> Flow[S]:
+        """Apply the stage to ``source``."""
+        return cast("Flow[S]", _apply(self, source))
+
+    def __ror__(self, source: Source[Envelope[S]], /) -> Flow[S]:
+        return cast("Flow[S]", _apply(self, source))
 
 
 class StateStage(Stage[In, Out]):

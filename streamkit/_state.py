@@ -20,10 +20,12 @@ from typing import IO, TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, overlo
 
 from ._combine import merge, tee, zip_
 from ._core import (
+    EnvelopStage,
     Flow,
     Source,
     Stage,
     StateStage,
+    UnwrapStage,
     aclose,
     annotate,
     check_bool,
@@ -68,48 +70,6 @@ _SPILL_CHUNK: Final = 4096
 
 
 # --------------------------------------------------------------------------- shape stages
-
-
-class EnvelopStage(Stage[Any, Any]):
-    """The stage `envelop` returns: items of type ``T`` come out as ``Envelope[T]``.
-
-    Its item type is resolved against the source at ``|`` (like `Passthrough`).
-
-    Examples:
-        >>> import asyncio
-        >>> from streamkit import collect
-        >>> asyncio.run(collect(envelop()("ab")))
-        [Envelope(value='a', state=State({})), Envelope(value='b', state=State({}))]
-    """
-
-    __slots__ = ()
-
-    def __call__(self, source: Source[S], /) -> Flow[Envelope[S]]:
-        """Apply the stage to ``source``."""
-        return cast("Flow[Envelope[S]]", super().__call__(source))
-
-    def __ror__(self, source: Source[S], /) -> Flow[Envelope[S]]:
-        return cast("Flow[Envelope[S]]", super().__ror__(source))
-
-
-class UnwrapStage(Stage[Any, Any]):
-    """The stage `unwrap` returns: ``Envelope[T]`` items come out as ``T``.
-
-    Examples:
-        >>> import asyncio
-        >>> from streamkit import collect
-        >>> asyncio.run(collect(unwrap()([Envelope(1), Envelope(2)])))
-        [1, 2]
-    """
-
-    __slots__ = ()
-
-    def __call__(self, source: Source[Envelope[S]], /) -> Flow[S]:
-        """Apply the stage to ``source``."""
-        return cast("Flow[S]", super().__call__(source))
-
-    def __ror__(self, source: Source[Envelope[S]], /) -> Flow[S]:
-        return cast("Flow[S]", super().__ror__(source))
 
 
 # --------------------------------------------------------------------------- raw item maps
