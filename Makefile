@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: all venv demo test lint typecheck pytest bench docs docs-serve clean
+.PHONY: all venv demo examples test lint typecheck pytest bench docs docs-serve clean
 
 all: test
 
@@ -20,6 +20,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
+
+examples: $(STAMP)
+	$(BIN)/python -m examples.log_analytics
+	$(BIN)/python -m examples.crawler
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
