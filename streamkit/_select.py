@@ -244,16 +244,20 @@ def _while_stage(name: str, fn: Callable[[Any], Any], *, taking: bool) -> Stage[
     known_async = is_async_callable(fn)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        if taking:
-            return _take_while(upstream, fn, known_async, label)
-        return _skip_while(upstream, fn, known_async, label)
+        return _while(upstream, fn, known_async, label, taking=taking)
 
     return transform_stage(label, run)
 
 
-async def _take_while(
-    upstream: AsyncIterator[Any], fn: Callable[[Any], Any], known_async: bool, label: str
+async def _while(
+    upstream: AsyncIterator[Any],
+    fn: Callable[[Any], Any],
+    known_async: bool,
+    label: str,
+    *,
+    taking: bool,
 ) -> AsyncIterator[Any]:
+    """`take_while` (``taking``) or `skip_while`: up to the first item where ``fn`` fails."""
     awaits: bool | None = True if known_async else None
     enveloped: bool | None = None  # decided by the first item, once per run
     index = -1
@@ -267,48 +271,24 @@ async def _take_while(
                 if enveloped:
                     value = item.value
             try:
-                keep = fn(value)
+                holds = fn(value)
                 if awaits is None:
-                    awaits = inspect.isawaitable(keep)
+                    awaits = inspect.isawaitable(holds)
                 if awaits:
-                    keep = await keep
+                    holds = await holds
             except Exception as exc:
                 annotate(exc, label, index)
                 raise
-            if not keep:
+            if holds:
+                if taking:
+                    yield item
+                continue
+            if taking:
                 return
-            yield item
-    finally:
-        await aclose(upstream)
-
-
-async def _skip_while(
-    upstream: AsyncIterator[Any], fn: Callable[[Any], Any], known_async: bool, label: str
-) -> AsyncIterator[Any]:
-    awaits: bool | None = True if known_async else None
-    enveloped: bool | None = None  # decided by the first item, once per run
-    index = -1
-    try:
-        async for item in upstream:
-            index += 1
-            value = item
-            if enveloped is not False:  # never true again after a plain first item
-                if enveloped is None:
-                    enveloped = bool(is_envelope(item))
-                if enveloped:
-                    value = item.value
-            try:
-                drop = fn(value)
-                if awaits is None:
-                    awaits = inspect.isawaitable(drop)
-                if awaits:
-                    drop = await drop
-            except Exception as exc:
-                annotate(exc, label, index)
-                raise
-            if not drop:
-                yield item
-                break
+            yield item  # the first item skip_while keeps; the rest pass unchecked
+            break
+        else:
+            return
         async for item in upstream:
             yield item
     finally:
