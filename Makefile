@@ -24,6 +24,8 @@ demo: $(STAMP)
 examples: $(STAMP)
 	$(BIN)/python -m examples.log_analytics
 	$(BIN)/python -m examples.crawler
+	rm -f $(VENV)/ingest.db*
+	$(BIN)/python -m examples.ingest --db $(VENV)/ingest.db
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
