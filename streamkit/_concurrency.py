@@ -107,7 +107,8 @@ def _awaitable_not_iterable(value: object) -> bool:
     return inspect.isawaitable(value) and not hasattr(type(value), "__aiter__")
 
 
-async def _flat_elements(result: Any, label: str) -> list[Any]:
+async def flat_elements(result: Any, label: str) -> list[Any]:
+    """The elements of a flat_map call's result (awaited if need be), as a list."""
     if _awaitable_not_iterable(result):
         # Some async iterables are awaitable too (aiostream's streams):
         # iterate those, never await them.
@@ -246,7 +247,7 @@ class _Calls:
                     keep = (await result) if inspect.isawaitable(result) else result
                     result = item if keep else SKIP
                 else:
-                    result = await _flat_elements(result, self.label)
+                    result = await flat_elements(result, self.label)
         except Exception as error:
             annotate(error, self.label, index)
             if self.stopping:
@@ -291,7 +292,7 @@ class _Calls:
         if kind == "filter":
             return envelope if result else SKIP
         if kind == "flat_map":
-            elements = await _flat_elements(result, self.label)
+            elements = await flat_elements(result, self.label)
             if self.sees_envelope:  # already wrapped, with the state it recorded
                 return [e if is_envelope(e) else Envelope(e, state) for e in elements]
             return [Envelope(element, state) for element in elements]

@@ -31,7 +31,6 @@ import dataclasses
 import functools
 import inspect
 import json
-import math
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
@@ -51,7 +50,7 @@ from typing import (
 )
 
 from ._backoff import Backoff, check_backoff, constant, exponential, schedule_maker
-from ._concurrency import concurrent_transform
+from ._concurrency import concurrent_transform, flat_elements
 from ._core import (
     SKIP,
     ConcurrentOp,
@@ -64,9 +63,8 @@ from ._core import (
     aclose,
     annotate,
     check_count,
-    is_async_iterable,
+    check_seconds,
     is_envelope,
-    is_iterable,
     is_stage,
 )
 from ._records import Envelope, Key, Scope, State
@@ -716,14 +714,7 @@ class Guard:
 
 
 def _check_optional_seconds(value: object, parameter: str) -> float | None:
-    if value is None:
-        return None
-    if not isinstance(value, int | float) or isinstance(value, bool):
-        raise TypeError(f"{parameter} must be a number of seconds or None, got {value!r}")
-    seconds = float(value)
-    if not (seconds > 0 and math.isfinite(seconds)):
-        raise ValueError(f"{parameter} must be a positive, finite number of seconds, got {value}")
-    return seconds
+    return None if value is None else check_seconds(value, parameter)
 
 
 def attempts_key(label: str) -> Key[dict[str, Any]]:
@@ -864,24 +855,13 @@ class _GuardRun:
 
     async def _once(self, args: tuple[Any, ...]) -> Any:
         result = self.fn(*args)
+        if self.kind == "flat_map":
+            # The retried unit of a flat_map is the call *and* reading its
+            # result: elements are buffered, so a retry never re-emits any.
+            return await flat_elements(result, self.guard.label)
         if inspect.isawaitable(result):
             result = await result
-        if self.kind != "flat_map":
-            return result
-        # The retried unit of a flat_map is the call *and* reading its
-        # result: elements are buffered, so a retry never re-emits any.
-        if is_async_iterable(result):
-            inner = aiter(result)
-            try:
-                return [element async for element in inner]
-            finally:
-                await aclose(inner)
-        if not is_iterable(result):
-            raise TypeError(
-                f"{self.guard.label} must return an iterable or an async iterable, "
-                f"got {type(result).__name__}"
-            )
-        return list(cast("Iterator[Any]", result))
+        return result
 
     async def _timed(self, args: tuple[Any, ...]) -> Any:
         # call_with_timeout, counting the timeouts.
