@@ -8,12 +8,13 @@ iterating. `Resumable` is the protocol; `resumable` (sequences) and `lines`
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import collections
 import os
 from collections.abc import AsyncIterable, Sequence
 from typing import Any, BinaryIO, Final, Protocol, TypeAlias, TypeVar, runtime_checkable
+
+from ._runtime import Cancelled, Handle, in_thread, settled, shielded
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -218,7 +219,7 @@ class _LineSource(Resumable[str]):
         """Byte offset after the last line read into the buffer."""
         self._buffer: collections.deque[tuple[bytes, int]] = collections.deque()
         self._file: BinaryIO | None = None
-        self._pending: asyncio.Future[list[tuple[bytes, int]]] | None = None
+        self._pending: Handle[list[tuple[bytes, int]]] | None = None
         self._eof = False
         self._started = False
         self._closed = False
@@ -255,12 +256,10 @@ class _LineSource(Resumable[str]):
                 await self.aclose()
                 raise StopAsyncIteration
             if self._pending is None:
-                self._pending = asyncio.ensure_future(
-                    asyncio.to_thread(self._read_block, self._read_offset)
-                )
+                self._pending = in_thread(self._read_block, self._read_offset)
             try:
-                block = await asyncio.shield(self._pending)
-            except asyncio.CancelledError:
+                block = await shielded(self._pending)
+            except Cancelled:
                 raise  # the read goes on; the next pull or aclose waits for it
             except BaseException:
                 self._pending = None
@@ -292,9 +291,7 @@ class _LineSource(Resumable[str]):
         if pending is not None:
             # That read belonged to a pull that was cancelled; its block (or
             # its error) is dropped, but the file must not close under it.
-            await asyncio.wait((pending,))
-            if not pending.cancelled():
-                pending.exception()
+            await settled(pending)
         if self._file is not None:
             self._file.close()
             self._file = None

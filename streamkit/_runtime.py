@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar, runtime_checkable
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Coroutine, Generator, Iterable
+    from concurrent.futures import Executor
 
 T = TypeVar("T")
 
@@ -264,3 +265,29 @@ async def stop_all(tasks: Iterable[asyncio.Future[Any]]) -> list[BaseException]:
             if error is not None:
                 errors.append(error)
     return errors
+
+
+# --------------------------------------------------------------------------- threads
+#
+# Blocking I/O (files, SQLite) runs off the event loop, in worker threads.
+
+
+def in_thread(fn: Callable[..., T], /, *args: Any) -> Handle[T]:
+    """Start ``fn(*args)`` in the default worker thread pool; a future of its result."""
+    return asyncio.ensure_future(asyncio.to_thread(fn, *args))
+
+
+def in_executor(executor: Executor, fn: Callable[[], T], /) -> Handle[T]:
+    """Start ``fn()`` on ``executor`` (e.g. a store's own thread); a future of its result."""
+    return asyncio.get_running_loop().run_in_executor(executor, fn)
+
+
+async def shielded(handle: Handle[T]) -> T:
+    """Wait for ``handle`` without cancelling it if the waiter is cancelled."""
+    return await asyncio.shield(handle)
+
+
+async def settled(handle: Handle[Any]) -> None:
+    """Wait until ``handle`` is done, whatever its outcome, and retrieve that outcome."""
+    await asyncio.wait((handle,))
+    _retrieve(handle)

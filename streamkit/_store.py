@@ -14,7 +14,6 @@ Nothing here is ever pickled: a checkpoint is stored as its JSON form.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import dataclasses
 import datetime as dt
@@ -38,6 +37,7 @@ from typing import (
 
 from ._records import State, StateLimits
 from ._resumable import file_name
+from ._runtime import in_executor, shielded
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -602,7 +602,7 @@ class SQLiteStore(Store):
         # A cancelled call that has started still finishes on the worker (each
         # save is one transaction: it commits entirely or not at all); the
         # next call queues behind it.
-        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+        return await in_executor(self._executor, job)
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is not None:
@@ -735,8 +735,8 @@ class SQLiteStore(Store):
                 self._connection.close()
                 self._connection = None
 
-        done = asyncio.get_running_loop().run_in_executor(self._executor, close_connection)
+        done = in_executor(self._executor, close_connection)
         # The queued close still runs if this wait is cancelled; the thread
         # ends once it has.
         self._executor.shutdown(wait=False)
-        await asyncio.shield(done)
+        await shielded(done)
