@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from benchmarks import cases_concurrency, cases_memory, cases_pipeline, cases_state
+from benchmarks import cases_concurrency, cases_memory, cases_pipeline, cases_run, cases_state
 from benchmarks.harness import CASES, Case, CaseResult, Competitor, Row, Settings, Target, case
 from benchmarks.report import render_markdown, render_table, render_text
 
@@ -28,6 +28,7 @@ __all__ = [
     "cases_concurrency",
     "cases_memory",
     "cases_pipeline",
+    "cases_run",
     "cases_state",
     "render_markdown",
     "render_table",

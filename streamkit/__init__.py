@@ -80,6 +80,7 @@ from ._resumable import lines as lines
 from ._resumable import resumable as resumable
 from ._run import HookError as HookError
 from ._run import Hooks as Hooks
+from ._run import RetryEvent as RetryEvent
 from ._run import Run as Run
 from ._run import RunStatus as RunStatus
 from ._run import StageStatus as StageStatus
@@ -152,6 +153,7 @@ __all__ = [
     "Passthrough",
     "QuantileSketch",
     "Resumable",
+    "RetryEvent",
     "Run",
     "RunStatistics",
     "RunStatus",

@@ -103,7 +103,7 @@ def chunk(size: int, /, *, within: float | None = None) -> ListStage:
         def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
             return _chunk(upstream, size)
 
-        return ListStage(transform_stage(f"chunk({size})", run).steps)
+        return ListStage(transform_stage(f"chunk({size})", run, lineage="kept").steps)
 
     seconds = check_seconds(within, "within")
 
@@ -112,7 +112,9 @@ def chunk(size: int, /, *, within: float | None = None) -> ListStage:
 
         return chunk_within(upstream, size, seconds)
 
-    return ListStage(transform_stage(f"chunk({size}, within={seconds:g})", run_within).steps)
+    return ListStage(
+        transform_stage(f"chunk({size}, within={seconds:g})", run_within, lineage="kept").steps
+    )
 
 
 async def _chunk(upstream: AsyncIterator[Any], size: int) -> AsyncIterator[Any]:
@@ -162,7 +164,7 @@ def window(size: int, /, *, step: int = 1) -> TupleStage:
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _window(upstream, size, step)
 
-    return TupleStage(transform_stage(f"window({size}, step={step})", run).steps)
+    return TupleStage(transform_stage(f"window({size}, step={step})", run, lineage="kept").steps)
 
 
 async def _window(upstream: AsyncIterator[Any], size: int, step: int) -> AsyncIterator[Any]:
@@ -241,7 +243,7 @@ async def _pairwise(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         await aclose(upstream)
 
 
-_pairwise_steps = transform_stage("pairwise()", _run_pairwise).steps
+_pairwise_steps = transform_stage("pairwise()", _run_pairwise, lineage="kept").steps
 
 
 # --------------------------------------------------------------------------- terminals

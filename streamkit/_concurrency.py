@@ -495,7 +495,7 @@ def buffer(
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _Buffer(upstream, n, overflow, on_drop, label).results()
 
-    return Passthrough(transform_stage(label, run).steps)
+    return Passthrough(transform_stage(label, run, lineage="kept").steps)
 
 
 class _Buffer:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -59,6 +60,8 @@ Source: TypeAlias = AsyncIterable[T] | Iterable[T]
 """Anything a stage can consume: an async iterable or a plain iterable."""
 
 ItemKind: TypeAlias = Literal["map", "filter", "tap"]
+
+_perf_counter: Final = time.perf_counter
 
 
 class _Skip:
@@ -251,6 +254,9 @@ class ItemOp:
     returns an envelope (used as it is), a plain value (re-wrapped with the
     item's state) or `SKIP`; on plain streams it receives the item. For
     wrappers that record something in each item's state (retries)."""
+    watch: SegmentWatch | None = None
+    """Set by a `streamkit.Run` on the steps it instruments: the segment that
+    runs this step counts its items and reports to the watch."""
 
     def function_for_run(self) -> Callable[[Any], Any]:
         """The function to call in a new run."""
@@ -284,6 +290,20 @@ class ConcurrentOp:
     """As `ItemOp.sees_envelope`."""
 
 
+Lineage: TypeAlias = Literal["kept", "reordered", "envelops", "unwraps", "to_envelope"]
+"""What a whole-stream step does with each item's state (see `Transform.lineage`).
+
+* ``"kept"``: every output carries the state of the input it came from (an
+  aggregate: the merged states of its inputs, later ones winning), in input
+  order;
+* ``"reordered"``: the same, in any order;
+* ``"envelops"``: plain items in, envelopes out (`envelop`);
+* ``"unwraps"``: envelopes in, plain values out (`unwrap`);
+* ``"to_envelope"``: items or envelopes in, envelopes that keep the input's
+  state out, in order (`set_state`, `reduce_point`, ...).
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class Transform:
     """A step that consumes the whole upstream: an async-generator function.
@@ -296,6 +316,8 @@ class Transform:
     label: str
     run: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]
     item: ConcurrentOp | None = None
+    lineage: Lineage | None = None
+    """How the items' states flow through the transform (None: unknown, a user's stage)."""
 
 
 Step: TypeAlias = ItemOp | Transform
@@ -331,6 +353,46 @@ def plan(steps: tuple[Step, ...]) -> tuple[PlanPart, ...]:
 # --------------------------------------------------------------------------- fusion
 
 
+class SegmentWatch:
+    """What a watched fused segment reports to (a `streamkit.Run` sets one on its steps).
+
+    A segment whose operations carry a watch counts the items that enter it
+    (`SegmentRun.entered`), times each operation's call on its first item and
+    on every ``sample_every``-th item after that (0: only the first), and
+    waits in `wait` between two items while ``paused`` is true. This base
+    class ignores what it is told; a run subclasses it.
+    """
+
+    __slots__ = ("paused", "sample_every")
+
+    def __init__(self, *, sample_every: int = 0) -> None:
+        self.paused = False
+        """Read after each item: while true, the segment waits in `wait`."""
+        self.sample_every = sample_every
+
+    def attach(self, run: SegmentRun) -> None:
+        """Called when a segment of watched operations starts (before its first pull)."""
+
+    def record(self, run: SegmentRun, position: int, seconds: float) -> None:
+        """One timed call of the operation at ``position`` in ``run.ops``."""
+
+    async def wait(self) -> None:
+        """Wait while ``paused`` (called between two items)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ends:
+    """What the last fused segment of a flow calls when it starts and when it ends.
+
+    ``ended`` gets the exception that ended the segment (None when its
+    upstream was exhausted; a `BaseException` when it was closed or
+    cancelled) and the number of items the segment passed on.
+    """
+
+    started: Callable[[], Awaitable[None]]
+    ended: Callable[[BaseException | None, int], Awaitable[None]]
+
+
 class SegmentRun:
     """One run of a fused segment: call modes and the counters behind notes.
 
@@ -342,7 +404,7 @@ class SegmentRun:
     item after that.
     """
 
-    __slots__ = ("drops", "enveloped", "failed", "fns", "modes", "ops")
+    __slots__ = ("drops", "entered", "enveloped", "error", "failed", "fns", "modes", "ops", "watch")
 
     def __init__(self, ops: tuple[ItemOp, ...]) -> None:
         self.ops = ops
@@ -350,7 +412,15 @@ class SegmentRun:
         self.modes: list[bool | None] = [True if op.is_async else None for op in ops]
         self.drops = [0] * len(ops)
         self.failed: int | None = None
+        """The operation that raised (None: none did, or the last one did)."""
+        self.error: BaseException | None = None
+        """The exception an operation raised out of the segment, if any."""
         self.enveloped: bool | None = None
+        self.entered = 0
+        """Items that entered the segment (counted only when it is watched)."""
+        self.watch = next((op.watch for op in ops if op.watch is not None), None)
+        if self.watch is not None:
+            self.watch.attach(self)
 
     def decided(self) -> bool:
         """Whether every function's call mode, and the stream's kind, are known."""
@@ -359,7 +429,24 @@ class SegmentRun:
     def annotate(self, exc: BaseException, index: int) -> None:
         """Note which operation failed, and on which item of *its* input."""
         k = len(self.ops) - 1 if self.failed is None else self.failed
+        self.failed = k
+        self.error = exc
         annotate(exc, self.ops[k].label, index - sum(self.drops[:k]))
+
+    def passed(self, entered: int) -> int:
+        """Items passed on, of ``entered`` items that entered the segment."""
+        return entered - sum(self.drops) - (self.error is not None)
+
+    def next_sample(self, n: int) -> int:
+        """After item ``n`` (1-based) went through `probe`: the next item to probe."""
+        if not self.decided():
+            return n + 1
+        every = 0 if self.watch is None else self.watch.sample_every
+        return n + every if every > 0 else -1
+
+    def _timed(self, k: int, start: float) -> None:
+        assert self.watch is not None
+        self.watch.record(self, k, _perf_counter() - start)
 
     async def probe(self, item: Any) -> Any:
         """Run one item through every operation, classifying functions."""
@@ -375,7 +462,9 @@ class SegmentRun:
         if self.enveloped:
             return await self._probe_envelope(item)
         modes = self.modes
+        timed = self.watch is not None
         for k, op in enumerate(self.ops):
+            start = _perf_counter() if timed else 0.0
             try:
                 result = self.fns[k](item)
                 mode = modes[k]
@@ -386,6 +475,8 @@ class SegmentRun:
             except Exception:
                 self.failed = k
                 raise
+            if timed:
+                self._timed(k, start)
             if op.kind == "map":
                 if result is SKIP:
                     self.drops[k] += 1
@@ -399,8 +490,10 @@ class SegmentRun:
     async def _probe_envelope(self, envelope: Envelope[Any]) -> Any:
         value, state = envelope.value, envelope.state
         modes = self.modes
+        timed = self.watch is not None
         for k, op in enumerate(self.ops):
             fn = self.fns[k]
+            start = _perf_counter() if timed else 0.0
             try:
                 if op.sees_envelope:
                     current = envelope
@@ -417,6 +510,8 @@ class SegmentRun:
             except Exception:
                 self.failed = k
                 raise
+            if timed:
+                self._timed(k, start)
             if op.kind == "map":
                 if result is SKIP:
                     self.drops[k] += 1
@@ -441,23 +536,29 @@ class SegmentRun:
             # and re-wrap once per item, not once per operation.
             step, is_async = self._compile()
             return (_async_rewrap(step) if is_async else _sync_rewrap(step)), is_async
-        self.fns = [
+        # The adapted functions go into the chain only: `probe` (which times
+        # sampled items of a watched segment) still calls the plain ones.
+        fns = [
             _envelope_adapter(op, fn, bool(mode))
             for op, fn, mode in zip(self.ops, self.fns, self.modes, strict=True)
         ]
-        return self._compile()
+        return self._compile(fns)
 
-    def _compile(self) -> tuple[Callable[[Any], Any], bool]:
+    def _compile(
+        self, fns: list[Callable[..., Any]] | None = None
+    ) -> tuple[Callable[[Any], Any], bool]:
+        if fns is None:
+            fns = self.fns
         if all(mode is False for mode in self.modes):
             step: Callable[[Any], Any] | None = None
             for k in reversed(range(len(self.ops))):
-                step = _sync_link(self, k, step)
+                step = _sync_link(self, k, step, fns[k])
             assert step is not None
             return step, False
             # (an empty segment never reaches compile: plan() makes none)
         astep: Callable[[Any], Awaitable[Any]] | None = None
         for k in reversed(range(len(self.ops))):
-            astep = _async_link(self, k, astep)
+            astep = _async_link(self, k, astep, fns[k])
         assert astep is not None
         return astep, True
 
@@ -523,9 +624,10 @@ def _envelope_adapter(op: ItemOp, fn: Callable[..., Any], awaits: bool) -> Calla
     return sync_map
 
 
-def _sync_link(run: SegmentRun, k: int, nxt: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
+def _sync_link(
+    run: SegmentRun, k: int, nxt: Callable[[Any], Any] | None, fn: Callable[[Any], Any]
+) -> Callable[[Any], Any]:
     op = run.ops[k]
-    fn = run.fns[k]
     drops = run.drops
     if op.kind == "map" and op.may_drop:
 
@@ -611,10 +713,9 @@ def _sync_link(run: SegmentRun, k: int, nxt: Callable[[Any], Any] | None) -> Cal
 
 
 def _async_link(
-    run: SegmentRun, k: int, nxt: Callable[[Any], Awaitable[Any]] | None
+    run: SegmentRun, k: int, nxt: Callable[[Any], Awaitable[Any]] | None, fn: Callable[..., Any]
 ) -> Callable[[Any], Awaitable[Any]]:
     op = run.ops[k]
-    fn = run.fns[k]
     awaits = bool(run.modes[k])
     kind = op.kind
     drops = run.drops
@@ -642,11 +743,28 @@ def _async_link(
     return link
 
 
-async def run_segment(ops: tuple[ItemOp, ...], upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    """Run a fused segment over an async upstream."""
+def _watched(ops: tuple[ItemOp, ...]) -> bool:
+    return any(op.watch is not None for op in ops)
+
+
+def run_segment(
+    ops: tuple[ItemOp, ...], upstream: AsyncIterator[Any], ends: Ends | None = None
+) -> AsyncIterator[Any]:
+    """Run a fused segment over an async upstream (telling ``ends``, if given)."""
+    if _watched(ops):
+        return _watched_segment(ops, upstream, ends)
+    return _segment(ops, upstream, ends)
+
+
+async def _segment(
+    ops: tuple[ItemOp, ...], upstream: AsyncIterator[Any], ends: Ends | None
+) -> AsyncIterator[Any]:
     run = SegmentRun(ops)
     index = -1
+    error: BaseException | None = None
     try:
+        if ends is not None:
+            await ends.started()
         if not run.decided():
             async for item in upstream:
                 index += 1
@@ -682,15 +800,35 @@ async def run_segment(ops: tuple[ItemOp, ...], upstream: AsyncIterator[Any]) -> 
                     raise
                 if result is not SKIP:
                     yield result
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
-        await aclose(upstream)
+        try:
+            await aclose(upstream)
+        finally:
+            if ends is not None:
+                await ends.ended(error, run.passed(index + 1))
 
 
-async def run_segment_sync(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> AsyncIterator[Any]:
+def run_segment_sync(
+    ops: tuple[ItemOp, ...], upstream: Iterator[Any], ends: Ends | None = None
+) -> AsyncIterator[Any]:
     """Run a fused segment straight over a plain iterator (no adapter layer)."""
+    if _watched(ops):
+        return _watched_segment_sync(ops, upstream, ends)
+    return _segment_sync(ops, upstream, ends)
+
+
+async def _segment_sync(
+    ops: tuple[ItemOp, ...], upstream: Iterator[Any], ends: Ends | None
+) -> AsyncIterator[Any]:
     run = SegmentRun(ops)
     index = -1
+    error: BaseException | None = None
     try:
+        if ends is not None:
+            await ends.started()
         if not run.decided():
             for item in upstream:
                 index += 1
@@ -726,10 +864,21 @@ async def run_segment_sync(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> 
                     raise
                 if result is not SKIP:
                     yield result
+    except BaseException as exc:
+        error = exc
+        raise
     finally:
-        close = getattr(upstream, "close", None)
-        if close is not None:
-            close()
+        try:
+            _close_sync(upstream)
+        finally:
+            if ends is not None:
+                await ends.ended(error, run.passed(index + 1))
+
+
+def _close_sync(iterator: Iterator[Any]) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        close()
 
 
 async def run_segment_to_list(
@@ -741,6 +890,8 @@ async def run_segment_to_list(
     to end; observable behaviour (order of calls, notes) is that of the
     generator path.
     """
+    if _watched(ops):
+        return await _watched_to_list(ops, upstream)
     run = SegmentRun(ops)
     out: list[Any] = []
     append = out.append
@@ -783,9 +934,146 @@ async def run_segment_to_list(
                     append(result)
         return out
     finally:
-        close = getattr(upstream, "close", None)
-        if close is not None:
-            close()
+        _close_sync(upstream)
+
+
+# A watched segment (in a `streamkit.Run`) counts the items that enter it in
+# `SegmentRun.entered`, sends its first items and then every
+# ``watch.sample_every``-th item through `SegmentRun.probe`, which times each
+# call, and waits between two items while ``watch.paused``. Plain segments pay
+# nothing for this: they run the loops above.
+
+
+async def _watched_segment(
+    ops: tuple[ItemOp, ...], upstream: AsyncIterator[Any], ends: Ends | None
+) -> AsyncIterator[Any]:
+    run = SegmentRun(ops)
+    watch = run.watch
+    assert watch is not None
+    step: Callable[[Any], Any] | None = None
+    is_async = False
+    n = 0
+    sample_at = 1
+    error: BaseException | None = None
+    try:
+        if ends is not None:
+            await ends.started()
+        if watch.paused:
+            await watch.wait()
+        async for item in upstream:
+            n += 1
+            run.entered = n
+            try:
+                if n == sample_at:
+                    result = await run.probe(item)
+                    sample_at = run.next_sample(n)
+                    if step is None and run.decided():
+                        step, is_async = run.compile()
+                elif is_async:
+                    result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                else:
+                    result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+            except Exception as exc:
+                run.annotate(exc, n - 1)
+                raise
+            if result is not SKIP:
+                yield result
+            if watch.paused:
+                await watch.wait()
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        try:
+            await aclose(upstream)
+        finally:
+            if ends is not None:
+                await ends.ended(error, run.passed(n))
+
+
+async def _watched_segment_sync(
+    ops: tuple[ItemOp, ...], upstream: Iterator[Any], ends: Ends | None
+) -> AsyncIterator[Any]:
+    run = SegmentRun(ops)
+    watch = run.watch
+    assert watch is not None
+    step: Callable[[Any], Any] | None = None
+    is_async = False
+    n = 0
+    sample_at = 1
+    error: BaseException | None = None
+    try:
+        if ends is not None:
+            await ends.started()
+        if watch.paused:
+            await watch.wait()
+        for item in upstream:
+            n += 1
+            run.entered = n
+            try:
+                if n == sample_at:
+                    result = await run.probe(item)
+                    sample_at = run.next_sample(n)
+                    if step is None and run.decided():
+                        step, is_async = run.compile()
+                elif is_async:
+                    result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                else:
+                    result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+            except Exception as exc:
+                run.annotate(exc, n - 1)
+                raise
+            if result is not SKIP:
+                yield result
+            if watch.paused:
+                await watch.wait()
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        try:
+            _close_sync(upstream)
+        finally:
+            if ends is not None:
+                await ends.ended(error, run.passed(n))
+
+
+async def _watched_to_list(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> list[Any]:
+    run = SegmentRun(ops)
+    watch = run.watch
+    assert watch is not None
+    out: list[Any] = []
+    append = out.append
+    step: Callable[[Any], Any] | None = None
+    is_async = False
+    n = 0
+    sample_at = 1
+    try:
+        if watch.paused:
+            await watch.wait()
+        for item in upstream:
+            n += 1
+            run.entered = n
+            try:
+                if n == sample_at:
+                    result = await run.probe(item)
+                    sample_at = run.next_sample(n)
+                    if step is None and run.decided():
+                        step, is_async = run.compile()
+                elif is_async:
+                    result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                else:
+                    result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+            except Exception as exc:
+                run.annotate(exc, n - 1)
+                raise
+            if result is not SKIP:
+                append(result)
+            if watch.paused:
+                await watch.wait()
+        return out
+    finally:
+        _close_sync(upstream)
 
 
 # --------------------------------------------------------------------------- Stage
@@ -1253,9 +1541,11 @@ def transform_stage(
     label: str,
     run: Callable[[AsyncIterator[Any]], AsyncIterator[Any]],
     item: ConcurrentOp | None = None,
+    *,
+    lineage: Lineage | None = None,
 ) -> Stage[Any, Any]:
     """A stage made of one whole-stream transform (``item`` describes its per-item call)."""
-    return Stage((Transform(label, run, item),))
+    return Stage((Transform(label, run, item, lineage),))
 
 
 def stage(
@@ -1364,7 +1654,7 @@ class Flow(AsyncIterator[T_co]):
         [1, 2, 3]
     """
 
-    __slots__ = ("_chain", "_iterator", "_state", "source", "stage")
+    __slots__ = ("_chain", "_ends", "_iterator", "_state", "source", "stage")
 
     def __init__(self, source: Source[Any], stage: Stage[Any, T_co]) -> None:
         self.source = source
@@ -1372,6 +1662,7 @@ class Flow(AsyncIterator[T_co]):
         self._iterator: AsyncIterator[T_co] | None = None
         self._chain: list[object] = []
         self._state: Literal["new", "open", "handed-over", "closed"] = "new"
+        self._ends: Ends | None = None
 
     def __repr__(self) -> str:
         source = getattr(self.source, "label", None) or type(self.source).__name__
@@ -1393,6 +1684,41 @@ class Flow(AsyncIterator[T_co]):
         self._state = "closed"
         return True
 
+    def end_with(self, ends: Ends) -> bool:
+        """Have the flow's last fused segment tell ``ends`` when it starts and ends.
+
+        This lets a watcher (`streamkit.Run`) hand out the flow's own
+        iterator and still learn how the iteration ended, at no cost per
+        item. Only for a flow not opened yet whose last part is a fused
+        segment; returns whether ``ends`` was set. When the segment ends,
+        the flow is closed (the rest of its chain too) before ``ends.ended``
+        is awaited.
+        """
+        parts = self.stage._plan  # pyright: ignore[reportPrivateUsage]
+        if self._state != "new" or not parts or not isinstance(parts[-1], Segment):
+            return False
+        self._ends = ends
+        return True
+
+    def _segment_ends(self) -> Ends | None:
+        given = self._ends
+        if given is None:
+            return None
+
+        async def ended(error: BaseException | None, passed: int) -> None:
+            # The last segment has closed its upstream; close whatever else
+            # the chain holds (never-started generators), then tell the watcher.
+            chain = self._chain[:-1]
+            self._chain = []
+            self._state = "closed"
+            self._iterator = _EMPTY_ITERATOR
+            try:
+                await close_all(reversed(chain))
+            finally:
+                await given.ended(error, passed)
+
+        return Ends(given.started, ended)
+
     def _open(self) -> AsyncIterator[T_co]:
         if self._state == "handed-over":
             raise RuntimeError(f"{self!r} was piped into another stage; iterate that flow instead")
@@ -1400,22 +1726,26 @@ class Flow(AsyncIterator[T_co]):
             return _EMPTY_ITERATOR
         parts = self.stage._plan  # pyright: ignore[reportPrivateUsage]
         source = self.source
+        ends = self._segment_ends()
+        last = len(parts) - 1
         # Every iterator of the chain is kept, so that closing the flow reaches
         # the source even through generators that never started (closing an
         # unstarted generator does not run its `finally`).
         chain = self._chain
         iterator: AsyncIterator[Any]
+        first = 0
         if parts and isinstance(parts[0], Segment) and is_sync_source(source):
             items = iter(cast("Iterable[Any]", source))
             chain.append(items)
-            iterator = run_segment_sync(parts[0].ops, items)
-            parts = parts[1:]
+            iterator = run_segment_sync(parts[0].ops, items, ends if last == 0 else None)
+            first = 1
         else:
             iterator = open_async(source)
         chain.append(iterator)
-        for part in parts:
+        for position in range(first, len(parts)):
+            part = parts[position]
             if isinstance(part, Segment):
-                iterator = run_segment(part.ops, iterator)
+                iterator = run_segment(part.ops, iterator, ends if position == last else None)
             else:
                 iterator = part.run(iterator)
             chain.append(iterator)

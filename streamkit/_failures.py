@@ -673,6 +673,22 @@ def _sink_function(sink: object, parameter: str) -> Callable[[Any], object]:
 _NO_WAIT: Final = constant(0)
 
 
+class RetryObserver:
+    """Told about each backoff wait of a guarded step (a `streamkit.Run` sets one).
+
+    The guard knows nothing of runs: a run sets an observer on its own copy
+    of the guard (`Guard.observer`). The base class ignores what it is told.
+    """
+
+    __slots__ = ()
+
+    async def retrying(self, index: int, attempt: int, delay: float, error: Exception) -> None:
+        """Before the wait: ``attempt`` (1-based) on item ``index`` failed with ``error``."""
+
+    def retried(self) -> None:
+        """After the wait, however it ended."""
+
+
 @dataclass(frozen=True, slots=True)
 class Guard:
     """The validated failure options of one guarded stage (build with `make_guard`)."""
@@ -690,6 +706,8 @@ class Guard:
     """Whether ``report`` was given by the user (else made for this stage)."""
     retryable: Callable[[Exception], bool] = field(init=False, repr=False, compare=False)
     sink: Callable[[Any], object] | None = field(init=False, repr=False, compare=False)
+    observer: RetryObserver | None = field(default=None, repr=False, compare=False)
+    """Told about each backoff wait (set by a run on its copy of the guard)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retryable", _retry_predicate(self.retry_on))
@@ -941,11 +959,17 @@ class _GuardRun:
                 bad.add_note(f"streamkit: {self.guard.label} failed deciding whether to retry")
                 raise bad from error
             if reason is None:
+                observer = self.guard.observer
                 try:
+                    if observer is not None:
+                        await observer.retrying(index, attempt, delay, error)
                     await clock.sleep(delay)
                 except BaseException:
                     counters.cancelled += 1
                     raise
+                finally:
+                    if observer is not None:
+                        observer.retried()
                 continue
             elapsed = clock.now() - started
             if trace is not None:

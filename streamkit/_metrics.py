@@ -122,7 +122,7 @@ class StageStatistics:
     kind: str
     """``map``, ``filter``, ``tap``, ``flat_map`` or ``transform``."""
     status: str
-    """``pending``, ``executing``, ``succeeded``, ``failed`` or ``cancelled``."""
+    """``pending``, ``executing``, ``retrying``, ``succeeded``, ``failed`` or ``cancelled``."""
     items_in: int = 0
     """Items that entered the step."""
     items_out: int = 0
@@ -221,6 +221,7 @@ _STATUS_CODES: Final = {
     "pending": 0,
     "running": 1,
     "executing": 1,
+    "retrying": 1,
     "paused": 2,
     "succeeded": 3,
     "failed": 4,

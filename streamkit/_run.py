@@ -6,15 +6,18 @@ callbacks (`Hooks`), throttled field-level state updates (`Run.events`), a
 pause that holds the source, and an on-disk history (``state_history=``).
 
 The pipeline is never rewritten by its author: the run instruments a copy of
-its steps. Fusable item steps stay fusable (their function is wrapped through
-`ItemOp.per_run`); whole-stream steps get a counting generator on their input
-and output; the per-item function of a concurrent step is wrapped to count
-calls in flight. Without metrics, hooks or history the stage runs untouched.
+its steps. Fusable item steps stay fusable and unwrapped: they carry a
+`SegmentWatch`, and the fused segment that runs them counts the items that
+enter it and samples call times (only async functions, or every function
+with ``timing="full"``, are wrapped through `ItemOp.per_run`); whole-stream
+steps get a counting generator on their input and output; the per-item
+function of a concurrent step is wrapped to count calls in flight; a guarded
+step gets a copy of its guard that reports backoff waits (`RetryObserver`).
+Without metrics, hooks or history the stage runs untouched.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import hashlib
@@ -26,18 +29,29 @@ import re
 import secrets
 import tempfile
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Generator, Mapping
+from collections.abc import (
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypedDict, TypeVar, cast
 
 from ._aggregate import collect as _collect
+from ._checkpointing import DEFAULT_EVERY, Tracker, check_every, check_source, check_store
 from ._concurrency import concurrent_transform
 from ._core import (
-    SKIP,
     ConcurrentOp,
+    Ends,
     Flow,
     ItemOp,
+    SegmentRun,
+    SegmentWatch,
     Stage,
     Step,
     Transform,
@@ -50,15 +64,28 @@ from ._failures import (
     ExceptionInfo,
     FailureStatistics,
     Guard,
+    GuardedItem,
     GuardedTransform,
+    RetryObserver,
     unguarded,
 )
 from ._metrics import QuantileSketch, RunStatistics, StageStatistics
-from ._runtime import current_clock, signal_maker, wait_done, wait_for_signal, wake
+from ._runtime import (
+    Handle,
+    current_clock,
+    in_thread,
+    signal_maker,
+    wait_done,
+    wait_for_signal,
+    wake,
+)
 
 if TYPE_CHECKING:
+    import datetime as dt
+
     from ._core import Source
     from ._runtime import Clock
+    from ._store import Checkpoint, Store
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -66,13 +93,21 @@ T_co = TypeVar("T_co", covariant=True)
 RunStatus: TypeAlias = Literal["pending", "running", "paused", "succeeded", "failed", "cancelled"]
 """The status of a run."""
 
-StageStatus: TypeAlias = Literal["pending", "executing", "succeeded", "failed", "cancelled"]
-"""The status of one step of a run's pipeline."""
+StageStatus: TypeAlias = Literal[
+    "pending", "executing", "retrying", "succeeded", "failed", "cancelled"
+]
+"""The status of one step of a run's pipeline ("retrying": an item waits to be retried)."""
+
+Timing: TypeAlias = Literal["sampled", "full"]
+"""How a run times the calls of fused steps (see `Run`)."""
 
 logger: Final = logging.getLogger("streamkit.run")
 
-_SAMPLE_MASK: Final = 15
-"""Fused item calls are timed once every 16 calls (the 1st, 17th, ...)."""
+_SAMPLE_EVERY: Final = 1024
+"""With ``timing="sampled"``, a fused segment times the calls of its first
+item and of every 1024th item after it (the 1st, 1025th, ...)."""
+
+_TIMINGS: Final = ("sampled", "full")
 
 _FAILURE_RECORDS_CAP: Final = 100
 """The most error records written per step in the state history."""
@@ -92,7 +127,8 @@ class Hooks:
 
     Every hook is optional. A hook that raises is logged (logger
     ``streamkit.run``) and recorded in `Run.hook_errors`; it never stops the
-    run nor loses an item.
+    run nor loses an item. `Run` takes one `Hooks` or a sequence of them
+    (an exporter's and your own, say): each hook is called in order.
 
     Attributes:
         on_run_start: ``(RunStatistics)``, once, before the first pull.
@@ -100,6 +136,9 @@ class Hooks:
             (a streaming pipeline runs all its steps at once).
         on_item: ``(item)``, per item the run yields (opt-in: costs a call
             per item).
+        on_retry: ``(StageStatistics, RetryEvent)``, before each backoff
+            wait of a guarded step (``with_retry``); the step's status is
+            then ``"retrying"``.
         on_error: ``(StageStatistics | None, exception)``, when the run
             fails; the step is the one that raised (None: the source did).
         on_stage_end: ``(StageStatistics)``, per step, when the run ends.
@@ -119,6 +158,7 @@ class Hooks:
     on_run_start: Callable[[RunStatistics], object] | None = None
     on_stage_start: Callable[[StageStatistics], object] | None = None
     on_item: Callable[[Any], object] | None = None
+    on_retry: Callable[[StageStatistics, RetryEvent], object] | None = None
     on_error: Callable[[StageStatistics | None, BaseException], object] | None = None
     on_stage_end: Callable[[StageStatistics], object] | None = None
     on_run_end: Callable[[RunStatistics], object] | None = None
@@ -145,6 +185,40 @@ class HookError:
     """The hook's name (``on_item``, ...; ``state_history`` for a failed write)."""
     exception: Exception
     """What it raised."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryEvent:
+    """One retry of a guarded step, as given to `Hooks.on_retry` before its wait.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import constant, map_, with_retry
+        >>> tries = {}
+        >>> def flaky(x: int) -> int:
+        ...     tries[x] = tries.get(x, 0) + 1
+        ...     if tries[x] < 2:
+        ...         raise ConnectionError(x)
+        ...     return x
+        >>> events = []
+        >>> hooks = Hooks(on_retry=lambda stage, event: events.append(event))
+        >>> pipeline = with_retry(map_(flaky), attempts=2, backoff=constant(0.0))
+        >>> asyncio.run(Run(pipeline, [7], hooks=hooks).collect())
+        [7]
+        >>> [(e.stage, e.index, e.attempt, e.delay, type(e.error).__name__) for e in events]
+        [('with_retry(map_(flaky), attempts=2)', 0, 1, 0.0, 'ConnectionError')]
+    """
+
+    stage: str
+    """The key of the step (as in `StageStatistics.key`)."""
+    index: int
+    """The item's index in the step's input (0-based)."""
+    attempt: int
+    """The attempt that just failed (1-based)."""
+    delay: float
+    """Seconds before the next attempt."""
+    error: Exception
+    """What the failed attempt raised."""
 
 
 class StateUpdate(TypedDict):
@@ -175,13 +249,17 @@ class StateUpdate(TypedDict):
 
 
 class _Live:
-    """The live counters of one step in one run (mutated by the wrappers)."""
+    """The live counters of one step in one run.
+
+    A fused step reads its items in and out from the `SegmentRun` that runs
+    it (``segment``, at ``position``): the items that entered the segment,
+    minus what the earlier operations dropped, failed or hold in flight.
+    A whole-stream step counts its input and output in generators around it.
+    """
 
     __slots__ = (
         "baseline",
-        "counts_out",
         "errors",
-        "failure",
         "guard",
         "in_flight",
         "items_in",
@@ -189,12 +267,18 @@ class _Live:
         "key",
         "kind",
         "label",
-        "read",
+        "op",
+        "own_failure",
+        "position",
         "records_start",
+        "segment",
+        "siblings",
         "sketch",
         "status",
         "time_sum",
+        "timed",
         "upstream_error",
+        "waiting",
     )
 
     def __init__(self, key: str, label: str, kind: str, guard: Guard | None) -> None:
@@ -205,18 +289,36 @@ class _Live:
         self.status: StageStatus = "pending"
         self.items_in = 0
         self.items_out = 0
-        self.counts_out = True
-        """False for plain maps and taps: their output is derived from input."""
         self.errors = 0
         self.in_flight = 0
+        self.waiting = 0
+        """Items of this step in a backoff wait now (status "retrying")."""
         self.sketch = QuantileSketch()
         self.time_sum = 0.0
-        self.failure: BaseException | None = None
+        self.own_failure: BaseException | None = None
         self.upstream_error: BaseException | None = None
         self.baseline = FailureStatistics()
         self.records_start = 0
-        self.read: Callable[[], tuple[int, int]] | None = None
-        """For fused steps: reads the (calls, items out) counted in the closure."""
+        self.op: ItemOp | None = None
+        """For a fused step: the instrumented operation (to find it in a segment)."""
+        self.segment: SegmentRun | None = None
+        self.position = 0
+        self.siblings: list[_Live] = []
+        """The lives of the segment's operations, in order (this one included)."""
+        self.timed = False
+        """Whether a wrapper times every call (else the segment samples them)."""
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The exception this step raised, if it raised one."""
+        segment = self.segment
+        if segment is not None and segment.error is not None and segment.failed == self.position:
+            return segment.error
+        return self.own_failure
+
+    @failure.setter
+    def failure(self, exc: BaseException | None) -> None:
+        self.own_failure = exc
 
     def record(self, seconds: float) -> None:
         self.sketch.add(seconds)
@@ -244,16 +346,28 @@ class _Live:
         records = self.guard.report.records[self.records_start :]
         return [record for record in records if record.stage == self.guard.label]
 
+    def _segment_counts(self, segment: SegmentRun) -> tuple[int, int, int]:
+        """(items in, items out, raised) of a fused step, from its segment's counters."""
+        drops = segment.drops
+        failed = segment.failed if segment.error is not None else None
+        items = segment.entered
+        for j, sibling in enumerate(self.siblings[: self.position]):
+            items -= drops[j] + (failed == j) + sibling.in_flight
+        k = self.position
+        raised = int(failed == k)
+        return items, max(0, items - drops[k] - raised - self.in_flight), raised
+
     def snapshot(self, wall_time: float) -> StageStatistics:
         failures = self.guard_statistics()
-        read = self.read
-        if read is None:
-            items_in, counted_out = self.items_in, self.items_out
+        segment = self.segment
+        in_flight = self.in_flight
+        dropped = 0
+        if segment is not None:
+            items_in, items_out, errors = self._segment_counts(segment)
         else:
-            items_in, counted_out = read()
+            items_in, items_out, errors = self.items_in, self.items_out, self.errors
         if failures is None:
-            errors = self.errors
-            retries = skipped = collected = dead_lettered = dropped = 0
+            retries = skipped = collected = dead_lettered = 0
         else:
             errors = failures.failed
             retries = failures.retries
@@ -261,17 +375,21 @@ class _Live:
             collected = failures.collected
             dead_lettered = failures.dead_lettered
             dropped = skipped + collected + dead_lettered
-        in_flight = self.in_flight
-        items_out = counted_out if self.counts_out else max(0, items_in - self.errors - in_flight)
-        filtered = (
-            max(0, items_in - items_out - dropped - in_flight) if self.kind == "filter" else 0
-        )
+        filtered = 0
+        if self.kind == "filter":
+            if segment is not None:
+                filtered = max(0, segment.drops[self.position] - dropped)
+            else:
+                filtered = max(0, items_in - items_out - dropped - in_flight)
+        status = self.status
+        if status == "executing" and self.waiting > 0:
+            status = "retrying"
         sketch = self.sketch
         return StageStatistics(
             key=self.key,
             label=self.label,
             kind=self.kind,
-            status=self.status,
+            status=status,
             items_in=items_in,
             items_out=items_out,
             filtered=filtered,
@@ -293,139 +411,103 @@ class _Live:
 # --------------------------------------------------------------------------- instrumentation
 
 
-def _counting_function(op: ItemOp, live: _Live, fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap one run's function of a fused step: count, and time every 16th call.
+class _Watch(SegmentWatch):
+    """A run's watch over its fused segments: finds each step's live counters."""
 
-    The counters live in the closure (cheaper than attributes) and are read
-    through ``live.read``. Plain maps and taps count only their calls: their
-    output is the calls minus errors and calls in flight.
+    __slots__ = ("lives", "run")
+
+    def __init__(self, run: Run[Any], lives: list[_Live], *, sample_every: int) -> None:
+        super().__init__(sample_every=sample_every)
+        self.run = run
+        self.lives = lives
+
+    def attach(self, run: SegmentRun) -> None:
+        siblings: list[_Live] = []
+        for op in run.ops:
+            live = next((live for live in self.lives if live.op is op), None)
+            if live is None:  # pragma: no cover - every op of a watched segment is the run's
+                return
+            siblings.append(live)
+        for position, live in enumerate(siblings):
+            live.segment = run
+            live.position = position
+            live.siblings = siblings
+
+    def record(self, run: SegmentRun, position: int, seconds: float) -> None:
+        for live in self.lives:
+            if live.segment is run and live.position == position:
+                if not live.timed:
+                    live.record(seconds)
+                return
+
+    async def wait(self) -> None:
+        run = self.run
+        while (signal := run._resume_signal) is not None:  # pyright: ignore[reportPrivateUsage]
+            await wait_for_signal(signal)
+        self.paused = False
+
+
+class _RetryWatch(RetryObserver):
+    """A run's observer of one guarded step's backoff waits."""
+
+    __slots__ = ("live", "run")
+
+    def __init__(self, run: Run[Any], live: _Live) -> None:
+        self.run = run
+        self.live = live
+
+    async def retrying(self, index: int, attempt: int, delay: float, error: Exception) -> None:
+        live = self.live
+        live.waiting += 1
+        run = self.run
+        hooks = run._hooks  # pyright: ignore[reportPrivateUsage]
+        if hooks is None or hooks.on_retry is None:
+            return
+        stats = live.snapshot(run._wall_time())  # pyright: ignore[reportPrivateUsage]
+        event = RetryEvent(stage=live.key, index=index, attempt=attempt, delay=delay, error=error)
+        await run._call_hook("on_retry", hooks.on_retry, stats, event)  # pyright: ignore[reportPrivateUsage]
+
+    def retried(self) -> None:
+        self.live.waiting -= 1
+
+
+def _timing_function(live: _Live, fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap one run's function of a fused step: time every call, count calls in flight.
+
+    Used for async functions, and for every function with ``timing="full"``.
+    Items are counted by the segment; failures are seen there too.
     """
-    counts_out = op.kind == "filter" or op.may_drop
-    is_filter = op.kind == "filter"
     record = live.record
-    calls = 0
-    out = 0
-    awaits: bool | None = True if op.is_async else None
 
-    def read() -> tuple[int, int]:
-        return calls, out
-
-    live.read = read
-
-    def fail(exc: Exception) -> None:
-        live.errors += 1
-        live.failure = exc
-
-    def count(result: Any) -> None:
-        nonlocal out
-        if is_filter:
-            if result:
-                out += 1
-        elif result is not SKIP:
-            out += 1
-
-    async def finish(awaitable: Awaitable[Any], start: float | None) -> Any:
+    async def finish(awaitable: Awaitable[Any], start: float) -> Any:
         live.in_flight += 1
         try:
             result = await awaitable
-        except Exception as exc:
-            fail(exc)
-            raise
         finally:
             live.in_flight -= 1
-        if start is not None:
-            record(_perf_counter() - start)
-        if counts_out:
-            count(result)
+        record(_perf_counter() - start)
         return result
 
-    def slow(*args: Any) -> Any:
-        # The timed call (1 in 16), and every call of an awaiting function.
-        nonlocal awaits
-        start = _perf_counter() if calls & _SAMPLE_MASK == 1 else None
-        try:
-            result = fn(*args)
-        except Exception as exc:
-            fail(exc)
-            raise
-        if awaits is None:
-            awaits = inspect.isawaitable(result)
-        if awaits:
+    def timed(*args: Any) -> Any:
+        start = _perf_counter()
+        result = fn(*args)
+        if inspect.isawaitable(result):
             return finish(result, start)
-        if start is not None:
-            record(_perf_counter() - start)
-        if counts_out:
-            count(result)
+        record(_perf_counter() - start)
         return result
 
-    if op.with_state:
-
-        def counted_args(*args: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            return slow(*args)
-
-        return counted_args
-
-    if not counts_out:
-
-        def counted_call(item: Any) -> Any:
-            nonlocal calls
-            calls += 1
-            if calls & _SAMPLE_MASK == 1 or awaits:
-                return slow(item)
-            try:
-                return fn(item)
-            except Exception as exc:
-                fail(exc)
-                raise
-
-        return counted_call
-
-    if is_filter:
-
-        def counted_filter(item: Any) -> Any:
-            nonlocal calls, out
-            calls += 1
-            if calls & _SAMPLE_MASK == 1 or awaits:
-                return slow(item)
-            try:
-                result = fn(item)
-            except Exception as exc:
-                fail(exc)
-                raise
-            if result:
-                out += 1
-            return result
-
-        return counted_filter
-
-    def counted_dropping(item: Any) -> Any:
-        nonlocal calls, out
-        calls += 1
-        if calls & _SAMPLE_MASK == 1 or awaits:
-            return slow(item)
-        try:
-            result = fn(item)
-        except Exception as exc:
-            fail(exc)
-            raise
-        if result is not SKIP:
-            out += 1
-        return result
-
-    return counted_dropping
+    return timed
 
 
 @dataclass(frozen=True, slots=True)
-class _CountingPerRun:
-    """The ``per_run`` of an instrumented `ItemOp`."""
+class _TimedPerRun:
+    """The ``per_run`` of a fused step whose calls are all timed."""
 
     op: ItemOp
     live: _Live
 
     def __call__(self) -> Callable[..., Any]:
-        return _counting_function(self.op, self.live, self.op.function_for_run())
+        return _timing_function(self.live, self.op.function_for_run())
 
 
 def _counting_call(live: _Live, fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -496,21 +578,36 @@ def _counting_run(
     return counted
 
 
-def _instrument(step: Step, live: _Live) -> Step:
-    """A copy of ``step`` that updates ``live``."""
+def _instrument(step: Step, live: _Live, run: Run[Any], watch: _Watch, timing: Timing) -> Step:
+    """A copy of ``step`` that updates ``live``.
+
+    A fused step carries ``watch`` (its segment counts its items); only its
+    async functions (or, with ``timing="full"``, all of them) are wrapped.
+    A guarded step gets a copy of its guard that tells the run about retries.
+    """
     if isinstance(step, ItemOp):
-        live.counts_out = step.kind == "filter" or step.may_drop
-        return dataclasses.replace(step, per_run=_CountingPerRun(step, live))
+        op = step
+        per_run = op.per_run
+        if isinstance(per_run, GuardedItem):
+            guard = dataclasses.replace(per_run.guard, observer=_RetryWatch(run, live))
+            op = dataclasses.replace(op, per_run=GuardedItem(guard, per_run.base))
+        if timing == "full" or op.is_async:
+            live.timed = True
+            op = dataclasses.replace(op, per_run=_TimedPerRun(op, live))
+        op = dataclasses.replace(op, watch=watch)
+        live.op = op
+        return op
     item = step.item
-    run = step.run
-    if isinstance(run, GuardedTransform):
-        base = run.base
+    counted_run = step.run
+    if isinstance(counted_run, GuardedTransform):
+        base = counted_run.base
+        guard = dataclasses.replace(counted_run.guard, observer=_RetryWatch(run, live))
         wrapped = dataclasses.replace(base, fn=_counting_call(live, base.fn), is_async=True)
-        run = GuardedTransform(run.guard, wrapped)
+        counted_run = GuardedTransform(guard, wrapped)
     elif item is not None:
         wrapped = dataclasses.replace(item, fn=_counting_call(live, item.fn), is_async=True)
-        run = concurrent_transform(wrapped).run
-    return Transform(step.label, _counting_run(run, live), item)
+        counted_run = concurrent_transform(wrapped).run
+    return dataclasses.replace(step, run=_counting_run(counted_run, live))
 
 
 def _kind(step: Step) -> str:
@@ -636,7 +733,7 @@ def _write_files(directory: Path, files: list[tuple[str, Any]]) -> None:
 
 async def _write_off_loop(directory: Path, files: list[tuple[str, Any]]) -> None:
     """The one place that does blocking file I/O: in a worker thread."""
-    await asyncio.to_thread(_write_files, directory, files)
+    await in_thread(_write_files, directory, files)
 
 
 def _new_run_id(name: str | None) -> str:
@@ -678,19 +775,48 @@ class Run(AsyncIterable[T_co]):
         pipeline: Any stage; the run instruments a copy of it.
         source: What the pipeline consumes (an iterable or async iterable).
         name: Letters, digits, ``_ . -`` (at most 64); part of the run id.
-        hooks: A `Hooks`, or a mapping of hook names to callables.
+        hooks: A `Hooks`, a mapping of hook names to callables, or a
+            sequence of them (each hook called in order).
         metrics: Count items, errors and call times per step (see
             `statistics`). With ``metrics=False``, no hooks and no
             ``state_history`` the stage runs untouched (and `pause` is not
             available).
+        timing: How calls of fused steps (``map_``, ``filter_``, ``tap``
+            without concurrency) are timed: ``"sampled"`` (the default)
+            times their calls on the first item and on every 1024th item
+            after it, and every call of an async function; ``"full"`` times
+            every call (a wrapper per call: dear for cheap functions).
+            Concurrent steps always time every call.
         state_history: A directory; the run writes ``<dir>/<run id>/``
             (``run_start.json``, ``stage_<n>_failures.json``, ``final.json``).
         version: The pipeline's version, a string ("0" by default).
+        checkpoint: A `Store` (`SQLiteStore`, `MemoryStore`, your own): the
+            run saves a `Checkpoint` under its ``name`` (required) and, if
+            the store has one for that name when it starts, resumes after
+            it. The source must be resumable (a sequence, `lines`,
+            `resumable`, your own `Resumable`), and every step must keep the
+            items in order and pass their state on (built-in steps do, but
+            for ``ordered=False``; ``@stage`` steps are refused). Each
+            checkpoint holds the source position after the items whose
+            outputs the consumer is done with, and the results of the
+            pipeline's `reduce_point` steps (which a resumed run reuses
+            instead of folding again). Processing is at-least-once: after a
+            crash, the items finished since the last checkpoint are processed
+            again.
+        every: How often to checkpoint: an int of source items finished, or
+            a `datetime.timedelta` (100 items by default). A run also saves
+            a checkpoint when it ends, however it ends.
 
     Raises:
-        TypeError: An argument has the wrong type.
-        ValueError: ``name`` has characters outside the allowed set, or
-            ``hooks`` names an unknown hook.
+        TypeError: An argument has the wrong type, or ``checkpoint`` is given
+            with a source that is not resumable.
+        ValueError: ``name`` has characters outside the allowed set,
+            ``hooks`` names an unknown hook, ``timing`` is neither
+            ``"sampled"`` nor ``"full"``, ``every`` is not positive, or
+            ``checkpoint`` is given without a name or with a step that does
+            not keep the items in order.
+        CheckpointError: (when the run starts) the store cannot read the
+            checkpoint, or it was saved by another ``version``.
 
     Examples:
         >>> import asyncio
@@ -705,6 +831,7 @@ class Run(AsyncIterable[T_co]):
 
     __slots__ = (
         "_clock",
+        "_direct",
         "_done_signal",
         "_ended_at",
         "_finished",
@@ -722,6 +849,8 @@ class Run(AsyncIterable[T_co]):
         "_started",
         "_started_clock",
         "_status",
+        "_tracker",
+        "_watch",
         "config_hash",
         "history_path",
         "id",
@@ -736,10 +865,16 @@ class Run(AsyncIterable[T_co]):
         source: Source[Any],
         *,
         name: str | None = None,
-        hooks: Hooks | Mapping[str, Callable[..., object]] | None = None,
+        hooks: Hooks
+        | Mapping[str, Callable[..., object]]
+        | Sequence[Hooks | Mapping[str, Callable[..., object]]]
+        | None = None,
         metrics: bool = True,
+        timing: Timing = "sampled",
         state_history: str | os.PathLike[str] | None = None,
         version: str | None = None,
+        checkpoint: Store | None = None,
+        every: int | dt.timedelta = DEFAULT_EVERY,
     ) -> None:
         if not isinstance(pipeline, Stage):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(f"pipeline must be a Stage, got {type(pipeline).__name__}")
@@ -755,7 +890,11 @@ class Run(AsyncIterable[T_co]):
         """The pipeline's version ("0" unless given)."""
         if not isinstance(metrics, bool):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(f"metrics must be a bool, got {type(metrics).__name__}")
-        self._hooks = _check_hooks(hooks)
+        if not isinstance(timing, str):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
+            raise TypeError(f"timing must be a string, got {type(timing).__name__}")
+        if timing not in _TIMINGS:
+            raise ValueError(f"timing must be 'sampled' or 'full', got {timing!r}")
+        self._hooks = _check_hooks(hooks, self._record_hook_error)
         if state_history is not None and not isinstance(state_history, str | os.PathLike):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(
                 f"state_history must be a path or None, got {type(state_history).__name__}"
@@ -783,11 +922,30 @@ class Run(AsyncIterable[T_co]):
             for key, step in zip(keys, pipeline.steps, strict=True)
         ]
         self._observed = metrics or self._hooks is not None or state_history is not None
+        tracker = self._tracker = None
+        pipeline_steps = pipeline.steps
+        if checkpoint is not None:
+            store = check_store(checkpoint)
+            cadence = check_every(every)
+            if self.name is None:
+                raise ValueError("checkpoint= needs a name=: the checkpoint is saved under it")
+            resumable_source = check_source(source)
+            tracker = self._tracker = Tracker(
+                store, self.name, resumable_source, cadence, self.version
+            )
+            pipeline_steps = tracker.adapt(pipeline_steps)
+            source = resumable_source
+        else:
+            check_every(every)
         flow: Flow[Any]
+        self._watch = _Watch(
+            self, self._lives, sample_every=_SAMPLE_EVERY if timing == "sampled" else 0
+        )
+        self._direct = False
         if self._observed:
             steps = tuple(
-                _instrument(step, live)
-                for step, live in zip(pipeline.steps, self._lives, strict=True)
+                _instrument(step, live, self, self._watch, timing)
+                for step, live in zip(pipeline_steps, self._lives, strict=True)
             )
             instrumented: Stage[Any, Any] = Stage(steps)
             # A pipeline of item steps pulls from its source only when the
@@ -795,15 +953,20 @@ class Run(AsyncIterable[T_co]):
             # (buffers, concurrent steps) pull on their own: held at the source.
             self._hold_at_consumer = all(isinstance(step, ItemOp) for step in steps)
             gated: Source[Any] = source if self._hold_at_consumer else _Gate(source, self)
+            if tracker is not None:
+                gated = tracker.tagged(open_async(gated))
             flow = Flow(gated, instrumented)
         else:
             self._hold_at_consumer = False
-            flow = pipeline(source)
+            if tracker is not None:
+                flow = Flow(tracker.tagged(open_async(source)), Stage(pipeline_steps))
+            else:
+                flow = pipeline(source)
         self._flow = flow
         self._source = source
         self._relay: AsyncIterator[T_co] | None = None
-        self._resume_signal: asyncio.Future[Any] | None = None
-        self._done_signal: asyncio.Future[Any] | None = None
+        self._resume_signal: Handle[Any] | None = None
+        self._done_signal: Handle[Any] | None = None
         self._hook_errors: list[HookError] = []
         self._items_out = 0
         self._iterated = False
@@ -815,6 +978,21 @@ class Run(AsyncIterable[T_co]):
 
     def __repr__(self) -> str:
         return f"<Run {self.id} {self._status}>"
+
+    @property
+    def resumed_from(self) -> Checkpoint | None:
+        """The checkpoint this run resumed from (None: it started afresh, or has not started)."""
+        return None if self._tracker is None else self._tracker.resumed_from
+
+    @property
+    def last_checkpoint(self) -> Checkpoint | None:
+        """The last checkpoint this run saved (None: none yet, or no ``checkpoint=``)."""
+        return None if self._tracker is None else self._tracker.last_saved
+
+    def _results(self) -> AsyncIterator[Any]:
+        """What the run's loops iterate: the flow, untagged when checkpointing."""
+        tracker = self._tracker
+        return self._flow if tracker is None else tracker.outputs(self._flow)
 
     @property
     def status(self) -> RunStatus:
@@ -849,6 +1027,11 @@ class Run(AsyncIterable[T_co]):
             3
         """
         wall_time = self._wall_time()
+        stages = tuple(live.snapshot(wall_time) for live in self._lives)
+        items_out = self._items_out
+        if self._direct and self._observed and not self._finished and stages:
+            # Iterated without a relay: the last step's output is the run's.
+            items_out = stages[-1].items_out
         return RunStatistics(
             run_id=self.id,
             name=self.name,
@@ -857,8 +1040,8 @@ class Run(AsyncIterable[T_co]):
             status=self._status,
             started_at=self.started_at,
             wall_time=wall_time,
-            items_out=self._items_out,
-            stages=tuple(live.snapshot(wall_time) for live in self._lives),
+            items_out=items_out,
+            stages=stages,
         )
 
     # -- pause -------------------------------------------------------------
@@ -895,12 +1078,15 @@ class Run(AsyncIterable[T_co]):
             return
         self._resume_signal = signal_maker()()
         self._status = "paused"
+        # Item steps pull when the consumer asks: their segment holds.
+        self._watch.paused = self._hold_at_consumer
 
     def resume(self) -> Awaitable[None]:
         """Release the source held by `pause`; awaiting the result is optional."""
         signal = self._resume_signal
         if signal is not None:
             self._resume_signal = None
+            self._watch.paused = False
             wake(signal)
             if not self._finished:
                 self._status = "running" if self._started else "pending"
@@ -915,8 +1101,30 @@ class Run(AsyncIterable[T_co]):
 
     def __aiter__(self) -> AsyncIterator[T_co]:
         self._claim()
+        hooks = self._hooks
+        if (
+            self._tracker is None
+            and (hooks is None or hooks.on_item is None)
+            and self._flow.end_with(Ends(self._start, self._ended))
+        ):
+            # Nothing to do per item: hand out the flow's own iterator; its
+            # last fused segment starts the run and tells how it ended (and a
+            # watched one holds while paused). No relay layer, no cost per item.
+            self._direct = True
+            iterator = self._relay = aiter(self._flow)
+            return iterator
         relay = self._relay = self._relay_items()
         return relay
+
+    async def _ended(self, error: BaseException | None, passed: int) -> None:
+        """The end of a run iterated without a relay (see `__aiter__`)."""
+        self._items_out = passed
+        if error is None:
+            await self._finish("succeeded", None)
+        elif isinstance(error, Exception):
+            await self._finish("failed", error)
+        else:
+            await self._finish("cancelled", error)
 
     async def _held(self) -> None:
         """Wait while the run is paused (for pipelines held at the consumer)."""
@@ -933,11 +1141,11 @@ class Run(AsyncIterable[T_co]):
             if hold and self._resume_signal is not None:
                 await self._held()
             if on_item is None and not hold:
-                async for item in self._flow:
+                async for item in self._results():
                     self._items_out += 1
                     yield item
             else:
-                async for item in self._flow:
+                async for item in self._results():
                     self._items_out += 1
                     if on_item is not None:
                         await self._call_hook("on_item", on_item, item)
@@ -965,12 +1173,12 @@ class Run(AsyncIterable[T_co]):
             if on_item is None and not hold and keep is None:
                 count = 0
                 try:
-                    async for _ in self._flow:
+                    async for _ in self._results():
                         count += 1
                 finally:
                     self._items_out += count
             else:
-                async for item in self._flow:
+                async for item in self._results():
                     self._items_out += 1
                     if keep is not None:
                         keep(item)
@@ -989,6 +1197,8 @@ class Run(AsyncIterable[T_co]):
     def _plain_loop(self) -> bool:
         """Whether `collect` may run the flow as a plain loop (nothing to pause in it)."""
         if self._hooks is not None and self._hooks.on_item is not None:
+            return False
+        if self._tracker is not None:
             return False
         if not self._observed:
             return True
@@ -1071,6 +1281,12 @@ class Run(AsyncIterable[T_co]):
         self.started_at = time.time()
         if self._status == "pending":
             self._status = "running"
+        if self._tracker is not None:
+            try:
+                await self._tracker.load(clock)
+            except BaseException as exc:
+                await self._finish("failed" if isinstance(exc, Exception) else "cancelled", exc)
+                raise
         for live in self._lives:
             live.status = "executing"
             guard = live.guard
@@ -1116,6 +1332,9 @@ class Run(AsyncIterable[T_co]):
         if self._finished:
             return
         self._finished = True
+        checkpoint_error = await self._last_checkpoint(status)
+        if checkpoint_error is not None:
+            status, error = "failed", checkpoint_error
         clock = self._clock
         if clock is not None:
             self._ended_at = clock.now()
@@ -1136,6 +1355,21 @@ class Run(AsyncIterable[T_co]):
         finally:
             self._signal_done()
             await self._report_end(status, error, failed_stage)
+        if checkpoint_error is not None:
+            raise checkpoint_error
+
+    async def _last_checkpoint(self, status: RunStatus) -> Exception | None:
+        """Save the run's last checkpoint; the error, if that fails a succeeding run."""
+        tracker = self._tracker
+        if tracker is None or tracker.clock is None:
+            return None
+        try:
+            await tracker.save_at_end(status == "succeeded")
+        except Exception as exc:
+            if status == "succeeded":
+                return exc
+            self._record_hook_error("checkpoint", exc)
+        return None
 
     def _signal_done(self) -> None:
         wake(self._done_signal)
@@ -1292,14 +1526,57 @@ class Run(AsyncIterable[T_co]):
             await wait_done(signal, period, clock)
 
 
-def _check_hooks(hooks: object) -> Hooks | None:
-    if hooks is None or isinstance(hooks, Hooks):
+def _one_hooks(hooks: object, where: str) -> Hooks:
+    if isinstance(hooks, Hooks):
         return hooks
     if isinstance(hooks, Mapping):
         given = cast("Mapping[object, object]", hooks)
         names = {field.name for field in dataclasses.fields(Hooks)}
         unknown = [key for key in given if key not in names]
         if unknown:
-            raise ValueError(f"hooks: unknown hook names {unknown!r}; known: {sorted(names)}")
+            raise ValueError(f"{where}: unknown hook names {unknown!r}; known: {sorted(names)}")
         return Hooks(**cast("dict[str, Any]", dict(given)))
-    raise TypeError(f"hooks must be a Hooks, a mapping or None, got {type(hooks).__name__}")
+    raise TypeError(
+        f"{where} must be a Hooks, a mapping, a sequence of them or None, "
+        f"got {type(hooks).__name__}"
+    )
+
+
+def _check_hooks(hooks: object, record: Callable[[str, Exception], None]) -> Hooks | None:
+    """One `Hooks` for what ``Run(hooks=...)`` was given (None: no hook at all).
+
+    Several `Hooks` are combined: each combined hook calls theirs in order
+    and records each one's error with ``record``, so that none is lost.
+    """
+    if hooks is None:
+        return None
+    if isinstance(hooks, Sequence) and not isinstance(hooks, str | bytes):
+        items = cast("Sequence[object]", hooks)
+        given = [_one_hooks(item, f"hooks[{n}]") for n, item in enumerate(items)]
+        if len(given) <= 1:
+            return given[0] if given else None
+        combined: dict[str, Any] = {}
+        for field in dataclasses.fields(Hooks):
+            found = [getattr(one, field.name) for one in given]
+            callbacks = [callback for callback in found if callback is not None]
+            if len(callbacks) > 1:
+                combined[field.name] = _call_in_order(field.name, callbacks, record)
+            elif callbacks:
+                combined[field.name] = callbacks[0]
+        return Hooks(**combined)
+    return _one_hooks(hooks, "hooks")
+
+
+def _call_in_order(
+    name: str, callbacks: list[Callable[..., object]], record: Callable[[str, Exception], None]
+) -> Callable[..., Awaitable[None]]:
+    async def call_all(*args: Any) -> None:
+        for callback in callbacks:
+            try:
+                result = callback(*args)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                record(name, exc)
+
+    return call_all

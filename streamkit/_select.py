@@ -150,7 +150,7 @@ def take(n: int, /) -> Passthrough:
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _take(upstream, n)
 
-    return Passthrough(transform_stage(f"take({n})", run).steps)
+    return Passthrough(transform_stage(f"take({n})", run, lineage="kept").steps)
 
 
 async def _take(upstream: AsyncIterator[Any], n: int) -> AsyncIterator[Any]:
@@ -186,7 +186,7 @@ def skip(n: int, /) -> Passthrough:
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _skip(upstream, n)
 
-    return Passthrough(transform_stage(f"skip({n})", run).steps)
+    return Passthrough(transform_stage(f"skip({n})", run, lineage="kept").steps)
 
 
 async def _skip(upstream: AsyncIterator[Any], n: int) -> AsyncIterator[Any]:
@@ -246,7 +246,7 @@ def _while_stage(name: str, fn: Callable[[Any], Any], *, taking: bool) -> Stage[
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _while(upstream, fn, known_async, label, taking=taking)
 
-    return transform_stage(label, run)
+    return transform_stage(label, run, lineage="kept")
 
 
 async def _while(
@@ -322,7 +322,7 @@ def distinct(*, key: Callable[[Any], Hashable] | None = None) -> Passthrough:
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _distinct(upstream, key, label)
 
-    return Passthrough(transform_stage(label, run).steps)
+    return Passthrough(transform_stage(label, run, lineage="kept").steps)
 
 
 async def _distinct(

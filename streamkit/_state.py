@@ -16,12 +16,14 @@ import pickle
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, overload
 
 from ._combine import merge, tee, zip_
 from ._core import (
     EnvelopStage,
     Flow,
+    Lineage,
     Source,
     Stage,
     StateStage,
@@ -79,7 +81,9 @@ _SPILL_CHUNK: Final = 4096
 # so each runs as its own transform, an async generator over the raw items.
 
 
-def _raw_map(label: str, make: Callable[[], Callable[[Any], Any]]) -> Stage[Any, Any]:
+def _raw_map(
+    label: str, make: Callable[[], Callable[[Any], Any]], lineage: Lineage
+) -> Stage[Any, Any]:
     """A transform applying ``make()``'s function (one per run) to every raw item.
 
     The function's result is awaited when it is awaitable, decided by the
@@ -89,7 +93,7 @@ def _raw_map(label: str, make: Callable[[], Callable[[Any], Any]]) -> Stage[Any,
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _raw_mapped(upstream, make(), label)
 
-    return transform_stage(label, run)
+    return transform_stage(label, run, lineage=lineage)
 
 
 async def _raw_mapped(
@@ -165,7 +169,7 @@ def envelop(
             )
         return Envelope(item, initial)
 
-    return EnvelopStage(_raw_map("envelop()", lambda: wrap).steps)
+    return EnvelopStage(_raw_map("envelop()", lambda: wrap, "envelops").steps)
 
 
 def _unwrap(item: Any) -> Any:
@@ -175,7 +179,7 @@ def _unwrap(item: Any) -> Any:
     raise TypeError(f"unwrap() needs Envelope items, got {type(item).__name__}: {item!r}")
 
 
-_unwrap_steps = _raw_map("unwrap()", lambda: _unwrap).steps
+_unwrap_steps = _raw_map("unwrap()", lambda: _unwrap, "unwraps").steps
 
 
 def unwrap() -> UnwrapStage:
@@ -286,7 +290,9 @@ def set_state(
 
         return step
 
-    return StateStage(_raw_map(f"set_state({name!r}, {describe(fn)})", per_run).steps)
+    return StateStage(
+        _raw_map(f"set_state({name!r}, {describe(fn)})", per_run, "to_envelope").steps
+    )
 
 
 # --------------------------------------------------------------------------- scan_state
@@ -388,7 +394,9 @@ def scan_state(
 
         return step
 
-    return StateStage(_raw_map(f"scan_state({name!r}, {describe(fn)})", per_run).steps)
+    return StateStage(
+        _raw_map(f"scan_state({name!r}, {describe(fn)})", per_run, "to_envelope").steps
+    )
 
 
 # --------------------------------------------------------------------------- reduce_point
@@ -601,16 +609,45 @@ def reduce_point(
     known_async = is_async_callable(reducer)
     label = f"reduce_point({name!r}, {describe(reducer)})"
 
-    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    spec = _Reduction(name, reducer, initial, with_state, known_async, label)
+    run = ReduceRun(spec, replay, emit, memory_limit)
+    return StateStage(transform_stage(label, run, lineage="to_envelope").steps)
+
+
+@dataclass(frozen=True, slots=True)
+class ReduceRun:
+    """The ``run`` of a `reduce_point` step.
+
+    ``restore``, when set, is called when the step starts: a 1-tuple holding
+    an aggregate kept by a checkpoint, or None. With an aggregate the step
+    folds nothing and gives every item that aggregate (a run resuming from a
+    checkpoint sets it on its copy of the step).
+    """
+
+    spec: _Reduction
+    replay: Callable[[], Source[Any]] | None
+    emit: str
+    memory_limit: int | None
+    restore: Callable[[], tuple[Any] | None] | None = None
+    on_aggregate: Callable[[Any], object] | None = None
+    """Called with the aggregate once it is known (a checkpointed run keeps it)."""
+
+    @property
+    def key(self) -> str:
+        """The state key under which the aggregate is stored."""
+        return self.spec.name
+
+    def __call__(self, upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        restored = None if self.restore is None else self.restore()
         return _reduce(
             upstream,
-            _Reduction(name, reducer, initial, with_state, known_async, label),
-            replay,
-            emit,
-            memory_limit,
+            self.spec,
+            self.replay,
+            self.emit,
+            self.memory_limit,
+            restored,
+            self.on_aggregate,
         )
-
-    return StateStage(transform_stage(label, run).steps)
 
 
 class _Reduction:
@@ -639,10 +676,15 @@ async def _reduce(
     replay: Callable[[], Source[Any]] | None,
     emit: str,
     memory_limit: int | None,
+    restored: tuple[Any] | None = None,
+    on_aggregate: Callable[[Any], object] | None = None,
 ) -> AsyncIterator[Any]:
     reducer, with_state, label = spec.reducer, spec.with_state, spec.label
     accumulator = spec.initial
     awaits: bool | None = True if spec.known_async else None
+    if restored is not None:
+        # Resuming: the aggregate is known; read the items, fold nothing.
+        replay = None
     buffering = emit == "items" and replay is None
     buffer: list[Any] = []
     append = buffer.append
@@ -661,19 +703,20 @@ async def _reduce(
                 else:
                     value = item
                     last_state = EMPTY
-                try:
-                    if with_state:
-                        result = reducer(accumulator, value, last_state)
-                    else:
-                        result = reducer(accumulator, value)
-                    if awaits is None:
-                        awaits = inspect.isawaitable(result)
-                    if awaits:
-                        result = await result
-                except Exception as exc:
-                    annotate(exc, label, index)
-                    raise
-                accumulator = result
+                if restored is None:
+                    try:
+                        if with_state:
+                            result = reducer(accumulator, value, last_state)
+                        else:
+                            result = reducer(accumulator, value)
+                        if awaits is None:
+                            awaits = inspect.isawaitable(result)
+                        if awaits:
+                            result = await result
+                    except Exception as exc:
+                        annotate(exc, label, index)
+                        raise
+                    accumulator = result
                 if buffering:
                     append(item)
                     if len(buffer) > limit and spill is not None:
@@ -683,6 +726,10 @@ async def _reduce(
         finally:
             await aclose(upstream)
         # Phase 2: every item, with the aggregate in its state.
+        if restored is not None:
+            accumulator = restored[0]
+        if on_aggregate is not None:
+            on_aggregate(accumulator)
         stamp = _Stamp(spec.name, accumulator, label)
         if emit == "aggregate":
             yield Envelope(accumulator, stamp(last_state, 0))
@@ -778,7 +825,7 @@ def _tagger(name: str) -> Stage[Any, Any]:
         envelope = _as_envelope(item)
         return Envelope(envelope.value, envelope.state._set(BRANCH.qualified, name))  # pyright: ignore[reportPrivateUsage] - the records' fast path
 
-    return _raw_map(f"tag({name!r})", lambda: tag)
+    return _raw_map(f"tag({name!r})", lambda: tag, "to_envelope")
 
 
 def _counted(position: int, name: str) -> tuple[Stage[Any, Any], Stage[Any, Any]]:
@@ -799,8 +846,8 @@ def _counted(position: int, name: str) -> tuple[Stage[Any, Any], Stage[Any, Any]
         return _as_envelope(item)
 
     return (
-        _raw_map("count_in()", lambda: count_in),
-        _raw_map("check_out()", lambda: check_out),
+        _raw_map("count_in()", lambda: count_in, "kept"),
+        _raw_map("check_out()", lambda: check_out, "to_envelope"),
     )
 
 
@@ -841,7 +888,7 @@ def _branches_stage(
 ) -> Stage[Any, Any]:
     names = list(stages)
     label = f"{function}({', '.join(f'{n}={s.label}' for n, s in stages.items())})"
-    wrap = _raw_map(f"{function}()", lambda: _as_envelope)
+    wrap = _raw_map(f"{function}()", lambda: _as_envelope, "to_envelope")
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _branches(upstream, names, stages, wrap, combine, buffer, as_dict, function)

@@ -129,7 +129,7 @@ def throttle(
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _throttle(upstream, per_second, burst, cost, label)
 
-    return Passthrough(transform_stage(label, run).steps)
+    return Passthrough(transform_stage(label, run, lineage="kept").steps)
 
 
 def _is_tokens(value: object) -> bool:
@@ -210,7 +210,7 @@ def spaced(seconds: float, /) -> Passthrough:
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _spaced(upstream, gap)
 
-    return Passthrough(transform_stage(f"spaced({gap:g})", run).steps)
+    return Passthrough(transform_stage(f"spaced({gap:g})", run, lineage="kept").steps)
 
 
 async def _spaced(upstream: AsyncIterator[Any], gap: float) -> AsyncIterator[Any]:
@@ -252,7 +252,7 @@ def debounce(seconds: float, /) -> Passthrough:
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _debounce(upstream, quiet)
 
-    return Passthrough(transform_stage(f"debounce({quiet:g})", run).steps)
+    return Passthrough(transform_stage(f"debounce({quiet:g})", run, lineage="kept").steps)
 
 
 _NOTHING: Final = object()
@@ -329,7 +329,7 @@ def timeout(seconds: float, /, *, on_timeout: Literal["raise", "end"] = "raise")
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _timeout(upstream, limit, on_timeout == "end", label)
 
-    return Passthrough(transform_stage(label, run).steps)
+    return Passthrough(transform_stage(label, run, lineage="kept").steps)
 
 
 async def _timeout(

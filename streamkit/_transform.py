@@ -566,7 +566,7 @@ def _run_flatten(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
     return _flat_map(upstream, None, False, "flatten()")
 
 
-_flatten_steps = transform_stage("flatten()", _run_flatten).steps
+_flatten_steps = transform_stage("flatten()", _run_flatten, lineage="kept").steps
 
 
 @overload
@@ -598,7 +598,7 @@ def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _scan(upstream, fn, initial, known_async, label)
 
-    return transform_stage(label, run)
+    return transform_stage(label, run, lineage="kept")
 
 
 async def _scan(
@@ -655,7 +655,7 @@ def enumerate_(start: int = 0) -> IndexedStage:
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _enumerate(upstream, start)
 
-    return IndexedStage(transform_stage(f"enumerate_({start})", run).steps)
+    return IndexedStage(transform_stage(f"enumerate_({start})", run, lineage="kept").steps)
 
 
 async def _enumerate(upstream: AsyncIterator[Any], start: int) -> AsyncIterator[Any]:

@@ -60,6 +60,11 @@ EXPECTED_ROWS = {
         "streamkit_envelop_drain",
     },
     "i": {"streamkit_spill", "streamkit_buffer"},
+    "j": {
+        f"{consumer}_{mode}"
+        for consumer in ("async_for", "collect", "drain")
+        for mode in ("bare", "disabled", "enabled", "full")
+    },
 }
 
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 import streamkit
+import streamkit.otel
 import streamkit.testing
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -220,6 +221,9 @@ def _public_callables() -> list[tuple[str, object]]:
         (f"streamkit.testing.{name}", getattr(streamkit.testing, name))
         for name in streamkit.testing.__all__
     ]
+    names += [
+        (f"streamkit.otel.{name}", getattr(streamkit.otel, name)) for name in streamkit.otel.__all__
+    ]
     # Functions and classes. Type aliases such as `Source` are not called, and exceptions
     # are shown by the examples of what raises them.
     return [
@@ -240,12 +244,13 @@ def test_api_page_documents_every_public_name(name: str) -> None:
     )
 
 
-def test_api_page_documents_the_testing_kit() -> None:
-    assert "streamkit.testing" in _api_directives()
+def test_api_page_documents_the_testing_kit_and_the_exporter() -> None:
+    assert {"streamkit.testing", "streamkit.otel"} <= _api_directives()
 
 
 def test_api_page_documents_only_public_names() -> None:
-    public = {f"streamkit.{name}" for name in streamkit.__all__} | {"streamkit.testing"}
+    submodules = {"streamkit.testing", "streamkit.otel"}
+    public = {f"streamkit.{name}" for name in streamkit.__all__} | submodules
     assert _api_directives() <= public
 
 

@@ -40,6 +40,7 @@ PUBLIC = [
     "Passthrough",
     "QuantileSketch",
     "Resumable",
+    "RetryEvent",
     "Run",
     "RunStatistics",
     "RunStatus",
