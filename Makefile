@@ -20,6 +20,10 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
+	@echo
+	$(BIN)/streamkit run examples/orders.py:pipeline --input examples/data/orders.csv \
+		--every 10 --checkpoint $(VENV)/demo.db --state-history $(VENV)/demo-history --output -
+	$(BIN)/streamkit history $(VENV)/demo-history
 
 examples: $(STAMP)
 	$(BIN)/python -m examples.log_analytics
