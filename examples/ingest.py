@@ -23,7 +23,7 @@ LIMIT, RATE, ERRORS, CRASHED = 8, 10, 0.05, 3  # the service takes 8 calls a sec
 REQUEST = "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n"
 SCHEMA = "CREATE TABLE IF NOT EXISTS chunks (file, idx, text, vector, top, PRIMARY KEY(file, idx))"
 TERM, STATS = re.compile(r"[a-z][a-z0-9_]+"), "  {:>5} {:>5} {:>8} {:>7} {:>4}  {:.60}"
-DF = sk.Key[Counter[str]]("document frequencies")  # per term, the number of chunks it is in
+DF = sk.Key[dict[str, int]]("document frequencies")  # per term, the number of chunks it is in
 Chunk = tuple[str, int, str, dict[str, float]]  # file, index, text, top terms by tf-idf
 
 
@@ -50,22 +50,23 @@ class Service(BaseHTTPRequestHandler):  # POST {"texts": [...]} -> {"vectors": [
             self.wfile.write(json.dumps({"vectors": [embedding(t) for t in texts]}).encode())
 
 
-class Ingest:  # the pipeline's functions, the counts they keep, the checkpoint they save
-    def __init__(self, db: sqlite3.Connection, store: sk.SQLiteStore, port: int) -> None:
-        self.db, self.store, self.port, self.stop_after, self.done = db, store, port, 0, list[str]()
-        self.http, self.expected, self.stored = Counter[int](), Counter[str](), Counter[str]()
+class Ingest:  # the pipeline's functions and the counts they keep
+    def __init__(self, db: sqlite3.Connection, port: int, stop_after: int) -> None:
+        self.db, self.port, self.stop_after, self.batches = db, port, stop_after, 0
+        self.http, self.stored = Counter[int](), Counter[str]()
 
     async def split(self, item: tuple[str, Path]) -> list[Chunk]:  # windows of WORDS words
         file, words = item[0], (await asyncio.to_thread(item[1].read_text, "utf-8")).split()
-        self.expected[file] = len(starts := range(0, max(len(words) - OVERLAP, 1), WORDS - OVERLAP))
+        starts = range(0, max(len(words) - OVERLAP, 1), WORDS - OVERLAP)
         return [(file, i, " ".join(words[s : s + WORDS]), {}) for i, s in enumerate(starts)]
 
-    def count(self, df: Counter[str], chunk: Chunk) -> Counter[str]:  # reduce_point's fold
-        df.update(set(TERM.findall(chunk[2].lower())))
+    def count(self, df: dict[str, int], chunk: Chunk) -> dict[str, int]:  # reduce_point's fold
+        for term in {"", *TERM.findall(chunk[2].lower())}:  # "" is in every chunk: df[""] is n
+            df[term] = df.get(term, 0) + 1  # a dict, not a Counter: JSON keeps it as it is
         return df
 
     def weigh(self, chunk: Chunk, state: sk.State) -> Chunk:  # tf-idf against the whole corpus
-        n, df, tf = self.expected.total(), state[DF], Counter(TERM.findall(chunk[2].lower()))
+        n, df, tf = state[DF][""], state[DF], Counter(TERM.findall(chunk[2].lower()))
         w = {t: k / tf.total() * math.log(n / df[t]) for t, k in tf.items()}
         return *chunk[:3], {t: round(w[t], 4) for t in sorted(w, key=w.__getitem__)[-TOP:]}
 
@@ -86,41 +87,37 @@ class Ingest:  # the pipeline's functions, the counts they keep, the checkpoint 
         with self.db:  # one transaction per batch; upserts: a file done twice is stored once
             self.db.executemany("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?)", rows)
         self.stored.update(row[0] for row in rows)
-        new = [f for f in dict.fromkeys(r[0] for r in rows) if self.stored[f] == self.expected[f]]
-        for file in new:  # all its chunks are committed: into the checkpoint it goes
-            self.done.append(file)
-            await self.store.save(sk.Checkpoint("ingest", None, {"done": self.done}))
-            if len(self.done) == self.stop_after:  # a crash, as abrupt as a SIGKILL
-                os._exit(CRASHED)
-        return new
+        if (batches := self.batches + 1) == self.stop_after:  # after the commit: a crash, as
+            os._exit(CRASHED)  # abrupt as a SIGKILL, before the run's next checkpoint
+        self.batches = batches
+        return list(dict.fromkeys(row[0] for row in rows))
 
 
 async def main() -> None:
     parser = argparse.ArgumentParser(description="Ingest Markdown files into SQLite, resumably.")
     parser.add_argument("--docs", type=Path, default=Path(__file__).parent.parent / "docs")
     parser.add_argument("--db", default=os.path.join(tempfile.gettempdir(), "ingest.db"))
-    parser.add_argument("--stop-after", type=int, default=0, help="crash after N files stored")
+    parser.add_argument("--stop-after", type=int, default=0, help="crash after N batches stored")
     parser.add_argument("--latency", type=float, default=0.005, help="service latency, seconds")
     args = parser.parse_args()
     server, Service.latency = ThreadingHTTPServer(("127.0.0.1", 0), Service), args.latency
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    files = {p.relative_to(args.docs).as_posix(): p for p in sorted(args.docs.rglob("*.md"))}
+    files = [(p.relative_to(args.docs).as_posix(), p) for p in sorted(args.docs.rglob("*.md"))]
     print(f"streamkit example: ingest {len(files)} Markdown files from {args.docs} into {args.db}")
-    df, lost = Counter[str](), list[sk.ErrorRecord[list[Chunk]]]()
+    version = hashlib.sha256(str([f for f, _ in files]).encode()).hexdigest()  # of the file list
     (db := sqlite3.connect(args.db)).execute(SCHEMA)  # vector and top {term: tf-idf}: JSON
+    ingest = Ingest(db, server.server_address[1], args.stop_after)
+    lost = list[sk.ErrorRecord[object]]()  # the batches that still failed after 5 attempts
     async with sk.SQLiteStore(f"{args.db}.checkpoints") as store:
-        ingest, last = Ingest(db, store, server.server_address[1]), await store.load("ingest")
-        done = ingest.done = list(last.state["done"]) if last else []
-        todo, ingest.stop_after = set(files) - set(done), args.stop_after + len(done)
-        print(f"resumed: {len(done)} files already stored, {len(todo)} to do", flush=True)
-        # On resume all files are still read and split, as idf needs the whole corpus (cheap),
-        # but only the chunks of files not stored yet are embedded (costly) and stored.
+        if (last := await store.load("ingest")) and last.version != version:  # other files:
+            await store.delete("ingest")  # the checkpoint's position and idf would be stale
+        done = last.items if last and last.version == version else 0
+        print(f"resumed: {done} files already stored, {len(files) - done} to do", flush=True)
         embed = sk.map_(ingest.embed, concurrency=4, on_error="split", dead_letter=lost.append)
         pipeline = (
             sk.envelop(limits=sk.StateLimits.UNLIMITED)  # the corpus statistics exceed 16 KiB
             | sk.flat_map(ingest.split, concurrency=4)  # reads 4 files at once
-            | sk.reduce_point(DF, ingest.count, df)  # upstream has all run: ingest.expected too
-            | sk.filter_(lambda chunk: chunk[0] in todo)
+            | sk.reduce_point(DF, ingest.count, {})  # saved with each checkpoint, reused on resume
             | sk.map_(ingest.weigh, with_state=True)
             | sk.unwrap()
             | sk.chunk(BATCH)
@@ -128,17 +125,19 @@ async def main() -> None:
             | sk.with_retry(embed, attempts=5, backoff=sk.exponential(0.05), retry_on=OSError)
             | sk.map_(ingest.write)
         )
-        run = sk.Run(pipeline, list(files.items()), name="ingest")
-        stored = [file for batch in await run.collect() for file in batch]
+        # A checkpoint each time a file's chunks are all stored: a resume reads the files after it
+        run = sk.Run(pipeline, files, name="ingest", checkpoint=store, every=1, version=version)
+        await run.drain()
     server.shutdown()
     server.server_close()
     tops = Counter(t for (top,) in db.execute("SELECT top FROM chunks") for t in json.loads(top))
     db.close()
-    stats, http, chunks = run.statistics(), ingest.http, sum(ingest.expected[f] for f in stored)
-    print(f"stored {len(stored)} files, {chunks:,} chunks, in {stats.wall_time:.1f} s")
+    stats, http, stored = run.statistics(), ingest.http, ingest.stored
+    print(f"stored {len(stored)} files, {stored.total():,} chunks, in {stats.wall_time:.1f} s")
     print(f"{http[200]} batches in {http.total()} HTTP calls ({http[429]} HTTP 429,", end=" ")
-    print(f"{http[500]} HTTP 500), {stats.stages[8].retries} retries, {len(lost)} dead letters")
-    print(f"corpus: {len(df):,} terms; top:", ", ".join(t for t, _ in tops.most_common(10)))
+    print(f"{http[500]} HTTP 500), {stats.stages[7].retries} retries, {len(lost)} dead letters")
+    terms = len(run.last_checkpoint.state.get(DF.name, {"": 0})) - 1 if run.last_checkpoint else 0
+    print(f"corpus: {terms:,} terms; top:", ", ".join(t for t, _ in tops.most_common(10)))
     print(f"\nrun statistics ({stats.status}, {stats.wall_time:.2f} s):")
     print(STATS.format("in", "out", "filtered", "retries", "dead", "stage"))
     for s in stats.stages:

@@ -76,13 +76,25 @@ def stored_chunks(db: Path) -> dict[str, list[int]]:
 
 
 def checkpointed(db: Path) -> list[str]:
+    """The files the last checkpoint says are finished: those before its position."""
+
     async def load() -> list[str]:
         async with SQLiteStore(f"{db}.checkpoints") as store:
             last = await store.load("ingest")
             assert last is not None
-            return list(last.state["done"])
+            assert last.items == last.position  # a list of files: the position is an index
+            return sorted(WORDS)[: last.position]
 
     return asyncio.run(load())
+
+
+def weights(db: Path) -> list[tuple[str, int, str]]:
+    """Each chunk's top terms by tf-idf."""
+    connection = sqlite3.connect(db)
+    try:
+        return connection.execute("SELECT file, idx, top FROM chunks ORDER BY file, idx").fetchall()
+    finally:
+        connection.close()
 
 
 def test_ingest_stores_every_chunk_once(tmp_path: Path) -> None:
@@ -97,7 +109,7 @@ def test_ingest_stores_every_chunk_once(tmp_path: Path) -> None:
     assert "2 batches in" in result.stdout
     assert "0 dead letters" in result.stdout
     assert {key: list(range(n)) for key, n in chunks.items()} == stored_chunks(tmp_path / "out.db")
-    assert sorted(checkpointed(tmp_path / "out.db")) == sorted(WORDS)
+    assert checkpointed(tmp_path / "out.db") == sorted(WORDS)
     rows = [line.split() for line in result.stdout.split("run statistics")[1].splitlines()[2:]]
     stages = {" ".join(row[5:]).split("(")[0]: row[:5] for row in rows if row}  # key: name
     assert stages["chunk"][:2] == ["50", "2"]  # in, out
@@ -106,19 +118,37 @@ def test_ingest_stores_every_chunk_once(tmp_path: Path) -> None:
 
 def test_a_crashed_run_resumes_without_redoing_stored_files(tmp_path: Path) -> None:
     chunks = write_corpus(tmp_path / "docs")
+    # Killed right after committing its second (last) batch, before the run's next checkpoint:
+    # the last one was saved after the first batch, 32 chunks: all of a, b and c (7 + 12 + 4),
+    # and 9 of d's 15, so d is not finished.
     crashed = ingest(tmp_path / "docs", tmp_path / "out.db", "--stop-after", "2")
     assert crashed.returncode == CRASHED, crashed.stderr
     assert "resumed: 0 files already stored, 6 to do" in crashed.stdout
     assert "chunks, in" not in crashed.stdout  # it stopped before its summary
-    assert checkpointed(tmp_path / "out.db") == ["a-intro.md", "b-install.md"]
+    done = ["a-intro.md", "b-install.md", "c-usage.md"]
+    assert checkpointed(tmp_path / "out.db") == done
 
     resumed = ingest(tmp_path / "docs", tmp_path / "out.db")
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stderr == ""
-    assert "resumed: 2 files already stored, 4 to do" in resumed.stdout
-    rest = sum(n for name, n in chunks.items() if name not in ("a-intro.md", "b-install.md"))
-    assert f"stored 4 files, {rest} chunks, in" in resumed.stdout  # not the 2 stored ones
-    # Every chunk of every file, each exactly once (upserts: the first batch's chunks of the
-    # files not yet checkpointed were written again).
+    assert "resumed: 3 files already stored, 3 to do" in resumed.stdout
+    rest = sum(n for name, n in chunks.items() if name not in done)
+    assert f"stored 3 files, {rest} chunks, in" in resumed.stdout  # not the 3 stored ones
+    # Every chunk of every file, each exactly once (upserts: the chunks of the files after the
+    # checkpoint were written again).
     assert {key: list(range(n)) for key, n in chunks.items()} == stored_chunks(tmp_path / "out.db")
-    assert sorted(checkpointed(tmp_path / "out.db")) == sorted(WORDS)
+    assert checkpointed(tmp_path / "out.db") == sorted(WORDS)
+    # The resumed run read only d, e and f, yet weighed their chunks against the whole corpus:
+    # its statistics came from the checkpoint. The weights are those of an uninterrupted run.
+    assert ingest(tmp_path / "docs", tmp_path / "clean.db").returncode == 0
+    assert weights(tmp_path / "out.db") == weights(tmp_path / "clean.db")
+
+
+def test_a_checkpoint_of_other_files_is_not_resumed(tmp_path: Path) -> None:
+    write_corpus(tmp_path / "docs")
+    assert ingest(tmp_path / "docs", tmp_path / "out.db").returncode == 0
+    (tmp_path / "docs" / "e-faq.md").unlink()  # the positions in the checkpoint are stale
+    again = ingest(tmp_path / "docs", tmp_path / "out.db")
+    assert again.returncode == 0, again.stderr
+    assert "resumed: 0 files already stored, 5 to do" in again.stdout
+    assert "stored 5 files" in again.stdout  # all of them, from the start
