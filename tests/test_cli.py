@@ -537,13 +537,14 @@ def sessions(page: Path, language: str = "console") -> list[list[tuple[str, str]
     return sessions
 
 
-def test_the_documented_session_matches(tmp_path: Path) -> None:
+@pytest.mark.parametrize("page", ["cli.md", "observability.md"])
+def test_the_documented_session_matches(tmp_path: Path, page: str) -> None:
     (tmp_path / "examples" / "data").mkdir(parents=True)
     shutil.copy(ROOT / "examples" / "orders.py", tmp_path / "examples")
     shutil.copy(ROOT / "examples" / "data" / "orders.csv", tmp_path / "examples" / "data")
     documented = [
         session
-        for session in sessions(ROOT / "docs" / "cli.md")
+        for session in sessions(ROOT / "docs" / page)
         if session[0][0].startswith("streamkit ")
     ]
     assert len(documented) == 2
@@ -556,10 +557,11 @@ def test_the_documented_session_matches(tmp_path: Path) -> None:
             assert normalised(result.stdout) == normalised(shown), line
 
 
-def test_the_documented_resume_matches(project: Path) -> None:
+@pytest.mark.parametrize("page", ["cli.md", "persistence.md"])
+def test_the_documented_resume_matches(project: Path, page: str) -> None:
     (session,) = [
         session
-        for session in sessions(ROOT / "docs" / "cli.md", "text")
+        for session in sessions(ROOT / "docs" / page, "text")
         if session[0][0].startswith("streamkit run jobs:pipeline")
     ]
     (failing, shown_failing), (resuming, shown_resuming) = session
