@@ -24,12 +24,10 @@ from benchmarks.harness import (
     Runner,
     Settings,
     Target,
-    Timing,
     case,
-    format_ms,
-    format_ratio,
     partial_result,
     time_competitors,
+    timing_rows,
 )
 
 if TYPE_CHECKING:
@@ -98,38 +96,6 @@ def _runner(consumer: str, options: dict[str, Any] | None) -> Callable[[], Runne
     return factory
 
 
-def _ratio(result: CaseResult, key: str) -> float | None:
-    return result.ratio(key)
-
-
-def _rows(timings: list[Timing]) -> list[Row]:
-    by_key = {t.competitor.key: t for t in timings}
-    rows: list[Row] = []
-    for t in timings:
-        comp = t.competitor
-        if not t.ok:
-            rows.append(Row(comp.key, comp.label, ("-", "-", "-"), note=t.note))
-            continue
-        bare = by_key.get(f"{comp.group}_bare")
-        ratio = None
-        if bare is not None and bare.ok and bare.samples:
-            ratio = t.median / bare.median
-        cell = "1.00 (reference)" if comp.key.endswith("_bare") else "n/a"
-        if ratio is not None and not comp.key.endswith("_bare"):
-            cell = format_ratio(ratio)
-        spread = f"{format_ms(min(t.samples) * 1e3)} to {format_ms(max(t.samples) * 1e3)}"
-        rows.append(
-            Row(
-                comp.key,
-                comp.label,
-                (format_ms(t.median * 1e3), spread, cell),
-                values={"median_ms": t.median * 1e3, "runs": len(t.samples)},
-                ratio=ratio,
-            )
-        )
-    return rows
-
-
 def _targets() -> list[Target]:
     targets: list[Target] = []
     for consumer, label in CONSUMERS.items():
@@ -137,7 +103,7 @@ def _targets() -> list[Target]:
             Target(
                 f"metrics disabled within 2 % of the bare flow ({label})",
                 f"disabled {DIVIDE} bare",
-                lambda result, key=f"{consumer}_disabled": _ratio(result, key),
+                lambda result, key=f"{consumer}_disabled": result.ratio(key),
                 DISABLED_LIMIT,
             )
         )
@@ -146,7 +112,7 @@ def _targets() -> list[Target]:
             Target(
                 f"metrics enabled within 20 % of the bare flow ({label})",
                 f"enabled {DIVIDE} bare",
-                lambda result, key=f"{consumer}_enabled": _ratio(result, key),
+                lambda result, key=f"{consumer}_enabled": result.ratio(key),
                 ENABLED_LIMIT,
             )
         )
@@ -168,7 +134,9 @@ def run_overhead(settings: Settings) -> CaseResult:
             )
             for mode, (label, options) in MODES.items()
         ]
-        rows += _rows(time_competitors(competitors, n, settings, _verify))
+        rows += timing_rows(
+            time_competitors(competitors, n, settings, _verify), over_reference=True
+        )
     return partial_result(
         f"{PIPELINE} over {n:,} ints, consumed three ways, each timed bare (the flow "
         "itself) and through a `Run`: with metrics disabled (no hooks, no history: the stage "

@@ -318,8 +318,12 @@ def time_competitors(
     return [t for t, _ in prepared]
 
 
-def timing_rows(timings: Sequence[Timing]) -> list[Row]:
-    """Rows of a timing table: median, spread, and streamkit's time divided by this one's."""
+def timing_rows(timings: Sequence[Timing], *, over_reference: bool = False) -> list[Row]:
+    """Rows of a timing table: median, spread, and streamkit's time divided by this one's.
+
+    With ``over_reference``, the ratio is the other way round: this one's time divided by
+    the reference's (for cases whose reference is the baseline, not streamkit).
+    """
     references = {
         t.competitor.group: t for t in timings if t.competitor.reference and t.ok and t.samples
     }
@@ -330,7 +334,10 @@ def timing_rows(timings: Sequence[Timing]) -> list[Row]:
             rows.append(Row(comp.key, comp.label, ("-", "-", "-"), note=t.note))
             continue
         ref = references.get(comp.group)
-        ratio = ref.median / t.median if ref is not None else None
+        if ref is None:
+            ratio = None
+        else:
+            ratio = t.median / ref.median if over_reference else ref.median / t.median
         if comp.reference:
             ratio_cell = "1.00 (reference)"
         elif ratio is None:

@@ -134,6 +134,10 @@ class _Shapes:
 
     source_plain: bool | None = None
 
+    def pick(self, pair: tuple[bool, bool]) -> bool:
+        """The entry of ``pair`` for this source: (plain source, enveloped source)."""
+        return pair[0 if self.source_plain else 1]
+
 
 def _envelope_after(step: Step, enveloped: bool) -> bool:
     """Whether the user's items are envelopes after ``step``, given before."""
@@ -177,7 +181,7 @@ async def _retagged(
         try:
             async for envelope in upstream:
                 if plain is None:  # the source's first item has been pulled
-                    plain = plain_before[0 if shapes.source_plain else 1]
+                    plain = shapes.pick(plain_before)
                 state = envelope.state
                 tags.append(state.get(SOURCE))
                 if plain:
@@ -218,7 +222,7 @@ async def _unwrapped(
     try:
         async for envelope in upstream:
             if enveloped is None:
-                enveloped = enveloped_before[0 if shapes.source_plain else 1]
+                enveloped = shapes.pick(enveloped_before)
             if not enveloped:
                 error = TypeError(
                     f"unwrap() needs Envelope items, got {type(envelope.value).__name__}: "
@@ -413,7 +417,7 @@ class Tracker:
         try:
             async for result in results:
                 if plain_out is None:
-                    plain_out = not self.output_enveloped[0 if self.shapes.source_plain else 1]
+                    plain_out = not self.shapes.pick(self.output_enveloped)
                 if not is_envelope(result):
                     yield result
                     continue
@@ -495,29 +499,11 @@ class Tracker:
         if self.failed:
             return
         if succeeded:
-            if self.exhausted:
-                self.safe = self.pulled
-            elif self.last_tag > self.safe:
-                # Ended before the source did (take): the last output's item is done too.
-                self.safe = self.last_tag
-            if self.safe == self.pulled and self.exhausted:
-                await self._save_exhausted()
-                return
+            # Every item pulled is done; if the pipeline ended before the source
+            # did (take), so is the last output's item.
+            self.safe = self.pulled if self.exhausted else max(self.safe, self.last_tag)
         if self.safe > self.saved or (succeeded and self.saves == 0):
             await self.save()
-
-    async def _save_exhausted(self) -> None:
-        checkpoint = Checkpoint(
-            self.name,
-            position=self.source.position(),
-            state=self._state(),
-            items=self.base_items + self.pulled,
-            version=self.version,
-        )
-        await self._write(checkpoint)
-        self.saved = self.pulled
-        self.saves += 1
-        self.last_saved = checkpoint
 
 
 _MIXED: Final = "a checkpointed run's source mixes Envelope and plain items"
