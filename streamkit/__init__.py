@@ -69,6 +69,7 @@ from ._metrics import QuantileSketch as QuantileSketch
 from ._metrics import RunStatistics as RunStatistics
 from ._metrics import StageStatistics as StageStatistics
 from ._metrics import to_prometheus as to_prometheus
+from ._postgres import PostgresStore as PostgresStore
 from ._records import Envelope as Envelope
 from ._records import Key as Key
 from ._records import Scope as Scope
@@ -107,6 +108,7 @@ from ._store import Checkpoint as Checkpoint
 from ._store import CheckpointError as CheckpointError
 from ._store import MemoryStore as MemoryStore
 from ._store import SQLiteStore as SQLiteStore
+from ._store import StaleCheckpointError as StaleCheckpointError
 from ._store import Store as Store
 from ._template import render as render
 from ._time import debounce as debounce
@@ -119,6 +121,11 @@ from ._transform import flatten as flatten
 from ._transform import map_ as map_
 from ._transform import scan as scan
 from ._transform import tap as tap
+from ._writes import DeadLetterRecord as DeadLetterRecord
+from ._writes import DeadLetterRow as DeadLetterRow
+from ._writes import SQLValue as SQLValue
+from ._writes import TableRows as TableRows
+from ._writes import Write as Write
 
 __version__ = "0.1.0.dev0"
 
@@ -131,6 +138,8 @@ __all__ = [
     "CheckpointError",
     "Clock",
     "ConstantBackoff",
+    "DeadLetterRecord",
+    "DeadLetterRow",
     "DeadLetters",
     "EnvelopStage",
     "Envelope",
@@ -151,18 +160,21 @@ __all__ = [
     "OnError",
     "PairStage",
     "Passthrough",
+    "PostgresStore",
     "QuantileSketch",
     "Resumable",
     "RetryEvent",
     "Run",
     "RunStatistics",
     "RunStatus",
+    "SQLValue",
     "SQLiteStore",
     "Scope",
     "Source",
     "Stage",
     "StageStatistics",
     "StageStatus",
+    "StaleCheckpointError",
     "State",
     "StateLimitError",
     "StateLimits",
@@ -170,9 +182,11 @@ __all__ = [
     "StateUpdate",
     "Store",
     "SuccessStage",
+    "TableRows",
     "TupleStage",
     "UnhandledFailure",
     "UnwrapStage",
+    "Write",
     "attempts_key",
     "branch",
     "broadcast",

@@ -22,7 +22,7 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -38,6 +38,23 @@ from typing import (
 from ._records import State, StateLimits
 from ._resumable import file_name
 from ._runtime import in_executor, shielded
+from ._writes import (
+    DeadLetterRecord,
+    DeadLetterRow,
+    TableMismatch,
+    TableRows,
+    TableShape,
+    Write,
+    check_expect,
+    check_int64,
+    check_table,
+    check_writes,
+    json_copy,
+    letter_from_json,
+    letter_json,
+    shape_for,
+    stored,
+)
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -83,16 +100,57 @@ class CheckpointError(Exception):
         """The run concerned, or ``None``."""
 
 
+class StaleCheckpointError(CheckpointError):
+    """A save with ``expect=`` found another newest checkpoint: someone else saved the run.
+
+    `Store.save` with ``expect=n`` writes only if the newest checkpoint of
+    the run has sequence number ``n`` (0 when the run has none), and raises
+    this otherwise, having written nothing: a second worker saving under the
+    same name is fenced off.
+
+    Args:
+        message: What went wrong.
+        expected: The sequence number the save expected.
+        found: The sequence number of the newest checkpoint in the store.
+        path: The store's location.
+        name: The run concerned.
+
+    Examples:
+        >>> error = StaleCheckpointError("stale", expected=3, found=4, name="nightly")
+        >>> print(error)
+        run 'nightly': stale
+        >>> isinstance(error, CheckpointError), error.expected, error.found
+        (True, 3, 4)
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        expected: int,
+        found: int,
+        path: str | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__(message, path=path, name=name)
+        self.expected = expected
+        """The sequence number the save expected."""
+        self.found = found
+        """The sequence number of the newest checkpoint found."""
+
+
+def _stale(expected: int, found: int, *, path: str | None, name: str) -> StaleCheckpointError:
+    return StaleCheckpointError(
+        f"stale checkpoint: the save expected the newest checkpoint to be number {expected}, "
+        f"the store holds number {found} (another worker saved this run)",
+        expected=expected,
+        found=found,
+        path=path,
+        name=name,
+    )
+
+
 # --------------------------------------------------------------------------- Checkpoint
-
-
-def _json_copy(value: object, parameter: str) -> Any:
-    """``value`` as it comes back from JSON; `TypeError` naming ``parameter`` otherwise."""
-    try:
-        text = json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"{parameter} must be JSON-serializable: {exc}") from None
-    return json.loads(text)
 
 
 def _now() -> dt.datetime:
@@ -119,6 +177,17 @@ class Checkpoint:
         version: The pipeline's version string.
         created_at: When the checkpoint was made (timezone-aware; now, in UTC,
             by default).
+        sequence: The checkpoint's number in its run's lineage (1, 2, ...);
+            0 for a checkpoint that is not numbered.
+        shape: The pipeline's shape, one string per step, so that a resumed
+            run can refuse a pipeline that changed.
+        complete: Whether the run finished: resuming it yields nothing.
+        pending: Work that two-phase sinks prepared and have not committed
+            yet, by sink name (JSON values; held as an immutable mapping).
+
+    The four last fields are written by `to_json` only when they differ from
+    their defaults, so a checkpoint that leaves them alone has the JSON form
+    earlier releases wrote, and `from_json` reads both forms.
 
     Examples:
         >>> import datetime as dt
@@ -130,6 +199,9 @@ class Checkpoint:
         True
         >>> point.replace(items=7).items
         7
+        >>> later = point.replace(sequence=2, shape=("map_(parse)",), pending={"out": [1]})
+        >>> later.shape, dict(later.pending), Checkpoint.from_json(later.to_json()) == later
+        (('map_(parse)',), {'out': [1]}, True)
     """
 
     name: str
@@ -138,14 +210,14 @@ class Checkpoint:
     items: int = 0
     version: str = ""
     created_at: dt.datetime = dataclasses.field(default_factory=_now)
+    sequence: int = 0
+    shape: tuple[str, ...] = ()
+    complete: bool = False
+    pending: Mapping[str, JSONValue] = dataclasses.field(default_factory=lambda: State())
 
     def __post_init__(self) -> None:
         _check_name(self.name)
-        if not isinstance(self.state, Mapping):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
-            raise TypeError(f"state must be a mapping, got {type(self.state).__name__}")
-        for key in self.state:
-            if not isinstance(key, str):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
-                raise TypeError(f"state keys must be str, got {key!r}")
+        state = _check_mapping(self.state, "state")
         if type(self.items) is not int:
             raise TypeError(f"items must be an int, got {type(self.items).__name__}")
         if self.items < 0:
@@ -153,26 +225,44 @@ class Checkpoint:
         if not isinstance(self.version, str):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(f"version must be a str, got {type(self.version).__name__}")
         _check_time(self.created_at)
-        position = _json_copy(self.position, "position")
-        state = _json_copy(dict(self.state), "state")
+        position = json_copy(self.position, "position")
         object.__setattr__(self, "position", position)
         object.__setattr__(self, "state", State(state, limits=StateLimits.UNLIMITED))
+        check_int64(self.sequence, "sequence")
+        object.__setattr__(self, "shape", _check_shape(self.shape))
+        if type(self.complete) is not bool:
+            raise TypeError(f"complete must be a bool, got {type(self.complete).__name__}")
+        pending = _check_mapping(self.pending, "pending")
+        object.__setattr__(self, "pending", State(pending, limits=StateLimits.UNLIMITED))
 
     def replace(self, **changes: Any) -> Checkpoint:
         """A new checkpoint with the given fields changed (checked like the constructor)."""
         return dataclasses.replace(self, **changes)
 
     def to_json(self) -> str:
-        """The checkpoint as one JSON object (what stores keep)."""
+        """The checkpoint as one JSON object (what stores keep).
+
+        ``sequence``, ``shape``, ``complete`` and ``pending`` are written only
+        when they differ from their defaults.
+        """
+        data: dict[str, Any] = {
+            "name": self.name,
+            "position": self.position,
+            "state": dict(self.state),
+            "items": self.items,
+            "version": self.version,
+            "created_at": self.created_at.isoformat(),
+        }
+        if self.sequence:
+            data["sequence"] = self.sequence
+        if self.shape:
+            data["shape"] = list(self.shape)
+        if self.complete:
+            data["complete"] = True
+        if self.pending:
+            data["pending"] = dict(self.pending)
         return json.dumps(
-            {
-                "name": self.name,
-                "position": self.position,
-                "state": dict(self.state),
-                "items": self.items,
-                "version": self.version,
-                "created_at": self.created_at.isoformat(),
-            },
+            data,
             allow_nan=False,
             ensure_ascii=False,
             separators=(",", ":"),
@@ -189,15 +279,21 @@ class Checkpoint:
             parsed: object = json.loads(text)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ValueError(f"invalid JSON: {exc}") from None
-        fields = {"name", "position", "state", "items", "version", "created_at"}
         if not isinstance(parsed, dict):
             raise ValueError(f"a checkpoint is a JSON object, got {type(parsed).__name__}")
         data = cast("dict[str, Any]", parsed)
         found = set(data)
-        if found != fields:
-            raise ValueError(f"a checkpoint has the fields {sorted(fields)}, got {sorted(found)}")
+        if not _FIELDS <= found <= _FIELDS | _OPTIONAL_FIELDS:
+            raise ValueError(
+                f"a checkpoint has the fields {sorted(_FIELDS)} and may have "
+                f"{sorted(_OPTIONAL_FIELDS)}, got {sorted(found)}"
+            )
         try:
             created = dt.datetime.fromisoformat(data["created_at"])
+            shape: object = data.get("shape", [])
+            if not isinstance(shape, list):
+                raise TypeError(f"shape must be a list, got {type(shape).__name__}")
+            steps = cast("list[str]", shape)  # each checked by the constructor
             return cls(
                 data["name"],
                 data["position"],
@@ -205,9 +301,39 @@ class Checkpoint:
                 data["items"],
                 data["version"],
                 created,
+                sequence=data.get("sequence", 0),
+                shape=tuple(steps),
+                complete=data.get("complete", False),
+                pending=data.get("pending", {}),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(f"invalid checkpoint: {exc}") from None
+
+
+_FIELDS: Final = frozenset({"name", "position", "state", "items", "version", "created_at"})
+_OPTIONAL_FIELDS: Final = frozenset({"sequence", "shape", "complete", "pending"})
+
+
+def _check_mapping(value: object, parameter: str) -> dict[str, Any]:
+    """The JSON form of ``value``, a mapping with str keys; `TypeError` otherwise."""
+    if not isinstance(value, Mapping):
+        raise TypeError(f"{parameter} must be a mapping, got {type(value).__name__}")
+    mapping = cast("Mapping[object, object]", value)
+    for key in mapping:
+        if not isinstance(key, str):
+            raise TypeError(f"{parameter} keys must be str, got {key!r}")
+    copied: dict[str, Any] = json_copy(dict(mapping), parameter)
+    return copied
+
+
+def _check_shape(shape: object) -> tuple[str, ...]:
+    if isinstance(shape, str) or not isinstance(shape, Sequence):
+        raise TypeError(f"shape must be a sequence of str, got {type(shape).__name__}")
+    steps = tuple(cast("Sequence[object]", shape))
+    for step in steps:
+        if not isinstance(step, str):
+            raise TypeError(f"shape must hold str, got {step!r}")
+    return cast("tuple[str, ...]", steps)
 
 
 def _check_name(name: object) -> str:
@@ -238,10 +364,12 @@ def _check_count(value: object, parameter: str) -> int:
 class Store(Protocol):
     """What keeps checkpoints: the protocol every backend implements.
 
-    Each ``save`` is one transaction: the position and the state of a
-    checkpoint are written together or not at all. A store keeps a bounded
-    history per run; ``load`` returns the newest checkpoint. Stores are async
-    context managers that ``close`` on exit: subclass `Store` to inherit
+    Each ``save`` is one transaction: the checkpoint (its position, its state
+    and the rest), the dead letters and the sink rows given as ``writes`` are
+    written together or not at all, and with ``expect=`` only if the run's
+    newest checkpoint is the one expected. A store keeps a bounded history
+    per run; ``load`` returns the newest checkpoint. Stores are async context
+    managers that ``close`` on exit: subclass `Store` to inherit
     ``__aenter__`` and ``__aexit__``, or write them yourself.
 
     Operations on a closed store raise `RuntimeError`; a checkpoint that
@@ -262,16 +390,48 @@ class Store(Protocol):
         """The newest checkpoint of run ``name``, or ``None`` if it has none."""
         ...
 
-    async def save(self, checkpoint: Checkpoint) -> None:
-        """Store ``checkpoint`` as the newest of its run, in one transaction."""
+    async def save(
+        self,
+        checkpoint: Checkpoint,
+        /,
+        *,
+        writes: Sequence[Write] = (),
+        expect: int | None = None,
+    ) -> None:
+        """Store ``checkpoint`` as the newest of its run, with ``writes``, in one transaction.
+
+        Each `DeadLetterRow` is appended to the run's dead letters, tagged with
+        ``checkpoint.sequence``; each `TableRows` appends its rows to its sink
+        table, created if missing. With ``expect``, the save first checks that
+        the newest checkpoint of the run has sequence number ``expect`` (0 when
+        the run has none).
+
+        Raises:
+            StaleCheckpointError: ``expect`` is not the newest sequence number;
+                nothing was written.
+            CheckpointError: A sink table exists with other columns, or the
+                store cannot write; nothing was written.
+        """
         ...
 
     async def history(self, name: str, *, limit: int = 10) -> tuple[Checkpoint, ...]:
         """The newest ``limit`` checkpoints of run ``name`` (at most), newest first."""
         ...
 
+    async def dead_letters(self, name: str) -> tuple[DeadLetterRecord, ...]:
+        """Every dead letter of run ``name``, in the order they were written."""
+        ...
+
+    async def table_rows(self, table: str, *, run: str | None = None) -> tuple[dict[str, Any], ...]:
+        """The rows of sink table ``table`` (of run ``run`` only, if given), in insertion order.
+
+        Each row is a dictionary of every column: ``id``, ``run``, ``checkpoint``,
+        then the table's own. A table never written has no rows.
+        """
+        ...
+
     async def delete(self, name: str) -> None:
-        """Forget every checkpoint of run ``name`` (nothing happens if it has none)."""
+        """Forget every checkpoint and dead letter of run ``name`` (its sink rows stay)."""
         ...
 
     async def close(self) -> None:
@@ -290,12 +450,27 @@ class Store(Protocol):
         await self.close()
 
 
+def check_save(
+    checkpoint: object, writes: object, expect: object
+) -> tuple[tuple[Write, ...], int | None]:
+    """The arguments of `Store.save`, checked: `TypeError` or `ValueError` naming the bad one."""
+    if not isinstance(checkpoint, Checkpoint):
+        raise TypeError(f"checkpoint must be a Checkpoint, got {type(checkpoint).__name__}")
+    return check_writes(writes), check_expect(expect)
+
+
+def _check_run(run: object) -> str | None:
+    return None if run is None else _check_name(run)
+
+
 class MemoryStore(Store):
     """A store that keeps checkpoints in this process (for tests, and as a model).
 
     It keeps what a real backend keeps: each checkpoint's JSON form (so a
     loaded checkpoint is a new object, never one the caller can still change),
-    the newest ``keep`` per run. Nothing survives the process.
+    the newest ``keep`` per run, every dead letter and every sink row, and it
+    checks writes as the other stores do, before changing anything. Nothing
+    survives the process.
 
     Args:
         keep: How many checkpoints to keep per run (the oldest are dropped).
@@ -316,11 +491,14 @@ class MemoryStore(Store):
         None
     """
 
-    __slots__ = ("_closed", "_keep", "_runs")
+    __slots__ = ("_closed", "_keep", "_letters", "_runs", "_tables")
 
     def __init__(self, *, keep: int = 10) -> None:
         self._keep = _check_count(keep, "keep")
-        self._runs: dict[str, list[str]] = {}
+        # Per run: (sequence, JSON form) of the newest checkpoints, oldest first.
+        self._runs: dict[str, list[tuple[int, str]]] = {}
+        self._letters: dict[str, list[str]] = {}
+        self._tables: dict[str, tuple[TableShape, list[dict[str, Any]]]] = {}
         self._closed = False
 
     def __repr__(self) -> str:
@@ -336,14 +514,56 @@ class MemoryStore(Store):
         found = await self.history(name, limit=1)
         return found[0] if found else None
 
-    async def save(self, checkpoint: Checkpoint) -> None:
-        """Keep ``checkpoint`` as the newest of its run."""
+    async def save(
+        self,
+        checkpoint: Checkpoint,
+        /,
+        *,
+        writes: Sequence[Write] = (),
+        expect: int | None = None,
+    ) -> None:
+        """Keep ``checkpoint`` as the newest of its run, with ``writes``: all or nothing."""
         self._check_open()
-        if not isinstance(checkpoint, Checkpoint):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
-            raise TypeError(f"checkpoint must be a Checkpoint, got {type(checkpoint).__name__}")
-        kept = self._runs.setdefault(checkpoint.name, [])
-        kept.append(checkpoint.to_json())
+        every, expected = check_save(checkpoint, writes, expect)
+        name, sequence = checkpoint.name, checkpoint.sequence
+        kept = self._runs.get(name, [])
+        if expected is not None:
+            found = kept[-1][0] if kept else 0
+            if found != expected:
+                raise _stale(expected, found, path=None, name=name)
+        # Everything is checked before anything changes: all or nothing.
+        shapes: dict[str, TableShape] = {}
+        for write in every:
+            if isinstance(write, TableRows):
+                existing = shapes.get(write.table) or self._shape(write.table)
+                try:
+                    shapes[write.table] = shape_for(write, existing)
+                except TableMismatch as exc:
+                    raise CheckpointError(str(exc), name=name) from None
+        self._runs[name] = kept
+        kept.append((sequence, checkpoint.to_json()))
         del kept[: -self._keep]
+        created = checkpoint.created_at
+        for write in every:
+            if isinstance(write, DeadLetterRow):
+                letter = letter_json(name, sequence, created, write)
+                self._letters.setdefault(name, []).append(letter)
+            else:
+                self._append(write, shapes[write.table], name, sequence)
+
+    def _shape(self, table: str) -> TableShape | None:
+        found = self._tables.get(table)
+        return None if found is None else found[0]
+
+    def _append(self, write: TableRows, shape: TableShape, name: str, sequence: int) -> None:
+        _, rows = self._tables.setdefault(write.table, (shape, []))
+        start = rows[-1]["id"] + 1 if rows else 1
+        for number, row in enumerate(write.rows, start):
+            values = (stored(v, t) for v, t in zip(row, shape.types, strict=True))
+            rows.append(
+                {"id": number, "run": name, "checkpoint": sequence}
+                | dict(zip(shape.columns, values, strict=True))
+            )
 
     async def history(self, name: str, *, limit: int = 10) -> tuple[Checkpoint, ...]:
         """The newest ``limit`` checkpoints of run ``name``, newest first."""
@@ -351,22 +571,40 @@ class MemoryStore(Store):
         _check_name(name)
         _check_count(limit, "limit")
         kept = self._runs.get(name, [])
-        return tuple(Checkpoint.from_json(text) for text in reversed(kept[-limit:]))
+        return tuple(Checkpoint.from_json(text) for _, text in reversed(kept[-limit:]))
+
+    async def dead_letters(self, name: str) -> tuple[DeadLetterRecord, ...]:
+        """Every dead letter of run ``name``, oldest first."""
+        self._check_open()
+        _check_name(name)
+        return tuple(letter_from_json(text) for text in self._letters.get(name, []))
+
+    async def table_rows(self, table: str, *, run: str | None = None) -> tuple[dict[str, Any], ...]:
+        """The rows of sink table ``table`` (of run ``run`` only, if given), oldest first."""
+        self._check_open()
+        check_table(table)
+        wanted = _check_run(run)
+        found = self._tables.get(table)
+        rows = [] if found is None else found[1]
+        return tuple(dict(row) for row in rows if wanted is None or row["run"] == wanted)
 
     async def delete(self, name: str) -> None:
-        """Forget every checkpoint of run ``name``."""
+        """Forget every checkpoint and dead letter of run ``name`` (sink rows stay)."""
         self._check_open()
         self._runs.pop(_check_name(name), None)
+        self._letters.pop(name, None)
 
     async def close(self) -> None:
-        """Drop every checkpoint; later operations raise `RuntimeError`."""
+        """Drop everything; later operations raise `RuntimeError`."""
         self._closed = True
         self._runs.clear()
+        self._letters.clear()
+        self._tables.clear()
 
 
 # --------------------------------------------------------------------------- SQLite schema
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 """The schema version this streamkit writes (``PRAGMA user_version``)."""
 
 APPLICATION_ID: Final = 0x53544B43
@@ -396,7 +634,45 @@ def _create_v1(connection: sqlite3.Connection) -> None:
     connection.execute("CREATE INDEX checkpoints_by_run ON checkpoints (name, id)")
 
 
-MIGRATIONS: tuple[Migration, ...] = (_create_v1,)
+def _add_writes_v2(connection: sqlite3.Connection) -> None:
+    """Version 1 to 2: numbered checkpoints, dead letters, and the sink tables' registry.
+
+    ``checkpoints.sequence`` repeats the checkpoint's sequence number (0 for
+    the rows of version 1) so that ``save(expect=)`` reads it without
+    decoding the payload. ``dead_letters`` holds one row per dead letter,
+    kept until the run is deleted: ``payload`` is its JSON (or Fernet token),
+    ``checksum`` the SHA-256 of ``payload``. ``sink_tables`` records, for
+    each sink table the store created, its columns and their types (JSON
+    lists).
+    """
+    connection.execute("ALTER TABLE checkpoints ADD COLUMN sequence INTEGER NOT NULL DEFAULT 0")
+    connection.execute(
+        """
+        CREATE TABLE dead_letters (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL,
+            checkpoint INTEGER NOT NULL,
+            stage TEXT NOT NULL,
+            idx INTEGER NOT NULL,
+            format TEXT NOT NULL,
+            payload BLOB NOT NULL,
+            checksum TEXT NOT NULL
+        )
+        """
+    )
+    connection.execute("CREATE INDEX dead_letters_by_run ON dead_letters (name, id)")
+    connection.execute(
+        """
+        CREATE TABLE sink_tables (
+            name TEXT PRIMARY KEY,
+            columns TEXT NOT NULL,
+            types TEXT NOT NULL
+        )
+        """
+    )
+
+
+MIGRATIONS: tuple[Migration, ...] = (_create_v1, _add_writes_v2)
 """``MIGRATIONS[k]`` moves a database from version ``k`` to ``k + 1``."""
 
 
@@ -517,21 +793,124 @@ def _fernet(key: object) -> Fernet:
         ) from None
 
 
+class Codec:
+    """What a store keeps of a JSON document: its form, its payload and the payload's SHA-256.
+
+    Without a cipher the payload is the UTF-8 JSON (form ``"json"``); with one,
+    its Fernet token (form ``"fernet"``). Reading checks the checksum, the
+    form against the cipher, and decrypts: every failure is a
+    `CheckpointError` naming the store (``path``) and the run.
+    """
+
+    __slots__ = ("cipher", "path")
+
+    def __init__(self, cipher: Fernet | None, path: str | None) -> None:
+        self.cipher = cipher
+        self.path = path
+
+    def encode(self, text: str) -> tuple[str, bytes, str]:
+        """``(form, payload, checksum)`` for the JSON ``text``."""
+        payload = text.encode()
+        form = "json"
+        if self.cipher is not None:
+            form, payload = "fernet", self.cipher.encrypt(payload)
+        return form, payload, hashlib.sha256(payload).hexdigest()
+
+    def fail(self, message: str, name: str | None) -> CheckpointError:
+        """A `CheckpointError` naming this store and the run."""
+        return CheckpointError(message, path=self.path, name=name)
+
+    def open(self, name: str, what: str, form: str, payload: object, checksum: object) -> bytes:
+        """The JSON bytes of a stored ``what`` (a checkpoint, a dead letter), checked."""
+        if not isinstance(payload, bytes):
+            raise self.fail(
+                f"corrupted row: the payload is a {type(payload).__name__}, not bytes", name
+            )
+        if hashlib.sha256(payload).hexdigest() != checksum:
+            raise self.fail("corrupted or altered row: its SHA-256 checksum does not match", name)
+        if form == "fernet":
+            if self.cipher is None:
+                raise self.fail(f"the {what} is encrypted: open the store with its key", name)
+            from cryptography.fernet import InvalidToken
+
+            try:
+                return self.cipher.decrypt(payload)
+            except InvalidToken:
+                raise self.fail(f"cannot decrypt the {what}: wrong key", name) from None
+        if form == "json":
+            if self.cipher is not None:
+                raise self.fail(f"the {what} is not encrypted, but the store has a key", name)
+            return payload
+        raise self.fail(f"unknown payload format {form!r}", name)
+
+    def checkpoint(
+        self, name: str, sequence: object, form: str, payload: object, checksum: object
+    ) -> Checkpoint:
+        """A checkpoint row of run ``name``, read and checked against its columns."""
+        text = self.open(name, "checkpoint", form, payload, checksum)
+        try:
+            checkpoint = Checkpoint.from_json(text)
+        except ValueError as exc:
+            raise self.fail(f"not a valid checkpoint: {exc}", name) from None
+        if checkpoint.name != name:
+            raise self.fail(f"the row holds a checkpoint of run {checkpoint.name!r}", name)
+        if checkpoint.sequence != sequence:
+            raise self.fail(
+                f"the row's sequence column says {sequence!r}, its checkpoint "
+                f"{checkpoint.sequence}",
+                name,
+            )
+        return checkpoint
+
+    def letter(
+        self,
+        name: str,
+        sequence: object,
+        stage: object,
+        index: object,
+        form: str,
+        payload: object,
+        checksum: object,
+    ) -> DeadLetterRecord:
+        """A dead-letter row of run ``name``, read and checked against its columns."""
+        text = self.open(name, "dead letter", form, payload, checksum)
+        try:
+            letter = letter_from_json(text)
+        except ValueError as exc:
+            raise self.fail(f"not a valid dead letter: {exc}", name) from None
+        if (letter.name, letter.checkpoint, letter.stage, letter.index) != (
+            name,
+            sequence,
+            stage,
+            index,
+        ):
+            raise self.fail("a dead letter's columns do not match its payload", name)
+        return letter
+
+
+_SQLITE_TYPES: Final = {"integer": "INTEGER", "real": "REAL", "text": "TEXT", "blob": "BLOB"}
+"""The SQLite column type of each `SQLType` (the values are checked before they are written)."""
+
+
 class SQLiteStore(Store):
     """The embedded checkpoint store: one SQLite file, WAL mode, durable writes.
 
-    Each save is one transaction that inserts a row (the checkpoint's JSON,
-    or its Fernet token with a ``key``, and the SHA-256 of what is stored)
-    and drops the run's rows beyond the newest ``keep``. Every database call
-    runs on one worker thread that owns the connection, in order, so the
-    event loop never blocks on disk. The file is opened, and its schema
-    created or migrated, on first use.
+    Each save is one transaction (``BEGIN IMMEDIATE``, which also makes
+    ``expect=`` safe between processes) that inserts a row (the checkpoint's
+    JSON, or its Fernet token with a ``key``, and the SHA-256 of what is
+    stored), drops the run's rows beyond the newest ``keep``, and appends the
+    save's dead letters and sink rows. Every database call runs on one worker
+    thread that owns the connection, in order, so the event loop never blocks
+    on disk. The file is opened, and its schema created or migrated, on first
+    use.
 
     A file that is not a streamkit store, a row whose checksum does not
     match, a payload that is not a checkpoint and a wrong key all raise
-    `CheckpointError` naming the file and the run. With ``key``, payloads are
-    encrypted and authenticated (Fernet, from the ``crypto`` extra); rows
-    that are not encrypted are then refused.
+    `CheckpointError` naming the file and the run. With ``key``, checkpoints
+    and dead letters are encrypted and authenticated (Fernet, from the
+    ``crypto`` extra); rows that are not encrypted are then refused. Sink
+    tables are plain SQL tables of the same file, never encrypted: they are
+    the pipeline's output, for other programs to read.
 
     Args:
         path: The database file (created if missing; ``":memory:"`` for a
@@ -554,7 +933,7 @@ class SQLiteStore(Store):
         120 {'total': 9}
     """
 
-    __slots__ = ("_cipher", "_closed", "_connection", "_executor", "_keep", "_path")
+    __slots__ = ("_cipher", "_closed", "_codec", "_connection", "_executor", "_keep", "_path")
 
     def __init__(
         self,
@@ -567,6 +946,7 @@ class SQLiteStore(Store):
             raise TypeError(f"path must be a str or a path, got {type(path).__name__}")
         self._path = file_name(os.fspath(path), path)
         self._cipher = None if key is None else _fernet(key)
+        self._codec = Codec(self._cipher, self._path)
         self._keep = _check_count(keep, "keep")
         self._connection: sqlite3.Connection | None = None
         # One worker thread owns the connection: sqlite3 objects stay in the
@@ -622,49 +1002,38 @@ class SQLiteStore(Store):
         self._connection = connection
         return connection
 
-    def _encode(self, checkpoint: Checkpoint) -> tuple[str, bytes]:
-        payload = checkpoint.to_json().encode()
-        if self._cipher is None:
-            return "json", payload
-        return "fernet", self._cipher.encrypt(payload)
-
-    def _decode(self, name: str, form: str, payload: bytes, checksum: str) -> Checkpoint:
-        def fail(message: str) -> CheckpointError:
-            return CheckpointError(message, path=self._path, name=name)
-
-        if not isinstance(payload, bytes):  # pyright: ignore[reportUnnecessaryIsInstance] - read from disk
-            raise fail(f"corrupted row: the payload is a {type(payload).__name__}, not bytes")
-        if hashlib.sha256(payload).hexdigest() != checksum:
-            raise fail("corrupted or altered row: its SHA-256 checksum does not match")
-        if form == "fernet":
-            if self._cipher is None:
-                raise fail("the checkpoint is encrypted: open the store with its key")
-            from cryptography.fernet import InvalidToken
-
-            try:
-                payload = self._cipher.decrypt(payload)
-            except InvalidToken:
-                raise fail("cannot decrypt the checkpoint: wrong key") from None
-        elif form == "json":
-            if self._cipher is not None:
-                raise fail("the checkpoint is not encrypted, but the store has a key")
-        else:
-            raise fail(f"unknown payload format {form!r}")
-        try:
-            checkpoint = Checkpoint.from_json(payload)
-        except ValueError as exc:
-            raise fail(f"not a valid checkpoint: {exc}") from None
-        if checkpoint.name != name:
-            raise fail(f"the row holds a checkpoint of run {checkpoint.name!r}")
-        return checkpoint
-
     def _history(self, connection: sqlite3.Connection, name: str, limit: int) -> list[Checkpoint]:
         rows = connection.execute(
-            "SELECT format, payload, checksum FROM checkpoints WHERE name = ? "
+            "SELECT sequence, format, payload, checksum FROM checkpoints WHERE name = ? "
             "ORDER BY id DESC LIMIT ?",
             (name, limit),
         ).fetchall()
-        return [self._decode(name, form, payload, checksum) for form, payload, checksum in rows]
+        return [self._codec.checkpoint(name, *row) for row in rows]
+
+    def _registered(
+        self, connection: sqlite3.Connection, table: str, name: str | None
+    ) -> TableShape | None:
+        """The registered shape of sink table ``table``, or ``None`` if the store has none."""
+        row = connection.execute(
+            "SELECT columns, types FROM sink_tables WHERE name = ?", (table,)
+        ).fetchone()
+        if row is not None:
+            try:
+                return TableShape.from_json(*row)
+            except ValueError as exc:
+                message = f"sink table {table!r}: {exc}"
+                raise CheckpointError(message, path=self._path, name=name) from None
+        taken = connection.execute(
+            "SELECT type FROM sqlite_master WHERE lower(name) = ?", (table,)
+        ).fetchone()
+        if taken is not None:
+            raise CheckpointError(
+                f"sink table {table!r}: the database has a {taken[0]} of that name "
+                "that is not a sink table of this store",
+                path=self._path,
+                name=name,
+            )
+        return None
 
     # -- the protocol --------------------------------------------------------
 
@@ -677,32 +1046,107 @@ class SQLiteStore(Store):
         found = await self.history(name, limit=1)
         return found[0] if found else None
 
-    async def save(self, checkpoint: Checkpoint) -> None:
-        """Store ``checkpoint`` as the newest of its run, in one durable transaction."""
-        if not isinstance(checkpoint, Checkpoint):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
-            raise TypeError(f"checkpoint must be a Checkpoint, got {type(checkpoint).__name__}")
-        form, payload = self._encode(checkpoint)
-        checksum = hashlib.sha256(payload).hexdigest()
-        name, keep = checkpoint.name, self._keep
+    async def save(
+        self,
+        checkpoint: Checkpoint,
+        /,
+        *,
+        writes: Sequence[Write] = (),
+        expect: int | None = None,
+    ) -> None:
+        """Store ``checkpoint`` and ``writes`` in one durable transaction (see `Store.save`).
+
+        Raises:
+            StaleCheckpointError: ``expect`` is not the newest sequence number.
+            CheckpointError: A sink table does not fit the rows, or the
+                database cannot be written. Either way nothing was written.
+        """
+        every, expected = check_save(checkpoint, writes, expect)
+        name, sequence, keep = checkpoint.name, checkpoint.sequence, self._keep
+        form, payload, checksum = self._codec.encode(checkpoint.to_json())
+        letters = [
+            (
+                name,
+                sequence,
+                write.stage,
+                write.index,
+                *self._codec.encode(letter_json(name, sequence, checkpoint.created_at, write)),
+            )
+            for write in every
+            if isinstance(write, DeadLetterRow)
+        ]
+        tables = [write for write in every if isinstance(write, TableRows)]
 
         def write(connection: sqlite3.Connection) -> None:
             connection.execute("BEGIN IMMEDIATE")
             try:
+                if expected is not None:
+                    row = connection.execute(
+                        "SELECT sequence FROM checkpoints WHERE name = ? ORDER BY id DESC LIMIT 1",
+                        (name,),
+                    ).fetchone()
+                    found = 0 if row is None else int(row[0])
+                    if found != expected:
+                        raise _stale(expected, found, path=self._path, name=name)
                 connection.execute(
-                    "INSERT INTO checkpoints (name, format, payload, checksum) VALUES (?, ?, ?, ?)",
-                    (name, form, payload, checksum),
+                    "INSERT INTO checkpoints (name, sequence, format, payload, checksum) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (name, sequence, form, payload, checksum),
                 )
                 connection.execute(
                     "DELETE FROM checkpoints WHERE name = ? AND id NOT IN "
                     "(SELECT id FROM checkpoints WHERE name = ? ORDER BY id DESC LIMIT ?)",
                     (name, name, keep),
                 )
+                connection.executemany(
+                    "INSERT INTO dead_letters (name, checkpoint, stage, idx, format, payload, "
+                    "checksum) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    letters,
+                )
+                shapes: dict[str, TableShape] = {}
+                for rows in tables:
+                    self._insert(connection, rows, shapes, name, sequence)
             except BaseException:
                 connection.execute("ROLLBACK")
                 raise
             connection.execute("COMMIT")
 
         await self._call(write, name)
+
+    def _insert(
+        self,
+        connection: sqlite3.Connection,
+        rows: TableRows,
+        shapes: dict[str, TableShape],
+        name: str,
+        sequence: int,
+    ) -> None:
+        table = rows.table
+        existing = shapes.get(table) or self._registered(connection, table, name)
+        try:
+            shape = shape_for(rows, existing)
+        except TableMismatch as exc:
+            raise CheckpointError(str(exc), path=self._path, name=name) from None
+        if existing is None:
+            columns = ", ".join(
+                f'"{column}" {_SQLITE_TYPES[kind]}'
+                for column, kind in zip(shape.columns, shape.types, strict=True)
+            )
+            connection.execute(
+                f'CREATE TABLE "{table}" (id INTEGER PRIMARY KEY AUTOINCREMENT, '
+                f"run TEXT NOT NULL, checkpoint INTEGER NOT NULL, {columns})"
+            )
+            connection.execute(
+                "INSERT INTO sink_tables (name, columns, types) VALUES (?, ?, ?)",
+                (table, *shape.to_json()),
+            )
+        shapes[table] = shape
+        names = ", ".join(f'"{column}"' for column in shape.columns)
+        marks = ", ".join("?" for _ in shape.columns)
+        connection.executemany(
+            f'INSERT INTO "{table}" (run, checkpoint, {names}) VALUES (?, ?, {marks})',
+            [(name, sequence, *row) for row in rows.rows],
+        )
 
     async def history(self, name: str, *, limit: int = 10) -> tuple[Checkpoint, ...]:
         """The newest ``limit`` checkpoints of run ``name`` (at most ``keep``), newest first.
@@ -715,12 +1159,63 @@ class SQLiteStore(Store):
         found = await self._call(lambda connection: self._history(connection, name, limit), name)
         return tuple(found)
 
+    async def dead_letters(self, name: str) -> tuple[DeadLetterRecord, ...]:
+        """Every dead letter of run ``name``, in the order they were written.
+
+        Raises:
+            CheckpointError: One of them cannot be read.
+        """
+        _check_name(name)
+
+        def read(connection: sqlite3.Connection) -> list[DeadLetterRecord]:
+            rows = connection.execute(
+                "SELECT checkpoint, stage, idx, format, payload, checksum FROM dead_letters "
+                "WHERE name = ? ORDER BY id",
+                (name,),
+            ).fetchall()
+            return [self._codec.letter(name, *row) for row in rows]
+
+        return tuple(await self._call(read, name))
+
+    async def table_rows(self, table: str, *, run: str | None = None) -> tuple[dict[str, Any], ...]:
+        """The rows of sink table ``table`` (of run ``run`` only, if given), in insertion order.
+
+        Sink tables are plain SQL tables in the same file, never encrypted.
+        """
+        check_table(table)
+        wanted = _check_run(run)
+
+        def read(connection: sqlite3.Connection) -> list[dict[str, Any]]:
+            connection.execute("BEGIN")
+            try:
+                shape = self._registered(connection, table, wanted)
+                if shape is None:
+                    return []
+                columns = ("id", "run", "checkpoint", *shape.columns)
+                names = ", ".join(f'"{column}"' for column in columns)
+                where, parameters = ("", ()) if wanted is None else (" WHERE run = ?", (wanted,))
+                rows = connection.execute(
+                    f'SELECT {names} FROM "{table}"{where} ORDER BY id', parameters
+                ).fetchall()
+            finally:
+                connection.execute("COMMIT")
+            return [dict(zip(columns, row, strict=True)) for row in rows]
+
+        return tuple(await self._call(read, wanted))
+
     async def delete(self, name: str) -> None:
-        """Forget every checkpoint of run ``name``."""
+        """Forget every checkpoint and dead letter of run ``name`` (its sink rows stay)."""
         _check_name(name)
 
         def remove(connection: sqlite3.Connection) -> None:
-            connection.execute("DELETE FROM checkpoints WHERE name = ?", (name,))
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                connection.execute("DELETE FROM checkpoints WHERE name = ?", (name,))
+                connection.execute("DELETE FROM dead_letters WHERE name = ?", (name,))
+            except BaseException:
+                connection.execute("ROLLBACK")
+                raise
+            connection.execute("COMMIT")
 
         await self._call(remove, name)
 
@@ -740,3 +1235,11 @@ class SQLiteStore(Store):
         # ends once it has.
         self._executor.shutdown(wait=False)
         await shielded(done)
+
+
+# The checks and helpers `PostgresStore` shares with the stores above.
+check_count = _check_count
+check_name = _check_name
+check_run = _check_run
+fernet = _fernet
+stale = _stale

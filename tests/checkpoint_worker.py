@@ -17,16 +17,18 @@ import json
 import os
 import signal
 import sys
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from streamkit import (
     Checkpoint,
+    DeadLetterRecord,
     Envelope,
     Key,
     Run,
     SQLiteStore,
     Stage,
     Store,
+    Write,
     chunk,
     envelop,
     filter_,
@@ -35,6 +37,9 @@ from streamkit import (
     reduce_point,
     unwrap,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 TOTAL = Key[int]("total")
 
@@ -72,17 +77,25 @@ class KillingStore:
     async def load(self, name: str) -> Checkpoint | None:
         return await self.store.load(name)
 
-    async def save(self, checkpoint: Checkpoint) -> None:
+    async def save(
+        self, checkpoint: Checkpoint, /, *, writes: Sequence[Write] = (), expect: int | None = None
+    ) -> None:
         self.saves += 1
         dying = self.saves == self.kill_at
         if dying and self.when == "before":
             os.kill(os.getpid(), signal.SIGKILL)
-        await self.store.save(checkpoint)
+        await self.store.save(checkpoint, writes=writes, expect=expect)
         if dying:
             os.kill(os.getpid(), signal.SIGKILL)
 
     async def history(self, name: str, *, limit: int = 10) -> tuple[Checkpoint, ...]:
         return await self.store.history(name, limit=limit)
+
+    async def dead_letters(self, name: str) -> tuple[DeadLetterRecord, ...]:
+        return await self.store.dead_letters(name)
+
+    async def table_rows(self, table: str, *, run: str | None = None) -> tuple[dict[str, Any], ...]:
+        return await self.store.table_rows(table, run=run)
 
     async def delete(self, name: str) -> None:
         await self.store.delete(name)

@@ -22,6 +22,12 @@ from hypothesis import HealthCheck, settings
 
 from streamkit import Stage, collect, take
 from streamkit.testing import SourceError, TrackedSource, assert_no_pending_tasks
+from tests.servers import postgres as postgres
+from tests.servers import postgres_session as postgres_session
+from tests.servers import pytest_runtest_logreport as pytest_runtest_logreport
+from tests.servers import pytest_terminal_summary as pytest_terminal_summary
+from tests.servers import redis as redis
+from tests.servers import redis_session as redis_session
 
 T = TypeVar("T")
 

@@ -1,0 +1,294 @@
+"""Throwaway servers for the tests: PostgreSQL and Redis on free ports of 127.0.0.1.
+
+Each server is started once per test session in a temporary folder and
+removed at the end: PostgreSQL with ``initdb`` and ``pg_ctl`` (trust
+authentication, ``fsync`` off: the tests kill clients, never the server),
+Redis as a ``redis-server`` subprocess with persistence off. PostgreSQL
+refuses to run as root, so as root both of its programs run as ``nobody``.
+
+Tests ask for the function-scoped fixtures ``postgres`` and ``redis``. A
+missing server binary skips them with the reason, unless the environment
+sets ``STREAMKIT_REQUIRE_SERVERS=1`` (as ``.ci/run`` does): then it is a
+failure. The terminal summary says how many tests each server served, so a
+CI log shows they ran.
+
+``conftest.py`` imports the fixtures and hooks from here.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import dataclasses
+import glob
+import itertools
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+REQUIRE_SERVERS = os.environ.get("STREAMKIT_REQUIRE_SERVERS") == "1"
+"""Whether a missing server fails the tests that need it (instead of skipping them)."""
+
+_START_SECONDS = 60.0
+
+# Per server: the ids of the tests that used it, what became of them, why it is missing.
+_USED: dict[str, set[str]] = {"postgresql": set(), "redis": set()}
+_OUTCOMES: dict[str, collections.Counter[str]] = {server: collections.Counter() for server in _USED}
+_MISSING: dict[str, str] = {}
+
+
+def _unavailable(server: str, reason: str) -> None:
+    _MISSING[server] = reason
+    if REQUIRE_SERVERS:
+        pytest.fail(f"{server} is required (STREAMKIT_REQUIRE_SERVERS=1) but {reason}")
+    pytest.skip(f"{server} unavailable: {reason}")
+
+
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on (as of now)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@dataclasses.dataclass(frozen=True)
+class PostgresServer:
+    """A running PostgreSQL server: where it listens and how to reach it."""
+
+    port: int
+    bindir: Path
+
+    @property
+    def dsn(self) -> str:
+        """The connection string of its ``postgres`` database, as superuser ``postgres``."""
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres"
+
+
+def postgres_bindir() -> Path | None:
+    """Where ``initdb`` and ``pg_ctl`` are: ``pg_config --bindir``, the PATH, or Debian's place."""
+    candidates: list[str] = []
+    if os.environ.get("STREAMKIT_PG_BINDIR"):
+        candidates.append(os.environ["STREAMKIT_PG_BINDIR"])
+    pg_config = shutil.which("pg_config")
+    if pg_config is not None:
+        found = subprocess.run(
+            [pg_config, "--bindir"], capture_output=True, text=True, check=False, timeout=30
+        )
+        candidates.append(found.stdout.strip())
+    initdb = shutil.which("initdb")
+    if initdb is not None:
+        candidates.append(str(Path(initdb).resolve().parent))
+
+    def version(path: str) -> int:
+        name = Path(path).parent.name
+        return int(name) if name.isdigit() else 0
+
+    candidates += sorted(glob.glob("/usr/lib/postgresql/*/bin"), key=version, reverse=True)
+    for candidate in candidates:
+        folder = Path(candidate)
+        if all(os.access(folder / tool, os.X_OK) for tool in ("initdb", "pg_ctl", "postgres")):
+            return folder
+    return None
+
+
+def _as_unprivileged() -> dict[str, Any]:
+    """``subprocess`` options that run a program as ``nobody`` when we are root."""
+    if os.geteuid() != 0:
+        return {}
+    nobody = pwd.getpwnam("nobody")
+    return {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    """Start a throwaway PostgreSQL server; stop it and remove its files on exit."""
+    bindir = postgres_bindir()
+    if bindir is None:
+        _unavailable(
+            "postgresql",
+            "initdb and pg_ctl were not found (pg_config --bindir, PATH, /usr/lib/postgresql)",
+        )
+        raise AssertionError("unreachable")  # pragma: no cover
+    user = _as_unprivileged()
+    folder = Path(tempfile.mkdtemp(prefix="streamkit-pg-"))
+    data = folder / "data"
+    if user:
+        os.chown(folder, user["user"], user["group"])
+
+    def run(*command: str | Path) -> None:
+        done = subprocess.run(
+            [str(part) for part in command],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=_START_SECONDS,
+            cwd=folder,
+            **user,
+        )
+        if done.returncode != 0:
+            log = folder / "server.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(
+                f"{command[0]} failed ({done.returncode}):\n{done.stdout}{done.stderr}{tail}"
+            )
+
+    try:
+        run(bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "-N")
+        port = _start_postgres(run, bindir, folder, data)
+        try:
+            yield PostgresServer(port=port, bindir=bindir)
+        finally:
+            run(bindir / "pg_ctl", "-D", data, "stop", "-m", "immediate", "-w")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start_postgres(run: Any, bindir: Path, folder: Path, data: Path) -> int:
+    """Start the server on a free port (another try if the port was taken meanwhile)."""
+    for attempt in range(3):
+        port = free_port()
+        options = (
+            f"-p {port} -c listen_addresses=127.0.0.1 -k {folder} -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+        )
+        try:
+            run(
+                *(bindir / "pg_ctl", "-D", data, "-l", folder / "server.log", "-o", options),
+                *("-w", "-t", str(int(_START_SECONDS)), "start"),
+            )
+        except RuntimeError:
+            if attempt == 2:
+                raise
+        else:
+            return port
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+_schemas = itertools.count(1)
+
+
+def fresh_schema(prefix: str = "t") -> str:
+    """A PostgreSQL schema name no other test of this session uses."""
+    return f"{prefix}{os.getpid()}_{next(_schemas)}"
+
+
+# --------------------------------------------------------------------------- Redis
+
+
+@dataclasses.dataclass(frozen=True)
+class RedisServer:
+    """A running Redis server."""
+
+    port: int
+    host: str = "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        """Its ``redis://`` URL."""
+        return f"redis://{self.host}:{self.port}/0"
+
+
+def _redis_answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
+            connection.sendall(b"PING\r\n")
+            return connection.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[RedisServer]:
+    """Start a throwaway ``redis-server``; stop it by its pid and remove its folder on exit."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        _unavailable("redis", "redis-server was not found on PATH")
+        raise AssertionError("unreachable")  # pragma: no cover
+    folder = Path(tempfile.mkdtemp(prefix="streamkit-redis-"))
+    port = free_port()
+    command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
+    command += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
+    with (folder / "server.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    try:
+        deadline = time.monotonic() + _START_SECONDS
+        while not _redis_answers(port):
+            if process.poll() is not None or time.monotonic() > deadline:
+                output = (folder / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server did not start ({process.poll()}):\n{output}")
+            time.sleep(0.02)
+        yield RedisServer(port=port)
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - it ignored SIGTERM
+            process.kill()
+            process.wait()
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- fixtures and hooks
+
+
+@pytest.fixture(scope="session")
+def postgres_session() -> Iterator[PostgresServer]:
+    """The session's PostgreSQL server (use ``postgres``, which counts the tests)."""
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres(postgres_session: PostgresServer, request: pytest.FixtureRequest) -> PostgresServer:
+    """The session's PostgreSQL server, for this test."""
+    _USED["postgresql"].add(request.node.nodeid)
+    return postgres_session
+
+
+@pytest.fixture(scope="session")
+def redis_session() -> Iterator[RedisServer]:
+    """The session's Redis server (use ``redis``, which counts the tests)."""
+    with redis_server() as server:
+        yield server
+
+
+@pytest.fixture
+def redis(redis_session: RedisServer, request: pytest.FixtureRequest) -> RedisServer:
+    """The session's Redis server, for this test."""
+    _USED["redis"].add(request.node.nodeid)
+    return redis_session
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    """Count what became of the tests that used a server, and of those skipped for want of one."""
+    for server, used in _USED.items():
+        if report.nodeid in used and (report.when == "call" or report.failed):
+            _OUTCOMES[server][report.outcome] += 1
+        elif report.skipped and f"{server} unavailable" in str(report.longrepr):
+            _OUTCOMES[server]["skipped"] += 1
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """One line per server: how many tests it served, or why it was missing."""
+    if not any(_OUTCOMES.values()) and not _MISSING:
+        return
+    terminalreporter.write_sep("-", "server-backed tests")
+    for server, outcomes in _OUTCOMES.items():
+        counts = ", ".join(f"{number} {outcome}" for outcome, number in sorted(outcomes.items()))
+        missing = f" ({_MISSING[server]})" if server in _MISSING else ""
+        terminalreporter.write_line(f"{server}: {counts or 'no test'}{missing}")
