@@ -27,6 +27,8 @@ from ._backoff import ConstantBackoff as ConstantBackoff
 from ._backoff import ExponentialBackoff as ExponentialBackoff
 from ._backoff import constant as constant
 from ._backoff import exponential as exponential
+from ._barrier import SnapshotError as SnapshotError
+from ._barrier import Stateful as Stateful
 from ._batch import BatchPipeline as BatchPipeline
 from ._combine import broadcast as broadcast
 from ._combine import concat as concat
@@ -96,6 +98,9 @@ from ._select import skip as skip
 from ._select import skip_while as skip_while
 from ._select import take as take
 from ._select import take_while as take_while
+from ._sinks import Sink as Sink
+from ._sinks import TableSink as TableSink
+from ._sinks import write_to as write_to
 from ._state import BRANCH as BRANCH
 from ._state import branch as branch
 from ._state import envelop as envelop
@@ -170,6 +175,8 @@ __all__ = [
     "SQLValue",
     "SQLiteStore",
     "Scope",
+    "Sink",
+    "SnapshotError",
     "Source",
     "Stage",
     "StageStatistics",
@@ -180,9 +187,11 @@ __all__ = [
     "StateLimits",
     "StateStage",
     "StateUpdate",
+    "Stateful",
     "Store",
     "SuccessStage",
     "TableRows",
+    "TableSink",
     "TupleStage",
     "UnhandledFailure",
     "UnwrapStage",
@@ -243,5 +252,6 @@ __all__ = [
     "use_clock",
     "window",
     "with_retry",
+    "write_to",
     "zip_",
 ]

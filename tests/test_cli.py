@@ -32,7 +32,9 @@ JOBS = """
 import asyncio
 import os
 
-from streamkit import Stage, filter_, map_, set_state
+from collections.abc import AsyncIterator
+
+from streamkit import Stage, filter_, map_, set_state, stage
 
 
 def parse(line: str) -> int:
@@ -60,6 +62,17 @@ texts = map_(str.upper)
 enveloped = set_state("length", len)
 unordered = map_(parse) | map_(check, concurrency=2, ordered=False)
 not_a_stage = 42
+
+
+@stage
+async def numbered(items: AsyncIterator[int]) -> AsyncIterator[str]:
+    n = 0  # kept between items, and not declared: a checkpoint could not restore it
+    async for item in items:
+        n += 1
+        yield f"{n}: {item}"
+
+
+undeclared = map_(parse) | numbered()
 
 
 def build() -> Stage[str, str]:
@@ -297,15 +310,24 @@ def test_a_corrupt_checkpoint_file_is_a_usage_error(project: Path) -> None:
     )
 
 
-def test_a_pipeline_checkpoints_cannot_follow_is_a_usage_error(project: Path) -> None:
+def test_a_stage_that_keeps_undeclared_state_is_a_usage_error(project: Path) -> None:
     result = streamkit_run(
-        project, "run", "jobs:unordered", "--input", "numbers.txt", "--checkpoint", "runs.db"
+        project, "run", "jobs:undeclared", "--input", "numbers.txt", "--checkpoint", "runs.db"
     )
     assert result.returncode == 2
     assert result.stderr.startswith(
-        "streamkit: error: checkpoint= needs a pipeline whose steps keep the items in order "
+        "streamkit: error: checkpoint=: step 1, numbered(), does not say what state it keeps"
     )
     assert result.stderr.count("\n") == 1
+
+
+def test_an_unordered_concurrent_pipeline_checkpoints(project: Path) -> None:
+    args = ("run", "jobs:unordered", "--input", "numbers.txt", "--output", "out.txt")
+    result = streamkit_run(project, *args, "--checkpoint", "runs.db", "--every", "4")
+    assert result.returncode == 0, result.stderr
+    assert "checkpoint: 30 input lines done, saved in runs.db\n" in result.stderr
+    written = (project / "out.txt").read_text().splitlines()
+    assert sorted(map(int, written)) == list(range(1, 31))
 
 
 def test_without_rich_the_command_says_what_to_install(project: Path) -> None:

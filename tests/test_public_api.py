@@ -50,6 +50,8 @@ PUBLIC = [
     "SQLValue",
     "SQLiteStore",
     "Scope",
+    "Sink",
+    "SnapshotError",
     "Source",
     "Stage",
     "StageStatistics",
@@ -60,9 +62,11 @@ PUBLIC = [
     "StateLimits",
     "StateStage",
     "StateUpdate",
+    "Stateful",
     "Store",
     "SuccessStage",
     "TableRows",
+    "TableSink",
     "TupleStage",
     "UnhandledFailure",
     "UnwrapStage",
@@ -123,6 +127,7 @@ PUBLIC = [
     "use_clock",
     "window",
     "with_retry",
+    "write_to",
     "zip_",
 ]
 
