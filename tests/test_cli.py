@@ -73,6 +73,7 @@ async def numbered(items: AsyncIterator[int]) -> AsyncIterator[str]:
 
 
 undeclared = map_(parse) | numbered()
+lenient = map_(parse) | map_(check, on_error="split", dead_letter=lambda record: None)
 
 
 def build() -> Stage[str, str]:
@@ -126,7 +127,9 @@ def streamkit_run(
         timeout=60,
         check=False,
     )
-    assert "Traceback" not in (result.stderr or "") + result.stdout or "--traceback" in args
+    # No traceback escapes, unless asked for (a dead letter's record holds one as data).
+    shown = (result.stderr or "") + ("" if args[:1] == ("dead-letters",) else result.stdout)
+    assert "Traceback" not in shown or "--traceback" in args
     return result
 
 
@@ -319,6 +322,26 @@ def test_a_stage_that_keeps_undeclared_state_is_a_usage_error(project: Path) -> 
         "streamkit: error: checkpoint=: step 1, numbered(), does not say what state it keeps"
     )
     assert result.stderr.count("\n") == 1
+
+
+def test_dead_letters_are_saved_once_and_printed_by_the_command(project: Path) -> None:
+    args = ("run", "jobs:lenient", "--input", "numbers.txt", "--output", "out.txt")
+    args += ("--checkpoint", "runs.db", "--every", "5")
+    result = streamkit_run(project, *args, FAIL_AT="23")
+    assert result.returncode == 0, result.stderr
+    again = streamkit_run(project, *args, "--resume", FAIL_AT="23")  # a finished run: no-op
+    assert again.returncode == 0, again.stderr
+    listed = streamkit_run(project, "dead-letters", "runs.db", "jobs.lenient")
+    assert listed.returncode == 0, listed.stderr
+    letters = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(d["stage"], d["index"], d["record"]["item"]) for d in letters] == [("1", 22, 23)]
+    assert letters[0]["record"]["exception"]["message"] == "bad number 23"
+    assert letters[0]["name"] == "jobs.lenient"
+    missing = streamkit_run(project, "dead-letters", "nothing.db", "jobs.lenient")
+    assert (missing.returncode, missing.stderr) == (
+        2,
+        "streamkit: error: nothing.db: no such file\n",
+    )
 
 
 def test_an_unordered_concurrent_pipeline_checkpoints(project: Path) -> None:
