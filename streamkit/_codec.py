@@ -700,8 +700,10 @@ class TypedCodec:
                 malformed or names a type the codec cannot rebuild.
 
         Examples:
-            >>> DEFAULT_CODEC.decode({"$type": "tuple", "value": [1, {"$type": "bytes", "value": "aGk="}]})
-            (1, b'hi')
+            >>> DEFAULT_CODEC.decode({"$type": "bytes", "value": "aGk="})
+            b'hi'
+            >>> DEFAULT_CODEC.decode({"pair": {"$type": "tuple", "value": [1, 2]}})
+            {'pair': (1, 2)}
         """
         try:
             return self._decode(data)
