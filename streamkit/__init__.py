@@ -30,6 +30,12 @@ from ._backoff import exponential as exponential
 from ._barrier import SnapshotError as SnapshotError
 from ._barrier import Stateful as Stateful
 from ._batch import BatchPipeline as BatchPipeline
+from ._codec import DEFAULT_CODEC as DEFAULT_CODEC
+from ._codec import Codec as Codec
+from ._codec import CodecError as CodecError
+from ._codec import TypedCodec as TypedCodec
+from ._codec import decode_state as decode_state
+from ._codec import encode_state as encode_state
 from ._combine import broadcast as broadcast
 from ._combine import concat as concat
 from ._combine import merge as merge
@@ -136,12 +142,15 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "BRANCH",
+    "DEFAULT_CODEC",
     "Backoff",
     "BackoffPolicy",
     "BatchPipeline",
     "Checkpoint",
     "CheckpointError",
     "Clock",
+    "Codec",
+    "CodecError",
     "ConstantBackoff",
     "DeadLetterRecord",
     "DeadLetterRow",
@@ -193,6 +202,7 @@ __all__ = [
     "TableRows",
     "TableSink",
     "TupleStage",
+    "TypedCodec",
     "UnhandledFailure",
     "UnwrapStage",
     "Write",
@@ -208,9 +218,11 @@ __all__ = [
     "count",
     "current_clock",
     "debounce",
+    "decode_state",
     "distinct",
     "drain",
     "empty",
+    "encode_state",
     "enumerate_",
     "envelop",
     "error_report",
