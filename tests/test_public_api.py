@@ -18,6 +18,7 @@ PUBLIC = [
     "CheckpointError",
     "Clock",
     "ConstantBackoff",
+    "Dashboard",
     "DeadLetterRecord",
     "DeadLetterRow",
     "DeadLetters",
@@ -123,6 +124,7 @@ PUBLIC = [
     "use_clock",
     "window",
     "with_retry",
+    "write_report",
     "zip_",
 ]
 
