@@ -226,8 +226,9 @@ Scope.GLOBAL = Scope("global")
 class Key(Generic[T]):
     """A typed state key: ``TOTAL = Key[int]("total")``.
 
-    ``state[TOTAL]`` is typed ``int``, ``state.set(TOTAL, 3)`` checks the
-    value's type, and ``state.get(TOTAL, None)`` is ``int | None``. A key is
+    ``state[TOTAL]`` is typed ``int``, the type checker checks the value of
+    ``state.set(TOTAL, 3)`` (nothing is checked at run time), and
+    ``state.get(TOTAL, None)`` is ``int | None``. A key is
     stored in the state under its `qualified` name, so a plain string key
     with that name reads the same entry (typed ``Any``). Keys are hashable
     and compare by name and scope.

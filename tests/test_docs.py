@@ -6,6 +6,8 @@
   Top-level ``await`` is not allowed: examples call ``asyncio.run(main())``.
   A block preceded by ``<!-- no-test -->`` is skipped; keep that for fragments
   that cannot run on their own. The blocks also pass ``mypy --strict``.
+  A block preceded by ``<!-- signature -->`` shows a signature; it is not run
+  but compared with the real one (tests/test_doc_signatures.py).
 * docs/api.md documents every name in ``streamkit.__all__`` (read at run
   time, so a new export cannot be forgotten), and every public callable has a
   docstring example with ``>>>`` (those run under ``--doctest-modules``).
@@ -36,6 +38,7 @@ import streamkit.testing
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 NO_TEST = "<!-- no-test -->"
+SIGNATURE = "<!-- signature -->"
 
 # A fence opening line: indentation, three or more backticks, the info string.
 _FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,})(?P<info>[^`]*)$")
@@ -84,7 +87,7 @@ def _fenced_blocks(path: Path) -> list[Block]:
                 end=j + 1,
                 language=language,
                 code=textwrap.dedent("\n".join(body)) + "\n",
-                skipped=previous == NO_TEST,
+                skipped=previous in {NO_TEST, SIGNATURE},
             )
         )
         previous = fence

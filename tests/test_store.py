@@ -463,36 +463,81 @@ async def test_another_applications_database_is_left_alone(tmp_path: Path) -> No
     await expect_error(tagged, "application_id 0x2a")
 
 
-def _v2_add_tags(connection: sqlite3.Connection) -> None:
-    """An example migration: version 1 to 2 adds a column, keeping every row."""
+def _v3_add_tags(connection: sqlite3.Connection) -> None:
+    """An example migration: version 2 to 3 adds a column, keeping every row."""
     connection.execute("ALTER TABLE checkpoints ADD COLUMN tags TEXT NOT NULL DEFAULT '[]'")
 
 
-def _v2_fails(connection: sqlite3.Connection) -> None:
+def _v3_fails(connection: sqlite3.Connection) -> None:
     connection.execute("ALTER TABLE checkpoints ADD COLUMN tags TEXT")
     raise RuntimeError("migration failed half-way")
 
 
-def test_migrate_an_empty_file_to_version_1(tmp_path: Path) -> None:
+def columns_of(connection: sqlite3.Connection, table: str) -> list[str]:
+    return [row[1] for row in connection.execute(f"PRAGMA table_info({table})")]
+
+
+def downgrade_to_version_1(path: Path) -> None:
+    """Turn a version-2 file back into the layout version 1 wrote."""
+    with raw(path) as connection:
+        connection.execute("DROP INDEX IF EXISTS dead_letters_by_run")
+        connection.execute("DROP TABLE dead_letters")
+        connection.execute("DROP TABLE sink_tables")
+        connection.execute("ALTER TABLE checkpoints DROP COLUMN sequence")
+        connection.execute("PRAGMA user_version = 1")
+
+
+def test_migrate_an_empty_file_to_the_current_version(tmp_path: Path) -> None:
     path = tmp_path / "runs.db"
     with raw(path) as connection:
         assert connection.execute("PRAGMA user_version").fetchone()[0] == 0
-        assert migrate(connection) == 1
-        assert migrate(connection) == 1  # already there: nothing to do
-        columns = [row[1] for row in connection.execute("PRAGMA table_info(checkpoints)")]
-        assert columns == ["id", "name", "format", "payload", "checksum"]
+        assert migrate(connection) == 2
+        assert migrate(connection) == 2  # already there: nothing to do
+        assert columns_of(connection, "checkpoints") == [
+            "id",
+            "name",
+            "format",
+            "payload",
+            "checksum",
+            "sequence",
+        ]
+        assert columns_of(connection, "dead_letters") == [
+            "id",
+            "name",
+            "checkpoint",
+            "stage",
+            "idx",
+            "format",
+            "payload",
+            "checksum",
+        ]
+        assert columns_of(connection, "sink_tables") == ["name", "columns", "types"]
 
 
-async def test_a_version_1_store_is_migrated_and_keeps_its_checkpoints(
+async def test_a_version_1_store_is_migrated_and_keeps_its_checkpoints(tmp_path: Path) -> None:
+    path = await saved(tmp_path / "runs.db")
+    downgrade_to_version_1(path)
+    async with SQLiteStore(path) as store:
+        assert await store.load("job") == point()
+        await store.save(point(items=2))
+        assert await store.dead_letters("job") == ()
+    with raw(path) as connection:
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        # the version-1 row gets sequence 0; the new one keeps its own
+        rows = connection.execute("SELECT sequence FROM checkpoints ORDER BY id").fetchall()
+        assert rows == [(0,), (point(items=2).sequence,)]
+
+
+async def test_a_later_migration_runs_on_open_and_keeps_every_row(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = await saved(tmp_path / "runs.db")
-    monkeypatch.setattr(_store, "MIGRATIONS", (*_store.MIGRATIONS, _v2_add_tags))
+    monkeypatch.setattr(_store, "MIGRATIONS", (*_store.MIGRATIONS, _v3_add_tags))
     async with SQLiteStore(path) as store:
         assert await store.load("job") == point()
         await store.save(point(items=2))
     with raw(path) as connection:
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 3
         assert connection.execute("SELECT tags FROM checkpoints").fetchall() == [("[]",), ("[]",)]
 
 
@@ -501,10 +546,9 @@ def test_a_failing_migration_leaves_the_previous_version(tmp_path: Path) -> None
     with raw(path) as connection:
         migrate(connection)
         with pytest.raises(RuntimeError, match="half-way"):
-            migrate(connection, (*_store.MIGRATIONS, _v2_fails))
-        assert connection.execute("PRAGMA user_version").fetchone()[0] == 1
-        columns = [row[1] for row in connection.execute("PRAGMA table_info(checkpoints)")]
-        assert "tags" not in columns
+            migrate(connection, (*_store.MIGRATIONS, _v3_fails))
+        assert connection.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert "tags" not in columns_of(connection, "checkpoints")
 
 
 # -- encryption
