@@ -153,8 +153,9 @@ class Dashboard:
             raise TypeError(f"host must be a string, got {type(host).__name__}")
         if not _HOST.fullmatch(host):
             raise ValueError(f"host must be a host name or an IP address, got {host!r}")
-        if not isinstance(port, int) or isinstance(port, bool):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
-            raise TypeError(f"port must be an int, got {type(port).__name__}")
+        given_port: object = port
+        if not isinstance(given_port, int) or isinstance(given_port, bool):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
+            raise TypeError(f"port must be an int, got {type(given_port).__name__}")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in 0..65535 (0: any free port), got {port}")
         if token is not None:
@@ -265,10 +266,12 @@ class Dashboard:
         app = web.Application(middlewares=[guard])
         app.router.add_get("/", self._page)
         app.router.add_get("/events", self._events)
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            app, access_log=None, handle_signals=False, shutdown_timeout=_CLOSE_SECONDS
+        )
         await runner.setup()
         try:
-            site = web.TCPSite(runner, self.host, self.port, shutdown_timeout=_CLOSE_SECONDS)
+            site = web.TCPSite(runner, self.host, self.port)
             await site.start()
         except BaseException:
             await runner.cleanup()

@@ -59,6 +59,8 @@ class Feed:
         run: The run followed.
         dashboard: The dashboard that shows it, if any.
         history: The run's history folder, if any (the timeline goes there).
+        report: Called with ``"state_history"`` and the error when the
+            timeline cannot be written (the run lists it in ``hook_errors``).
     """
 
     __slots__ = (
@@ -67,6 +69,7 @@ class Feed:
         "_errors_written",
         "_item",
         "_lines",
+        "_report",
         "_run",
         "_start",
         "_state",
@@ -78,8 +81,16 @@ class Feed:
         "view",
     )
 
-    def __init__(self, run: Run[Any], *, dashboard: Dashboard | None, history: Path | None) -> None:
+    def __init__(
+        self,
+        run: Run[Any],
+        *,
+        dashboard: Dashboard | None,
+        history: Path | None,
+        report: Callable[[str, Exception], None],
+    ) -> None:
         self._run = run
+        self._report = report
         self._dashboard = dashboard
         self._timeline = None if history is None else history / TIMELINE
         self.view: View | None = None
@@ -156,9 +167,7 @@ class Feed:
                 error = None if task.cancelled() else task.exception()
                 if error is not None:
                     raise error
-            if self._lines and self._timeline is not None:
-                lines, self._lines = self._lines, []
-                await in_thread(_append, self._timeline, lines)
+            await self._flush()
         finally:
             if self._dashboard is not None:
                 await self._dashboard.close()
@@ -181,7 +190,7 @@ class Feed:
         item = self._item
         if not isinstance(item, Envelope):
             return {}
-        state = cast("Envelope[Any]", item).state
+        state = cast("Envelope[object]", item).state
         values: dict[str, Any] = {}
         for name in state:
             if len(values) >= STATE_KEYS:
@@ -228,5 +237,16 @@ class Feed:
             line["state"] = state
         self._lines.append(json.dumps(line, default=repr) + "\n")
         if len(self._lines) >= _FLUSH_EVERY:
-            lines, self._lines = self._lines, []
-            await in_thread(_append, self._timeline, lines)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        """Append the lines gathered; a write that fails is reported and ends the timeline."""
+        path = self._timeline
+        lines, self._lines = self._lines, []
+        if path is None or not lines:
+            return
+        try:
+            await in_thread(_append, path, lines)
+        except OSError as exc:
+            self._timeline = None
+            self._report("state_history", exc)

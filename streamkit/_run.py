@@ -923,7 +923,12 @@ class Run(AsyncIterable[T_co]):
         """The run's live page (see `Dashboard`), if it has one."""
         if self.dashboard is not None or self.history_path is not None:
             # Its hooks come first: the dashboard serves before the caller's on_run_start.
-            feed = Feed(self, dashboard=self.dashboard, history=self.history_path)
+            feed = Feed(
+                self,
+                dashboard=self.dashboard,
+                history=self.history_path,
+                report=self._record_hook_error,
+            )
             given = [] if self._hooks is None else [self._hooks]
             self._hooks = _check_hooks([feed.hooks(), *given], self._record_hook_error)
         self.config_hash: str = config_hash(pipeline)

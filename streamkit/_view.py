@@ -205,7 +205,7 @@ class View:
         state_history: int | None = STATE_HISTORY,
     ) -> None:
         self.run = run
-        self.stages = [
+        self.stages: list[dict[str, Any]] = [
             {
                 "key": str(stage["key"]),
                 "label": str(stage["label"]),
@@ -214,7 +214,7 @@ class View:
             }
             for stage in stages
         ]
-        self.keys = [stage["key"] for stage in self.stages]
+        self.keys: list[str] = [str(stage["key"]) for stage in stages]
         self.points = points
         self.state_history = state_history
         self.fields: dict[str, Any] = {}
