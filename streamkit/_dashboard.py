@@ -5,8 +5,8 @@ starts and closes it when the run ends (`streamkit._feed.Feed` drives it).
 The server has two read-only routes: ``/``, the page (`streamkit._view.render_page`,
 self-contained), and ``/events``, a stream of server-sent events: an ``init``
 snapshot of the run's view, a ``patch`` per update (4 a second by default),
-and ``end``. A client that connects late gets the snapshot, so every client
-shows the same thing.
+and ``end`` with the final snapshot. A client that connects late gets the
+snapshot, so every client shows the same thing.
 
 Security: it binds 127.0.0.1 by default, and then only answers requests whose
 ``Host`` is a loopback name (a page of another site cannot reach it through
@@ -80,9 +80,13 @@ class _Client:
         self.gone = asyncio.Event()
 
     def stop(self, last: bytes | None) -> None:
-        """Drop what is waiting; send ``last`` (if any), then close the stream."""
-        while not self.queue.empty():
-            self.queue.get_nowait()
+        """Send what is waiting and ``last`` (if any), then close the stream.
+
+        A client too far behind to take two more messages gets ``last`` only.
+        """
+        if self.queue.maxsize - self.queue.qsize() < 2:
+            while not self.queue.empty():
+                self.queue.get_nowait()
         if last is not None:
             self.queue.put_nowait(last)
         self.queue.put_nowait(None)
@@ -307,9 +311,7 @@ class Dashboard:
 
     async def _shutdown(self, runner: web.AppRunner) -> None:
         self._closing = True
-        feed = self._feed
-        status = None if feed is None or feed.view is None else feed.view.fields.get("run.status")
-        end = _message("end", {"status": status})
+        end = self._end()
         clients = list(self._clients)
         for client in clients:
             client.stop(end)
@@ -322,6 +324,14 @@ class Dashboard:
         finally:
             self._runner = None
             self._clients.clear()
+
+    def _end(self) -> bytes:
+        """The last message: the run's final status and its whole view."""
+        feed = self._feed
+        view = None if feed is None else feed.view
+        if view is None:  # pragma: no cover - served only once started
+            return _message("end", {"status": None, "view": None})
+        return _message("end", {"status": view.fields.get("run.status"), "view": view.snapshot()})
 
     # -- the server's side -------------------------------------------------
 
@@ -363,12 +373,14 @@ class Dashboard:
         if feed is None or feed.view is None:  # pragma: no cover - served only once started
             return response
         client = _Client()
+        # The snapshot is queued and the client registered at once, with no await
+        # between them: no patch can fall between the snapshot and the first patch.
+        client.queue.put_nowait(b"retry: 1000\n" + _message("init", feed.view.snapshot()))
+        if self._closing:
+            client.stop(self._end())
+        else:
+            self._clients.add(client)
         try:
-            await response.write(b"retry: 1000\n" + _message("init", feed.view.snapshot()))
-            if self._closing:
-                client.stop(_message("end", {"status": feed.view.fields.get("run.status")}))
-            else:
-                self._clients.add(client)
             while (message := await client.queue.get()) is not None:
                 await response.write(message)
         except ConnectionError:  # the page went away

@@ -1,7 +1,7 @@
 /* The streamkit run page: a live dashboard (data-mode="live") or a static report.
  *
  * Live, it reads the run's server-sent events: an "init" snapshot of the view,
- * then one "patch" per update, then "end". A report embeds the final snapshot.
+ * then one "patch" per update, then "end" with the final snapshot. A report embeds the final snapshot.
  * Every string from the run (stage names, state values, error messages) is put
  * in the page as text (textContent), never parsed as HTML.
  */
@@ -441,8 +441,10 @@
     source.addEventListener("patch", function (event) {
       if (model) { apply(JSON.parse(event.data)); }
     });
-    source.addEventListener("end", function () {
+    source.addEventListener("end", function (event) {
       source.close();
+      var data = JSON.parse(event.data);
+      if (data.view) { load(data.view); }
       body.dataset.connected = "false";
       body.dataset.ended = "true";
       connection("the run has ended: its dashboard has stopped (this is its final state)");
