@@ -58,7 +58,7 @@ docs-serve: $(STAMP)
 # Retake the dashboard and report screenshots shown in docs/observability.md
 # (the browser tests take them; headless Chromium: Debian's chromium-headless-shell).
 screenshots: $(STAMP)
-	STREAMKIT_SCREENSHOTS=docs/images $(BIN)/pytest -q tests/test_dashboard_browser.py -k screenshot
+	STREAMKIT_SCREENSHOTS=docs/img $(BIN)/pytest -q tests/test_dashboard_browser.py -k "every_item or opens_offline_with"
 
 clean:
 	rm -rf $(VENV) site .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -16,6 +16,7 @@
   };
   var SERIES = ["rate", "p50", "p95", "errors", "retries"];
   var HISTORY_SHOWN = 10;
+  var RECENT_CHARS = 40;
 
   var body = document.body;
   var live = body.dataset.mode === "live";
@@ -50,6 +51,17 @@
     if (seconds < 1) { return (seconds * 1e3).toFixed(1) + " ms"; }
     return seconds.toFixed(2) + " s";
   }
+
+  // A log axis has a tick at every 1..9 times a power of ten: label the powers only.
+  function decade(seconds) {
+    if (typeof seconds !== "number" || !(seconds > 0)) { return ""; }
+    var power = Math.log10(seconds);
+    return Math.abs(power - Math.round(power)) < 1e-6 ? duration(seconds) : "";
+  }
+
+  var COMPACT = new Intl.NumberFormat("en-US", { notation: "compact", maximumFractionDigits: 1 });
+
+  function compact(value) { return value === null ? "" : COMPACT.format(value); }
 
   function perSecond(value) {
     if (typeof value !== "number") { return "-"; }
@@ -212,7 +224,10 @@
     state.forEach(function (entry, name) {
       var row = el("tr");
       row.dataset.key = name;
-      var recent = entry.history.slice(-HISTORY_SHOWN).map(function (pair) { return shown(pair[1]); });
+      var recent = entry.history.slice(-HISTORY_SHOWN).map(function (pair) {
+        var text = shown(pair[1]);
+        return text.length > RECENT_CHARS ? text.slice(0, RECENT_CHARS - 1) + "…" : text;
+      });
       row.append(el("td", "key", name), el("td", "value", shown(entry.value)),
         el("td", "history", recent.join(" → ")));
       rows.appendChild(row);
@@ -305,6 +320,23 @@
     return { names: names, data: data };
   }
 
+  function valueAxis(kind) {
+    var axis = {
+      size: 70,
+      values: function (u, splits) { return splits.map(kind === "latency" ? decade : compact); }
+    };
+    if (kind === "latency") {
+      // Ticks, labels and grid lines at the powers of ten only.
+      var decades = function (u, splits) {
+        return splits.map(function (v) { return decade(v) ? v : null; });
+      };
+      axis.filter = decades;
+      axis.grid = { filter: decades };
+      axis.ticks = { filter: decades };
+    }
+    return axis;
+  }
+
   function makeChart(kind, container, found) {
     var paired = kind === "latency" || kind === "errors";
     var series = [{ label: "t (s)" }].concat(found.names.map(function (name, i) {
@@ -318,10 +350,7 @@
       width: Math.max(320, container.clientWidth - 4), height: 200,
       series: series,
       scales: { x: { time: false }, y: kind === "latency" ? { distr: 3, log: 10 } : {} },
-      axes: [{ label: "seconds since the start" }, {
-        size: 70,
-        values: kind === "latency" ? function (u, splits) { return splits.map(duration); } : undefined
-      }],
+      axes: [{ label: "seconds since the start" }, valueAxis(kind)],
       legend: { show: false }
     };
     var plot = new uPlot(options, found.data, container);
