@@ -3,8 +3,9 @@
 Playwright does not download a browser here: it launches Debian's
 ``chromium-headless-shell`` package (``apt-get install -y
 --no-install-recommends chromium-headless-shell``), found at
-``$STREAMKIT_CHROMIUM``, ``/usr/lib/chromium/chromium-headless-shell`` or on
-the PATH. A module's tests share one browser; each test opens its own context.
+``$STREAMKIT_CHROMIUM`` (if set, only there),
+``/usr/lib/chromium/chromium-headless-shell`` or on the PATH. A module's
+tests share one browser; each test opens its own context.
 
 A missing browser (or Playwright) skips the tests that need it, unless the
 environment sets ``STREAMKIT_REQUIRE_SERVERS=1`` (as ``.ci/run`` does): then
@@ -35,11 +36,13 @@ _DEBIAN = Path("/usr/lib/chromium/chromium-headless-shell")
 def chromium_binary() -> Path | None:
     """The headless Chromium to launch, if there is one."""
     given = os.environ.get("STREAMKIT_CHROMIUM")
-    candidates = [Path(given)] if given else []
-    candidates.append(_DEBIAN)
-    on_path = shutil.which("chromium-headless-shell")
-    if on_path is not None:
-        candidates.append(Path(on_path))
+    if given:  # the one to use, and no other
+        candidates = [Path(given)]
+    else:
+        candidates = [_DEBIAN]
+        on_path = shutil.which("chromium-headless-shell")
+        if on_path is not None:
+            candidates.append(Path(on_path))
     for candidate in candidates:
         if candidate.is_file() and os.access(candidate, os.X_OK):
             return candidate
@@ -64,8 +67,11 @@ def browser() -> Iterator[Browser]:
         _unavailable("playwright is not installed (pip install -e '.[test]')")
     binary = chromium_binary()
     if binary is None:
+        given = os.environ.get("STREAMKIT_CHROMIUM")
         _unavailable(
-            "no chromium-headless-shell (apt-get install -y --no-install-recommends "
+            f"STREAMKIT_CHROMIUM={given} is not an executable file"
+            if given
+            else "no chromium-headless-shell (apt-get install -y --no-install-recommends "
             "chromium-headless-shell, or set STREAMKIT_CHROMIUM)"
         )
         raise AssertionError("unreachable")  # pragma: no cover
