@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+import subprocess
 import sys
+import textwrap
 from typing import Any, Self
 
 import aiohttp
@@ -566,3 +568,35 @@ async def test_a_run_nobody_watches() -> None:
     assert not run.dashboard.serving
     assert not run.hook_errors
     assert_no_pending_tasks()
+
+
+def test_aiohttp_is_imported_only_for_a_dashboard() -> None:
+    code = """
+        import asyncio, sys, tempfile
+        from pathlib import Path
+        import streamkit
+        from streamkit import Run, map_, write_report
+        print(any(name.startswith("aiohttp") for name in sys.modules))
+        sys.modules["aiohttp"] = None  # as if it were not installed
+        with tempfile.TemporaryDirectory() as folder:
+            run = Run(map_(str), range(3), state_history=folder)
+            asyncio.run(run.drain())
+            print(write_report(run.history_path, Path(folder) / "r.html").exists())
+        try:
+            Run(map_(str), range(3), dashboard=True)
+        except ImportError as error:
+            print(error)
+    """
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "False",
+        "True",
+        "the dashboard needs aiohttp, which is not installed: pip install 'streamkit[dashboard]'",
+    ]
