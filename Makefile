@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: all venv demo examples test lint typecheck pytest bench docs docs-serve clean
+.PHONY: all venv demo examples test lint typecheck pytest bench docs docs-serve screenshots clean
 
 all: test
 
@@ -22,8 +22,10 @@ demo: $(STAMP)
 	$(BIN)/python -m examples.demo
 	@echo
 	$(BIN)/streamkit run examples/orders.py:pipeline --input examples/data/orders.csv \
-		--every 10 --checkpoint $(VENV)/demo.db --state-history $(VENV)/demo-history --output -
+		--every 10 --checkpoint $(VENV)/demo.db --state-history $(VENV)/demo-history --output - \
+		--dashboard
 	$(BIN)/streamkit history $(VENV)/demo-history
+	$(BIN)/streamkit history $(VENV)/demo-history latest --html $(VENV)/demo-report.html
 
 examples: $(STAMP)
 	$(BIN)/python -m examples.log_analytics
@@ -52,6 +54,11 @@ docs: $(STAMP)
 
 docs-serve: $(STAMP)
 	$(BIN)/mkdocs serve
+
+# Retake the dashboard and report screenshots shown in docs/observability.md
+# (the browser tests take them; headless Chromium: Debian's chromium-headless-shell).
+screenshots: $(STAMP)
+	STREAMKIT_SCREENSHOTS=docs/img $(BIN)/pytest -q tests/test_dashboard_browser.py -k "every_item or opens_offline_with"
 
 clean:
 	rm -rf $(VENV) site .mypy_cache .pytest_cache .ruff_cache .hypothesis

@@ -59,6 +59,7 @@ from ._core import stage as stage
 from ._create import empty as empty
 from ._create import iterate as iterate
 from ._create import repeat as repeat
+from ._dashboard import Dashboard as Dashboard
 from ._failures import DeadLetters as DeadLetters
 from ._failures import ErrorRecord as ErrorRecord
 from ._failures import ErrorReport as ErrorReport
@@ -84,6 +85,7 @@ from ._records import Scope as Scope
 from ._records import State as State
 from ._records import StateLimitError as StateLimitError
 from ._records import StateLimits as StateLimits
+from ._report import write_report as write_report
 from ._resumable import Resumable as Resumable
 from ._resumable import lines as lines
 from ._resumable import resumable as resumable
@@ -152,6 +154,7 @@ __all__ = [
     "Codec",
     "CodecError",
     "ConstantBackoff",
+    "Dashboard",
     "DeadLetterRecord",
     "DeadLetterRow",
     "DeadLetters",
@@ -264,6 +267,7 @@ __all__ = [
     "use_clock",
     "window",
     "with_retry",
+    "write_report",
     "write_to",
     "zip_",
 ]

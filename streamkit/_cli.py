@@ -4,8 +4,9 @@
 ``.py`` file) to the lines of a file or of standard input, writes the results
 one per line, shows live progress on a terminal and the per-stage statistics
 at the end; with ``--checkpoint DB`` it saves checkpoints in an `SQLiteStore`
-and ``--resume`` continues after the last one. ``streamkit history DIR
-[RUN_ID]`` lists the runs of a state-history directory, or shows one.
+and ``--resume`` continues after the last one; ``--dashboard`` serves a live
+web page of the run. ``streamkit history DIR [RUN_ID]`` lists the runs of a
+state-history directory, or shows one; ``--html FILE`` writes a run's report.
 
 This is the top layer: nothing in streamkit imports it, and it is the only
 module that uses rich (the ``cli`` extra). Exit codes: 0 done, 1 the pipeline
@@ -33,8 +34,10 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Final, NoReturn, cast
 
 from ._core import is_stage
+from ._dashboard import Dashboard
 from ._metrics import RunStatistics, StageStatistics
 from ._records import Envelope
+from ._report import write_report
 from ._resumable import lines
 from ._run import Hooks, Run
 from ._store import CheckpointError, SQLiteStore
@@ -113,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_command(args)
         if args.command == "dead-letters":
             return _dead_letters_command(args.database, args.name)
-        return _history_command(args.directory, args.run_id)
+        return _history_command(args.directory, args.run_id, args.html)
     except CommandError as exc:
         if show_traceback and exc.cause is not None:
             traceback.print_exception(exc.cause)
@@ -197,6 +200,15 @@ def _parser() -> _Parser:
         metavar="N",
         help="save a checkpoint every N items (default: 100)",
     )
+    run.add_argument(
+        "--dashboard",
+        nargs="?",
+        const="127.0.0.1:0",
+        metavar="HOST:PORT",
+        help="serve a live web page of the run while it runs, and print its URL (default: "
+        "127.0.0.1, any free port; another interface needs the token the URL carries); "
+        "put it after MODULE:ATTR, or write --dashboard=HOST:PORT",
+    )
     run.add_argument("--no-progress", action="store_true", help="no live progress display")
     run.add_argument(
         "--metrics",
@@ -217,6 +229,12 @@ def _parser() -> _Parser:
         metavar="RUN_ID",
         nargs="?",
         help="the run to show: its id, a unique start of it, or 'latest'",
+    )
+    history.add_argument(
+        "--html",
+        metavar="FILE",
+        help="write the run's report to FILE: one HTML file with plots, that needs no network "
+        "(the run given, or the latest)",
     )
 
     letters = commands.add_parser(
@@ -502,6 +520,7 @@ class _Plan:
     progress: bool
     metrics: str
     show_traceback: bool
+    dashboard: Dashboard | None
 
 
 def _run_command(args: argparse.Namespace) -> int:
@@ -523,6 +542,7 @@ def _run_command(args: argparse.Namespace) -> int:
         raise CommandError(f"--checkpoint must name a file, got {checkpoint!r}")
     history = None if args.state_history is None else _directory(Path(args.state_history))
     output_name: str = args.output
+    dashboard = None if args.dashboard is None else _dashboard(args.dashboard)
     pipeline, default_name = _load_target(args.target)
     # A live display and results on the same terminal would overwrite each other.
     terminal_output = output_name == "-" and sys.stdout.isatty()
@@ -538,8 +558,18 @@ def _run_command(args: argparse.Namespace) -> int:
         progress=not args.no_progress and console.is_terminal and not terminal_output,
         metrics=args.metrics,
         show_traceback=args.traceback,
+        dashboard=dashboard,
     )
     return asyncio.run(_execute(plan, console))
+
+
+def _dashboard(address: str) -> Dashboard:
+    try:
+        return Dashboard.parse(address)
+    except ValueError as exc:
+        raise CommandError(f"--dashboard: {exc}", exc) from None
+    except ImportError as exc:
+        raise CommandError(f"--dashboard: {exc}", exc) from None
 
 
 def _readable(path: Path) -> Path:
@@ -669,6 +699,7 @@ async def _execute(plan: _Plan, console: Console) -> int:
                 state_history=plan.state_history,
                 checkpoint=store,
                 every=plan.every,
+                dashboard=plan.dashboard,
             )
         except (TypeError, ValueError) as exc:  # a pipeline checkpoints cannot follow
             await _close_source(source)
@@ -691,6 +722,15 @@ class _Notices:
         self.run: Run[Any] | None = None
 
     def on_run_start(self, stats: RunStatistics) -> None:
+        board = None if self.run is None else self.run.dashboard
+        if board is not None:
+            # The dashboard's own hook ran first: it serves now, or could not start.
+            self.console.print(
+                f"{PROG}: dashboard at {board.url} (while the run lasts)"
+                if board.serving
+                else f"{PROG}: warning: the dashboard could not start (see the end of the run)",
+                soft_wrap=True,
+            )
         resumed = None if self.run is None else self.run.resumed_from
         if resumed is not None:
             # Through rich's console: it keeps the live display below what it prints.
@@ -806,7 +846,7 @@ def _dead_letters_command(database: str, name: str) -> int:
     return EXIT_OK
 
 
-def _history_command(directory: str, run_id: str | None) -> int:
+def _history_command(directory: str, run_id: str | None, html: str | None = None) -> int:
     console = _console()
     root = Path(directory)
     if not root.is_dir():
@@ -815,6 +855,18 @@ def _history_command(directory: str, run_id: str | None) -> int:
         (path for path in root.iterdir() if path.is_dir() and _is_run_folder(path)),
         key=lambda path: path.name,
     )
+    if html is not None:
+        if not runs:
+            raise CommandError(f"no runs in {root}: no report to write")
+        folder = _find_run(root, runs, "latest" if run_id is None else run_id)
+        try:
+            written = write_report(folder, html)
+        except OSError as exc:
+            raise CommandError(
+                f"cannot write the report {html}: {exc.strerror or exc}", exc
+            ) from None
+        _notice(f"report of run {folder.name} written to {written}")
+        return 0
     if run_id is None:
         _list_runs(console, root, runs)
     else:

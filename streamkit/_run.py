@@ -60,6 +60,7 @@ from ._core import (
     is_sync_source,
     open_async,
 )
+from ._dashboard import Dashboard, check_dashboard
 from ._failures import (
     ErrorRecord,
     ExceptionInfo,
@@ -70,6 +71,7 @@ from ._failures import (
     RetryObserver,
     unguarded,
 )
+from ._feed import Feed
 from ._metrics import QuantileSketch, RunStatistics, StageStatistics
 from ._runtime import (
     Handle,
@@ -792,7 +794,8 @@ class Run(AsyncIterable[T_co]):
             every call (a wrapper per call: dear for cheap functions).
             Concurrent steps always time every call.
         state_history: A directory; the run writes ``<dir>/<run id>/``
-            (``run_start.json``, ``stage_<n>_failures.json``, ``final.json``).
+            (``run_start.json``, ``stage_<n>_failures.json``, ``final.json``,
+            and ``timeline.jsonl``: the run's statistics once a second).
         version: The pipeline's version, a string ("0" by default).
         checkpoint: A `Store` (`SQLiteStore`, `MemoryStore`, your own): the
             run saves a `Checkpoint` under its ``name`` (required) and, if
@@ -810,6 +813,9 @@ class Run(AsyncIterable[T_co]):
         every: How often to checkpoint: an int of source items finished, or
             a `datetime.timedelta` (100 items by default). A run also saves
             a checkpoint when it ends, however it ends.
+        dashboard: A live web page of the run while it runs: a `Dashboard`,
+            an address ``"HOST:PORT"``, True (127.0.0.1, any free port) or
+            None. ``run.dashboard.url`` says where it is.
 
     Raises:
         TypeError: An argument has the wrong type, or ``checkpoint`` is given
@@ -856,6 +862,7 @@ class Run(AsyncIterable[T_co]):
         "_status",
         "_watch",
         "config_hash",
+        "dashboard",
         "history_path",
         "id",
         "name",
@@ -882,6 +889,7 @@ class Run(AsyncIterable[T_co]):
         interval: float | dt.timedelta | None = None,
         codec: Codec | None = None,
         migrate: Callable[[Checkpoint], Checkpoint | None] | None = None,
+        dashboard: Dashboard | str | bool | None = None,
     ) -> None:
         if not isinstance(pipeline, Stage):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(f"pipeline must be a Stage, got {type(pipeline).__name__}")
@@ -918,6 +926,18 @@ class Run(AsyncIterable[T_co]):
             if folder.parent != root:  # pragma: no cover - the id has no separator
                 raise ValueError(f"run id {self.id!r} would escape {root}")
             self.history_path = folder
+        self.dashboard: Dashboard | None = check_dashboard(dashboard)
+        """The run's live page (see `Dashboard`), if it has one."""
+        if self.dashboard is not None or self.history_path is not None:
+            # Its hooks come first: the dashboard serves before the caller's on_run_start.
+            feed = Feed(
+                self,
+                dashboard=self.dashboard,
+                history=self.history_path,
+                report=self._record_hook_error,
+            )
+            given = [] if self._hooks is None else [self._hooks]
+            self._hooks = _check_hooks([feed.hooks(), *given], self._record_hook_error)
         self.config_hash: str = config_hash(pipeline)
         """A short hash of the pipeline's structure (see `config_hash`)."""
         self.started_at: float | None = None

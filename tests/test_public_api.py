@@ -21,6 +21,7 @@ PUBLIC = [
     "CodecError",
     "ConstantBackoff",
     "DEFAULT_CODEC",
+    "Dashboard",
     "DeadLetterRecord",
     "DeadLetterRow",
     "DeadLetters",
@@ -133,6 +134,7 @@ PUBLIC = [
     "use_clock",
     "window",
     "with_retry",
+    "write_report",
     "write_to",
     "zip_",
 ]

@@ -594,6 +594,7 @@ async def test_state_history_layout(tmp_path: Path) -> None:
         "final.json",
         "run_start.json",
         "stage_0_failures.json",
+        "timeline.jsonl",
     ]
     start = json.loads((folder / "run_start.json").read_text())
     assert start["id"] == run.id
@@ -627,7 +628,9 @@ async def test_state_history_write_errors_are_reported(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     run = Run(map_(inc), [1], state_history=blocker)
     assert await run.collect() == [2]
-    assert [error.hook for error in run.hook_errors] == ["state_history", "state_history"]
+    # run_start.json, the timeline and final.json: each failed write is reported once.
+    assert [error.hook for error in run.hook_errors] == ["state_history"] * 3
+    assert all(isinstance(error.exception, NotADirectoryError) for error in run.hook_errors)
 
 
 async def test_pause_holds_the_source_of_a_concurrent_pipeline() -> None:
