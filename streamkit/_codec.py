@@ -185,10 +185,10 @@ def _short(value: object) -> str:
     return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
 
 
-def _unknown(value: object) -> _Failure:
+def _unknown(value: object, registered: Mapping[type[Any], object]) -> _Failure:
     kind = type(value)
     for base in kind.__mro__[1:]:
-        if base in _JSON_TYPES or base in _ENCODERS:
+        if base in _JSON_TYPES or base in _ENCODERS or base in registered:
             return _Failure(
                 f"is a {kind.__qualname__}, a subclass of {base.__qualname__}: decoding would "
                 f"give a {base.__qualname__}; register a codec for {kind.__qualname__} "
@@ -616,7 +616,7 @@ class TypedCodec:
             return {TAG: _class_path(kind), _PAYLOAD: payload}
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return self._dataclass(value)
-        raise _unknown(value)
+        raise _unknown(value, self._by_type)
 
     def _items(self, values: Iterable[Any]) -> list[JSONValue]:
         encoded: list[JSONValue] = []

@@ -37,6 +37,7 @@ PUBLIC = [
     "HookError",
     "Hooks",
     "IndexedStage",
+    "JSONValue",
     "Key",
     "ListStage",
     "MemoryStore",
