@@ -82,7 +82,6 @@ from ._records import Scope as Scope
 from ._records import State as State
 from ._records import StateLimitError as StateLimitError
 from ._records import StateLimits as StateLimits
-from ._resumable import JSONValue as JSONValue
 from ._resumable import Resumable as Resumable
 from ._resumable import lines as lines
 from ._resumable import resumable as resumable
@@ -164,7 +163,6 @@ __all__ = [
     "HookError",
     "Hooks",
     "IndexedStage",
-    "JSONValue",
     "Key",
     "ListStage",
     "MemoryStore",

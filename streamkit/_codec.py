@@ -224,11 +224,12 @@ class Codec(Protocol[T]):
 
     Examples:
         >>> import fractions
+        >>> from typing import Any
         >>> class FractionCodec:
-        ...     def encode(self, value: fractions.Fraction) -> JSONValue:
+        ...     def encode(self, value: fractions.Fraction) -> Any:
         ...         return [value.numerator, value.denominator]
         ...
-        ...     def decode(self, data: JSONValue) -> fractions.Fraction:
+        ...     def decode(self, data: Any) -> fractions.Fraction:
         ...         return fractions.Fraction(*data)
         >>> isinstance(FractionCodec(), Codec)
         True
@@ -434,8 +435,8 @@ class TypedCodec:
     bool, None, finite floats, lists and str-keyed dicts through, and writes
     tuples, sets, frozensets, other dicts, bytes, Decimal, UUID, dates,
     datetimes, times, timedeltas, enum members and dataclass instances in a
-    tagged form (the module's description lists the forms), however they
-    are nested, so that ``decode(encode(value)) == value`` with the same
+    tagged form (listed in [Encoding state](persistence.md#encoding-state)),
+    however they are nested, so that ``decode(encode(value)) == value`` with the same
     types throughout. Non-finite floats are tagged too, so the encoded form
     is strict JSON. Nothing is ever pickled: dataclasses and enums are found
     again by their import path (``module:qualname``), so a class defined

@@ -23,7 +23,6 @@ from streamkit import (
     DEFAULT_CODEC,
     Codec,
     CodecError,
-    JSONValue,
     Key,
     Scope,
     State,
@@ -395,7 +394,7 @@ def test_a_dict_with_the_tag_key_is_escaped() -> None:
         (Order(5), {"$type": "tests.test_codec:Order", "value": {"cents": 5}}),
     ],
 )
-def test_the_documented_forms(value: Any, data: JSONValue) -> None:
+def test_the_documented_forms(value: Any, data: Any) -> None:
     assert DEFAULT_CODEC.encode(value) == data
     assert same(DEFAULT_CODEC.decode(data), value)
 
@@ -703,12 +702,12 @@ def test_a_codec_is_immutable() -> None:
 class CentsCodec:
     """Money in cents, as one int: a codec of the user's own."""
 
-    def encode(self, value: Money) -> JSONValue:
+    def encode(self, value: Money) -> Any:
         if value.currency != "EUR":
             raise ValueError(f"not euros: {value.currency}")
         return int(value.amount * 100)
 
-    def decode(self, data: JSONValue) -> Money:
+    def decode(self, data: Any) -> Money:
         return Money(decimal.Decimal(data) / 100, "EUR")
 
 

@@ -37,7 +37,6 @@ PUBLIC = [
     "HookError",
     "Hooks",
     "IndexedStage",
-    "JSONValue",
     "Key",
     "ListStage",
     "MemoryStore",

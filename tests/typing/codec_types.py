@@ -14,7 +14,6 @@ from streamkit import (
     DEFAULT_CODEC,
     Codec,
     CodecError,
-    JSONValue,
     Key,
     State,
     TypedCodec,
@@ -30,10 +29,10 @@ class Money:
 
 
 class MoneyCodec:
-    def encode(self, value: Money, /) -> JSONValue:
+    def encode(self, value: Money, /) -> Any:
         return [str(value.amount), value.currency]
 
-    def decode(self, data: JSONValue, /) -> Money:
+    def decode(self, data: Any, /) -> Money:
         return Money(decimal.Decimal(data[0]), data[1])
 
 
