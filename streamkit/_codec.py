@@ -10,7 +10,7 @@ value                      tag                                   payload
 =========================  ====================================  ===========================
 ``float`` inf, -inf, nan   ``float``                             ``"inf"``, ``"-inf"``, ``"nan"``
 ``tuple``                  ``tuple``                             list of the elements
-``set``, ``frozenset``     ``set``, ``frozenset``                list, sorted (see below)
+``set``, ``frozenset``     ``set``, ``frozenset``                list, sorted (strs, ints, JSON)
 ``dict`` (other keys)      ``dict``                              list of ``[key, value]`` pairs
 ``bytes``                  ``bytes``                             base64 text
 ``decimal.Decimal``        ``decimal``                           ``str(value)``
@@ -86,6 +86,9 @@ _BUILTIN_TAGS: Final = frozenset(
     }
 )
 _JSON_TYPES: Final = frozenset({str, int, float, bool, type(None), list, dict})
+_PLAIN: Final = frozenset({str, int, bool, type(None)})
+"""Types written as they are (floats are too, when finite): the fast path."""
+_PLAIN_DATA: Final = frozenset({str, int, bool, float, type(None)})
 
 
 # --------------------------------------------------------------------------- errors
@@ -445,8 +448,9 @@ class TypedCodec:
     are computed again, not stored). Decoding imports the module a tag
     names, and calls only dataclasses, enums and registered decoders.
 
-    The encoded form is deterministic: a set's elements are sorted by
-    their encoded form, and dicts keep their order. A value the codec
+    The encoded form is deterministic: a set's elements are sorted (strings
+    or ints in their order, anything else by its JSON text), and dicts keep
+    their order. A value the codec
     cannot encode raises `CodecError` naming the path to it and its type.
 
     A codec is immutable; `with_type` returns a new codec that also
@@ -622,6 +626,9 @@ class TypedCodec:
     def _items(self, values: Iterable[Any]) -> list[JSONValue]:
         encoded: list[JSONValue] = []
         for index, item in enumerate(values):
+            if type(item) in _PLAIN:
+                encoded.append(item)
+                continue
             try:
                 encoded.append(self._encode(item))
             except _Failure as failure:
@@ -633,6 +640,9 @@ class TypedCodec:
         if TAG not in value and all(type(key) is str for key in value):
             encoded: dict[str, JSONValue] = {}
             for key, item in value.items():
+                if type(item) in _PLAIN:
+                    encoded[key] = item
+                    continue
                 try:
                     encoded[key] = self._encode(item)
                 except _Failure as failure:
@@ -656,15 +666,19 @@ class TypedCodec:
     def _set(self, value: set[Any] | frozenset[Any]) -> JSONValue:
         encoded: list[JSONValue] = []
         for item in value:
+            if type(item) in _PLAIN:
+                encoded.append(item)
+                continue
             try:
                 encoded.append(self._encode(item))
             except _Failure as failure:
                 failure.steps.append(f"{{{_short(item)}}}")
                 raise
-        if all(type(item) is str for item in encoded):
-            encoded.sort()
+        kinds = {_type(item) for item in encoded}
+        if kinds == {str} or kinds == {int}:
+            encoded.sort()  # strings, or ints, in their natural order
         else:
-            encoded.sort(key=_sort_key)
+            encoded.sort(key=_sort_key)  # anything else by its JSON text
         return {TAG: "set" if type(value) is set else "frozenset", _PAYLOAD: encoded}
 
     def _dataclass(self, value: Any) -> JSONValue:
@@ -742,6 +756,9 @@ class TypedCodec:
     def _decode_items(self, data: list[object]) -> list[Any]:
         decoded: list[Any] = []
         for index, item in enumerate(data):
+            if type(item) in _PLAIN_DATA:
+                decoded.append(item)
+                continue
             try:
                 decoded.append(self._decode(item))
             except _Failure as failure:
@@ -867,8 +884,10 @@ def _member(cls: type[enum.Enum], payload: JSONValue) -> enum.Enum:
         raise _bad_data(payload, f"the name of a {cls.__qualname__} member") from exc
 
 
-def _sort_key(encoded: JSONValue) -> str:
-    return json.dumps(encoded, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_sort_key: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+"""The order of a set's elements: their JSON text (keys sorted)."""
 
 
 def _text(tag: str, value: str) -> JSONValue:

@@ -341,6 +341,8 @@ def test_a_dict_with_the_tag_key_is_escaped() -> None:
         ((1, "a"), {"$type": "tuple", "value": [1, "a"]}),
         ({"b", "a", "c"}, {"$type": "set", "value": ["a", "b", "c"]}),
         (frozenset({3, 1}), {"$type": "frozenset", "value": [1, 3]}),
+        ({10, 9, -1}, {"$type": "set", "value": [-1, 9, 10]}),
+        ({(1,), "a"}, {"$type": "set", "value": ["a", {"$type": "tuple", "value": [1]}]}),
         (
             {1: "a", (2, 3): "b"},
             {"$type": "dict", "value": [[1, "a"], [{"$type": "tuple", "value": [2, 3]}, "b"]]},
