@@ -28,7 +28,8 @@ a type of ``with_type``    ``module:qualname`` (or ``name=``)    what its ``enco
 A dict whose keys are not all strings, or one that has a ``"$type"`` key of
 its own, is written with the ``dict`` tag, so user data is never mistaken
 for a tagged value. A datetime or time is ISO text when its tzinfo is
-``None`` or a `datetime.timezone` with its default name (and ``fold`` is 0);
+``None`` or a `datetime.timezone` with its default name and an offset of
+whole seconds (and ``fold`` is 0);
 otherwise an object ``{"wall": ..., "fold": 1, "offset": ..., "name": ...}``
 or ``{"wall": ..., "zone": "Europe/Paris"}`` keeps the fold, the zone's name
 and a `zoneinfo.ZoneInfo` zone exactly.
@@ -349,7 +350,8 @@ def _moment(value: dt.datetime | dt.time) -> JSONValue:
     if type(tz) is dt.timezone:
         offset = tz.utcoffset(None)
         named = tz.tzname(None) != dt.timezone(offset).tzname(None)
-        if not named and value.fold == 0:
+        # fromisoformat (Python 3.11) drops an offset's microseconds: keep those apart
+        if not named and value.fold == 0 and not offset.microseconds:
             return value.isoformat()
         fields: dict[str, JSONValue] = {"wall": value.replace(tzinfo=None).isoformat()}
         if value.fold:

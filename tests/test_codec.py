@@ -375,6 +375,10 @@ def test_a_dict_with_the_tag_key_is_escaped() -> None:
             },
         ),
         (dt.time(23, 59, 1), {"$type": "time", "value": "23:59:01"}),
+        (
+            dt.time(1, tzinfo=dt.timezone(dt.timedelta(seconds=30, microseconds=5))),
+            {"$type": "time", "value": {"wall": "01:00:00", "offset": "PT30.000005S"}},
+        ),
         (dt.timedelta(0), {"$type": "timedelta", "value": "PT0S"}),
         (dt.timedelta(days=2), {"$type": "timedelta", "value": "P2D"}),
         (
