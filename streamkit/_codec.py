@@ -145,6 +145,11 @@ class CodecError(TypeError):
         self.path = path
         self.decoding = decoding
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The constructor's arguments are keywords: pickle them (errors cross processes).
+        fields = (self.problem, self.value_type, self.where, self.path, self.decoding)
+        return (_rebuild_error, fields)
+
     def _located(self, where: str, root: str) -> CodecError:
         """This error for the value of ``where``, whose path starts at ``root``."""
         path = self.path
@@ -159,6 +164,12 @@ class CodecError(TypeError):
         )
         located.__cause__ = self.__cause__
         return located
+
+
+def _rebuild_error(
+    problem: str, value_type: type[Any], where: str | None, path: str, decoding: bool
+) -> CodecError:
+    return CodecError(problem, value_type=value_type, where=where, path=path, decoding=decoding)
 
 
 class _Failure(Exception):

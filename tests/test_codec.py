@@ -9,6 +9,7 @@ import decimal
 import enum
 import json
 import math
+import pickle
 import subprocess
 import sys
 import uuid
@@ -445,6 +446,19 @@ def test_an_unencodable_value_names_the_key_the_path_and_the_type() -> None:
     message = str(error)
     assert message.startswith("cannot encode 'totals': totals['a'][3] is a complex")
     assert "TypedCodec.with_type" in message
+
+
+def test_a_codec_error_survives_pickling() -> None:
+    with pytest.raises(CodecError) as caught:
+        decode_state({"n": {"$type": "nope", "value": 0}}, where="scan")
+    copy = pickle.loads(pickle.dumps(caught.value))
+    assert (str(copy), copy.where, copy.path, copy.value_type, copy.decoding) == (
+        str(caught.value),
+        "scan",
+        "n",
+        dict,
+        True,
+    )
 
 
 def test_where_names_the_operator() -> None:
