@@ -53,10 +53,11 @@ class Service(BaseHTTPRequestHandler):  # POST {"texts": [...]} -> {"vectors": [
 class Ingest:  # the pipeline's functions and the counts they keep
     def __init__(self, db: sqlite3.Connection, port: int, stop_after: int) -> None:
         self.db, self.port, self.stop_after, self.batches = db, port, stop_after, 0
-        self.http, self.stored = Counter[int](), Counter[str]()
+        self.http, self.stored, self.read, self.terms = Counter[int](), Counter[str](), 0, 0
 
     async def split(self, item: tuple[str, Path]) -> list[Chunk]:  # windows of WORDS words
         file, words = item[0], (await asyncio.to_thread(item[1].read_text, "utf-8")).split()
+        self.read += 1
         starts = range(0, max(len(words) - OVERLAP, 1), WORDS - OVERLAP)
         return [(file, i, " ".join(words[s : s + WORDS]), {}) for i, s in enumerate(starts)]
 
@@ -67,6 +68,7 @@ class Ingest:  # the pipeline's functions and the counts they keep
 
     def weigh(self, chunk: Chunk, state: sk.State) -> Chunk:  # tf-idf against the whole corpus
         n, df, tf = state[DF][""], state[DF], Counter(TERM.findall(chunk[2].lower()))
+        self.terms = len(df) - 1  # "" counts the chunks, not a term
         w = {t: k / tf.total() * math.log(n / df[t]) for t, k in tf.items()}
         return *chunk[:3], {t: round(w[t], 4) for t in sorted(w, key=w.__getitem__)[-TOP:]}
 
@@ -112,12 +114,12 @@ async def main() -> None:
         if (last := await store.load("ingest")) and last.version != version:  # other files:
             await store.delete("ingest")  # the checkpoint's position and idf would be stale
         done = last.items if last and last.version == version else 0
-        print(f"resumed: {done} files already stored, {len(files) - done} to do", flush=True)
+        print(f"resumed: {done} files already read, {len(files) - done} to do", flush=True)
         embed = sk.map_(ingest.embed, concurrency=4, on_error="split", dead_letter=lost.append)
         pipeline = (
             sk.envelop(limits=sk.StateLimits.UNLIMITED)  # the corpus statistics exceed 16 KiB
             | sk.flat_map(ingest.split, concurrency=4)  # reads 4 files at once
-            | sk.reduce_point(DF, ingest.count, {})  # saved with each checkpoint, reused on resume
+            | sk.reduce_point(DF, ingest.count, {})  # its totals: in each checkpoint
             | sk.map_(ingest.weigh, with_state=True)
             | sk.unwrap()
             | sk.chunk(BATCH)
@@ -125,7 +127,7 @@ async def main() -> None:
             | sk.with_retry(embed, attempts=5, backoff=sk.exponential(0.05), retry_on=OSError)
             | sk.map_(ingest.write)
         )
-        # A checkpoint each time a file's chunks are all stored: a resume reads the files after it
+        # A checkpoint after each file read: a resume reads only the files after it
         run = sk.Run(pipeline, files, name="ingest", checkpoint=store, every=1, version=version)
         await run.drain()
     server.shutdown()
@@ -133,11 +135,13 @@ async def main() -> None:
     tops = Counter(t for (top,) in db.execute("SELECT top FROM chunks") for t in json.loads(top))
     db.close()
     stats, http, stored = run.statistics(), ingest.http, ingest.stored
-    print(f"stored {len(stored)} files, {stored.total():,} chunks, in {stats.wall_time:.1f} s")
+    print(
+        f"read {ingest.read} files; stored {len(stored)} files, {stored.total():,} chunks,", end=""
+    )
+    print(f" in {stats.wall_time:.1f} s")
     print(f"{http[200]} batches in {http.total()} HTTP calls ({http[429]} HTTP 429,", end=" ")
     print(f"{http[500]} HTTP 500), {stats.stages[7].retries} retries, {len(lost)} dead letters")
-    terms = len(run.last_checkpoint.state.get(DF.name, {"": 0})) - 1 if run.last_checkpoint else 0
-    print(f"corpus: {terms:,} terms; top:", ", ".join(t for t, _ in tops.most_common(10)))
+    print(f"corpus: {ingest.terms:,} terms; top:", ", ".join(t for t, _ in tops.most_common(10)))
     print(f"\nrun statistics ({stats.status}, {stats.wall_time:.2f} s):")
     print(STATS.format("in", "out", "filtered", "retries", "dead", "stage"))
     for s in stats.stages:

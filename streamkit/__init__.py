@@ -27,7 +27,15 @@ from ._backoff import ConstantBackoff as ConstantBackoff
 from ._backoff import ExponentialBackoff as ExponentialBackoff
 from ._backoff import constant as constant
 from ._backoff import exponential as exponential
+from ._barrier import SnapshotError as SnapshotError
+from ._barrier import Stateful as Stateful
 from ._batch import BatchPipeline as BatchPipeline
+from ._codec import DEFAULT_CODEC as DEFAULT_CODEC
+from ._codec import Codec as Codec
+from ._codec import CodecError as CodecError
+from ._codec import TypedCodec as TypedCodec
+from ._codec import decode_state as decode_state
+from ._codec import encode_state as encode_state
 from ._combine import broadcast as broadcast
 from ._combine import concat as concat
 from ._combine import merge as merge
@@ -98,6 +106,9 @@ from ._select import skip as skip
 from ._select import skip_while as skip_while
 from ._select import take as take
 from ._select import take_while as take_while
+from ._sinks import Sink as Sink
+from ._sinks import TableSink as TableSink
+from ._sinks import write_to as write_to
 from ._state import BRANCH as BRANCH
 from ._state import branch as branch
 from ._state import envelop as envelop
@@ -133,12 +144,15 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "BRANCH",
+    "DEFAULT_CODEC",
     "Backoff",
     "BackoffPolicy",
     "BatchPipeline",
     "Checkpoint",
     "CheckpointError",
     "Clock",
+    "Codec",
+    "CodecError",
     "ConstantBackoff",
     "Dashboard",
     "DeadLetterRecord",
@@ -173,6 +187,8 @@ __all__ = [
     "SQLValue",
     "SQLiteStore",
     "Scope",
+    "Sink",
+    "SnapshotError",
     "Source",
     "Stage",
     "StageStatistics",
@@ -183,10 +199,13 @@ __all__ = [
     "StateLimits",
     "StateStage",
     "StateUpdate",
+    "Stateful",
     "Store",
     "SuccessStage",
     "TableRows",
+    "TableSink",
     "TupleStage",
+    "TypedCodec",
     "UnhandledFailure",
     "UnwrapStage",
     "Write",
@@ -202,9 +221,11 @@ __all__ = [
     "count",
     "current_clock",
     "debounce",
+    "decode_state",
     "distinct",
     "drain",
     "empty",
+    "encode_state",
     "enumerate_",
     "envelop",
     "error_report",
@@ -247,5 +268,6 @@ __all__ = [
     "window",
     "with_retry",
     "write_report",
+    "write_to",
     "zip_",
 ]

@@ -6,6 +6,7 @@ import inspect
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, TypeVar, cast, overload
 
+from ._barrier import CONTROL
 from ._core import (
     ListStage,
     PairStage,
@@ -32,6 +33,7 @@ from ._records import Envelope
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 
+    from ._barrier import RunFunction, Slot
     from ._records import State
 
 T = TypeVar("T")
@@ -101,29 +103,52 @@ def chunk(size: int, /, *, within: float | None = None) -> ListStage:
     if within is None:
 
         def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-            return _chunk(upstream, size)
+            return _chunk(upstream, size, [], None)
 
-        return ListStage(transform_stage(f"chunk({size})", run, lineage="kept").steps)
+        def restorable(slot: Slot) -> RunFunction:
+            def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+                return _chunk(upstream, size, slot.restore([]), slot)
+
+            return checkpointed
+
+        return ListStage(transform_stage(f"chunk({size})", run, restorable=restorable).steps)
 
     seconds = check_seconds(within, "within")
 
     def run_within(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         from ._time import chunk_within
 
-        return chunk_within(upstream, size, seconds)
+        return chunk_within(upstream, size, seconds, None)
+
+    def restorable_within(slot: Slot) -> RunFunction:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            from ._time import chunk_within
+
+            return chunk_within(upstream, size, seconds, slot)
+
+        return checkpointed
 
     return ListStage(
-        transform_stage(f"chunk({size}, within={seconds:g})", run_within, lineage="kept").steps
+        transform_stage(
+            f"chunk({size}, within={seconds:g})", run_within, restorable=restorable_within
+        ).steps
     )
 
 
-async def _chunk(upstream: AsyncIterator[Any], size: int) -> AsyncIterator[Any]:
-    batch: list[Any] = []
+async def _chunk(
+    upstream: AsyncIterator[Any], size: int, batch: list[Any], slot: Slot | None
+) -> AsyncIterator[Any]:
+    # ``batch``: the partial batch (the state a checkpoint keeps, items and all).
     # Decided by the first item (the first of the first batch), once per run;
     # checked once per batch, never per item.
     enveloped: bool | None = None
     try:
         async for item in upstream:
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    slot.save(item, batch)
+                yield item
+                continue
             batch.append(item)
             if len(batch) == size:
                 if enveloped is None:
@@ -162,19 +187,40 @@ def window(size: int, /, *, step: int = 1) -> TupleStage:
     check_count(step, "step", minimum=1)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _window(upstream, size, step)
+        return _window(upstream, size, step, None)
 
-    return TupleStage(transform_stage(f"window({size}, step={step})", run, lineage="kept").steps)
+    def restorable(slot: Slot) -> RunFunction:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _window(upstream, size, step, slot)
+
+        return checkpointed
+
+    return TupleStage(
+        transform_stage(f"window({size}, step={step})", run, restorable=restorable).steps
+    )
 
 
-async def _window(upstream: AsyncIterator[Any], size: int, step: int) -> AsyncIterator[Any]:
+async def _window(
+    upstream: AsyncIterator[Any], size: int, step: int, slot: Slot | None
+) -> AsyncIterator[Any]:
     buffer: deque[Any] = deque(maxlen=size)
     to_skip = 0
+    if slot is not None:
+        # The state a checkpoint keeps: the items of the next window so far,
+        # and how many to skip before it starts.
+        restored: tuple[list[Any], int] = slot.restore(([], 0))
+        kept, to_skip = restored
+        buffer.extend(kept)
     # Decided by the first item (the first of the first window), once per
     # run; checked once per window, never per item.
     enveloped: bool | None = None
     try:
         async for item in upstream:
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    slot.save(item, (list(buffer), to_skip))
+                yield item
+                continue
             if to_skip:
                 to_skip -= 1
                 continue
@@ -218,6 +264,36 @@ def _run_pairwise(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
     return _pairwise(upstream)
 
 
+def _restorable_pairwise(slot: Slot) -> RunFunction:
+    def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _pairwise_checkpointed(upstream, slot)
+
+    return checkpointed
+
+
+async def _pairwise_checkpointed(upstream: AsyncIterator[Any], slot: Slot) -> AsyncIterator[Any]:
+    # The state a checkpoint keeps: the previous item, in a list (empty before the first).
+    previous: list[Any] = slot.restore([])
+    try:
+        async for item in upstream:
+            if type(item) is CONTROL:
+                if item.kind == "barrier":
+                    slot.save(item, previous)
+                yield item
+                continue
+            if previous:
+                before = previous[0]
+                if is_envelope(item):
+                    state = item.state
+                    merged = before.state if state is before.state else before.state.set_many(state)
+                    yield Envelope((before.value, item.value), merged)
+                else:
+                    yield before, item
+            previous = [item]
+    finally:
+        await aclose(upstream)
+
+
 async def _pairwise(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
     try:
         try:
@@ -243,7 +319,9 @@ async def _pairwise(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         await aclose(upstream)
 
 
-_pairwise_steps = transform_stage("pairwise()", _run_pairwise, lineage="kept").steps
+_pairwise_steps = transform_stage(
+    "pairwise()", _run_pairwise, restorable=_restorable_pairwise
+).steps
 
 
 # --------------------------------------------------------------------------- terminals

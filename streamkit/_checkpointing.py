@@ -1,52 +1,58 @@
-"""Checkpoints of a run: how far the source is finished, saved with the state.
+"""Checkpoints of a run: barriers in, snapshots out, one transaction per checkpoint.
 
-A `Run` given ``checkpoint=store`` tags every source item with its ordinal
-(1, 2, ...) in a private key of its state, and records the source's
-position after each pull. Every step of the pipeline passes the state on
-(built-in steps are envelope-transparent; `Transform.lineage` says how), and
-keeps the order of the items: so when the consumer receives an output
-tagged ``t``, every source item before ``t`` is finished, its outputs
-yielded and handled. That is the low-water mark the run checkpoints: the
-source position after item ``t - 1``, with the aggregates of the reduction
-points, in one `Checkpoint`. A run restarted under the same name seeks its
-source there: at-least-once, and the items processed twice after a crash
-are at most those finished since the last checkpoint.
+A `Run` given ``checkpoint=store`` hands its pipeline and source to a
+`Checkpointing`, which
 
-The tag never shows: plain items are put into envelopes on the way in and
-taken out on the way out, and the key is removed from the state of the
-envelopes the pipeline yields. `envelop()` and `unwrap()` steps are adapted
-so that the items they see are the ones they would see without the tag.
+1. prepares the steps (`prepare`): every step gets a key (``"3"``,
+   ``"5/left/0"`` inside a branch), stateful steps a `Slot`, segments and
+   guards their checkpointed forms; a step that cannot say what state it
+   keeps is refused; the keys and labels make the pipeline's *shape*;
+2. prepares the source (`source`): every resumable source in it (one, or
+   several inside `merge`, `zip_`, `concat`, `broadcast`) is read through an
+   *injector* that counts the items and, when a checkpoint is due, sends a
+   barrier recording its position before its next item;
+3. loads the last checkpoint (`start`): refuses another version or shape,
+   seeks every source, and gives the slots their snapshots;
+4. watches the pipeline's output (`outputs`): items go to the consumer,
+   writes are kept, and a barrier that comes out means every output of the
+   items before it has been handled: its positions, snapshots and the writes
+   since the last one are saved as one checkpoint, in one store transaction
+   (in the background: the next items flow meanwhile; the next checkpoint
+   waits for it);
+5. ends (`finish`): a run that succeeded saves a last checkpoint that marks
+   it complete, with the writes still kept; a run that failed or was
+   stopped keeps its last completed checkpoint.
+
+The run calls this module, never the other way round.
 """
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
-from ._core import ItemOp, Step, Transform, aclose, is_envelope
-from ._failures import GuardedTransform
-from ._records import EMPTY, Envelope, Key, Scope
+from ._barrier import CONTROL, Control, DeadLetterWrite, Encoder, Slot
+from ._combine import Combined
+from ._core import Flow, ItemOp, Stage, Step, aclose
+from ._failures import GuardedItem, GuardedTransform
+from ._records import Envelope, State, StateLimits
 from ._resumable import Resumable, resumable
 from ._runtime import shielded, start_awaitable
-from ._state import ReduceRun
 from ._store import Checkpoint, CheckpointError, Store
+from ._writes import DeadLetterRow, TableRows
 
 if TYPE_CHECKING:
-    from ._runtime import Clock
+    from ._runtime import Clock, Handle
+    from ._sinks import SinkWrite
 
-SOURCE: Final = Key[int]("source", scope=Scope.custom("streamkit"))
-"""The private state key holding an item's source ordinal inside a checkpointed run."""
+DEFAULT_EVERY: Final = 1000
+"""Source items between two checkpoints, by default."""
 
-_SOURCE_NAME: Final = SOURCE.qualified
-_TAG_SIZE: Final = 64
-"""An upper bound of the tag's size as JSON, counted against a state's byte limit."""
-
-DEFAULT_EVERY: Final = 100
-"""Source items finished between two checkpoints, by default."""
+_SOURCE: Final = "source"
+"""The key of a run's source in its checkpoints."""
 
 
 # --------------------------------------------------------------------------- arguments
@@ -61,13 +67,28 @@ def check_store(store: object) -> Store:
     return store
 
 
-def check_every(every: object) -> tuple[int | None, float | None]:
-    """``every`` as (items, seconds): an int of items or a timedelta."""
+def check_every(every: object, interval: object) -> tuple[int | None, float | None]:
+    """``every`` and ``interval`` as (items, seconds); ``every`` may be a timedelta too."""
+    seconds: float | None = None
+    if interval is not None:
+        if isinstance(interval, dt.timedelta):
+            seconds = interval.total_seconds()
+        elif isinstance(interval, int | float) and not isinstance(interval, bool):
+            seconds = float(interval)
+        else:
+            raise TypeError(
+                "interval must be a number of seconds, a datetime.timedelta or None, "
+                f"got {type(interval).__name__}: {interval!r}"
+            )
+        if not 0 < seconds < float("inf"):
+            raise ValueError(f"interval must be a positive duration, got {interval!r}")
     if isinstance(every, dt.timedelta):
-        seconds = every.total_seconds()
-        if seconds <= 0:
+        if interval is not None:
+            raise TypeError("give the time between checkpoints as interval= or every=, not both")
+        total = every.total_seconds()
+        if total <= 0:
             raise ValueError(f"every must be a positive duration, got {every!r}")
-        return None, seconds
+        return None, total
     if type(every) is not int:
         raise TypeError(
             "every must be an int (source items) or a datetime.timedelta, "
@@ -75,206 +96,112 @@ def check_every(every: object) -> tuple[int | None, float | None]:
         )
     if every < 1:
         raise ValueError(f"every must be >= 1 item, got {every}")
-    return every, None
+    return every, seconds
 
 
-def check_source(source: Any) -> Resumable[Any]:
-    """The resumable source of a checkpointed run (a sequence is made resumable)."""
+_ENVELOPE_TAG: Final = "__streamkit_envelope__"
+
+
+def _envelope_json(value: object) -> Any:
+    if isinstance(value, Envelope):
+        envelope: Envelope[Any] = value  # pyright: ignore[reportUnknownVariableType] - any value
+        return {_ENVELOPE_TAG: [envelope.value, dict(envelope.state)]}
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _envelope_back(data: dict[str, Any]) -> Any:
+    if len(data) == 1 and _ENVELOPE_TAG in data:
+        value, state = data[_ENVELOPE_TAG]
+        return Envelope(value, State(state, limits=StateLimits.UNLIMITED))
+    return data
+
+
+class _JSONOnly:
+    """The codec of JSON values and envelopes of them (the default until one is given)."""
+
+    __slots__ = ()
+
+    def encode(self, value: Any, /) -> Any:
+        try:
+            text = json.dumps(value, allow_nan=False, default=_envelope_json)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"{exc} (values are kept as JSON)") from None
+        return json.loads(text)
+
+    def decode(self, data: Any, /) -> Any:
+        return json.loads(json.dumps(data), object_hook=_envelope_back)
+
+
+DEFAULT_CODEC: Final[Encoder] = _JSONOnly()
+
+
+# --------------------------------------------------------------------------- sources
+
+
+class _Leaf:
+    """One resumable source of a run, read through an injector."""
+
+    __slots__ = ("count", "ended", "key", "source")
+
+    def __init__(self, key: str, source: Resumable[Any]) -> None:
+        self.key = key
+        self.source = source
+        self.ended = False
+        self.count = 0
+        """Items sent in this attempt."""
+
+
+def as_resumable(source: object) -> Resumable[Any] | None:
+    """A resumable form of ``source`` (a sequence is wrapped), or None."""
     if isinstance(source, Resumable):
         return source  # pyright: ignore[reportUnknownVariableType] - any item type
     if isinstance(source, Sequence) and not isinstance(source, str | bytes):
         return resumable(source)  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType] - any item type
-    raise TypeError(
-        "checkpoint= needs a resumable source: a sequence, lines(path), resumable(items) "
-        f"or your own Resumable (position() and seek()), got {type(source).__name__}"
-    )
+    return None
 
 
-def _unordered(step: Step) -> str | None:
-    """Why a step breaks the checkpoint's low-water mark (None: it does not)."""
-    if isinstance(step, ItemOp):
-        return None
-    run = step.run
-    item = run.base if isinstance(run, GuardedTransform) else step.item
-    if item is not None:
-        if item.ordered:
-            return None
-        return (
-            f"{step.label} yields its results out of order (ordered=False): drop that "
-            "option (the order is kept, at the cost of waiting for slow items, bounded "
-            "by window=)"
-        )
-    if step.lineage in ("kept", "envelops", "unwraps", "to_envelope"):
-        return None
-    if step.lineage == "reordered":
-        return f"{step.label} changes the order of the items"
-    return (
-        f"{step.label} is not known to pass each item's state on, in order (a stage "
-        "written with @stage, fork or branch)"
-    )
+# --------------------------------------------------------------------------- the layer
 
 
-def check_pipeline(steps: tuple[Step, ...]) -> None:
-    """Raise `ValueError` when the run could not tell which source items are finished."""
-    for step in steps:
-        reason = _unordered(step)
-        if reason is not None:
-            raise ValueError(
-                "checkpoint= needs a pipeline whose steps keep the items in order and "
-                f"pass their state on; {reason}"
-            )
-
-
-# --------------------------------------------------------------------------- shapes
-
-
-@dataclasses.dataclass(slots=True)
-class _Shapes:
-    """Whether the source yields plain items; known from its first item."""
-
-    source_plain: bool | None = None
-
-    def pick(self, pair: tuple[bool, bool]) -> bool:
-        """The entry of ``pair`` for this source: (plain source, enveloped source)."""
-        return pair[0 if self.source_plain else 1]
-
-
-def _envelope_after(step: Step, enveloped: bool) -> bool:
-    """Whether the user's items are envelopes after ``step``, given before."""
-    if isinstance(step, ItemOp):
-        return enveloped
-    lineage = step.lineage
-    if lineage in ("envelops", "to_envelope"):
-        return True
-    if lineage == "unwraps":
-        return False
-    return enveloped
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _EnvelopAdapter:
-    """An `envelop()` step in a tagged run: it sees the plain items it expects.
-
-    The tag is taken off before the step and put back on its output (the
-    step is one item out per item in, in order).
-    """
-
-    run: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]
-    shapes: _Shapes
-    plain_before: tuple[bool, bool]
-    """Whether the user's items are plain before the step: (plain source, enveloped source)."""
-
-    def __call__(self, upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _retagged(upstream, self.run, self.shapes, self.plain_before)
-
-
-async def _retagged(
-    upstream: AsyncIterator[Any],
-    run: Callable[[AsyncIterator[Any]], AsyncIterator[Any]],
-    shapes: _Shapes,
-    plain_before: tuple[bool, bool],
-) -> AsyncIterator[Any]:
-    tags: collections.deque[Any] = collections.deque()
-
-    async def values() -> AsyncIterator[Any]:
-        plain: bool | None = None
-        try:
-            async for envelope in upstream:
-                if plain is None:  # the source's first item has been pulled
-                    plain = shapes.pick(plain_before)
-                state = envelope.state
-                tags.append(state.get(SOURCE))
-                if plain:
-                    yield envelope.value
-                else:  # the step raises, as it would without the tag
-                    yield Envelope(envelope.value, state.delete(SOURCE))
-        finally:
-            await aclose(upstream)
-
-    results = run(values())
-    try:
-        async for result in results:
-            tag = tags.popleft()
-            yield result if tag is None else result.with_state(SOURCE, tag)
-    finally:
-        await aclose(results)
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _UnwrapAdapter:
-    """An `unwrap()` step in a tagged run: it drops the state but the tag."""
-
-    shapes: _Shapes
-    label: str
-    enveloped_before: tuple[bool, bool]
-
-    def __call__(self, upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _unwrapped(upstream, self.shapes, self.enveloped_before, self.label)
-
-
-async def _unwrapped(
-    upstream: AsyncIterator[Any],
-    shapes: _Shapes,
-    enveloped_before: tuple[bool, bool],
-    label: str,
-) -> AsyncIterator[Any]:
-    enveloped: bool | None = None
-    try:
-        async for envelope in upstream:
-            if enveloped is None:
-                enveloped = shapes.pick(enveloped_before)
-            if not enveloped:
-                error = TypeError(
-                    f"unwrap() needs Envelope items, got {type(envelope.value).__name__}: "
-                    f"{envelope.value!r}"
-                )
-                error.add_note(f"streamkit: raised by {label}")
-                raise error
-            tag = envelope.state.get(SOURCE)
-            yield Envelope(envelope.value, EMPTY if tag is None else EMPTY.set(SOURCE, tag))
-    finally:
-        await aclose(upstream)
-
-
-# --------------------------------------------------------------------------- the tracker
-
-
-class Tracker:
-    """One checkpointed run's bookkeeping: tags in, low-water mark out, saves.
+class Checkpointing:
+    """One checkpointed run: prepares its steps and source, saves its checkpoints.
 
     Args:
         store: Where checkpoints go.
         name: The run's name (the checkpoint's key in the store).
-        source: The resumable source.
+        source: What the run reads: a resumable source, a sequence, or flows
+            of them combined with `merge`, `zip_`, `concat`, `broadcast`.
         every: ``(items, seconds)`` from `check_every`.
         version: The pipeline's version, saved with each checkpoint.
+        codec: Encodes the snapshots and writes.
+        migrate: Called with a loaded checkpoint whose shape differs from the
+            pipeline's; returns the checkpoint to resume from, or None to
+            refuse it.
     """
 
     __slots__ = (
-        "aggregates",
-        "base_items",
-        "clock",
-        "every_items",
-        "every_seconds",
-        "exhausted",
-        "failed",
-        "first_ordinal",
+        "_barrier",
+        "_base_items",
+        "_clock",
+        "_codec",
+        "_due",
+        "_every_items",
+        "_every_seconds",
+        "_failed",
+        "_leaves",
+        "_migrate",
+        "_next_at",
+        "_positions",
+        "_pulled",
+        "_restored",
+        "_saving",
+        "_sequence",
+        "_shape",
+        "_source",
+        "_writes",
         "last_saved",
-        "last_tag",
         "name",
-        "output_enveloped",
-        "positions",
-        "pulled",
-        "reduction_keys",
-        "restored",
         "resumed_from",
-        "safe",
-        "saved",
-        "saved_at",
-        "saves",
-        "shapes",
-        "source",
-        "start_position",
         "store",
         "version",
     )
@@ -283,79 +210,146 @@ class Tracker:
         self,
         store: Store,
         name: str,
-        source: Resumable[Any],
+        source: object,
         every: tuple[int | None, float | None],
         version: str,
+        *,
+        codec: Encoder | None = None,
+        migrate: Callable[[Checkpoint], Checkpoint | None] | None = None,
     ) -> None:
         self.store = store
         self.name = name
-        self.source = source
-        self.every_items, self.every_seconds = every
         self.version = version
-        self.shapes = _Shapes()
-        self.output_enveloped: tuple[bool, bool] = (False, True)
-        self.reduction_keys: list[str] = []
-        self.restored: Mapping[str, Any] = {}
+        self._every_items, self._every_seconds = every
+        self._codec = DEFAULT_CODEC if codec is None else codec
+        self._migrate = migrate
+        self._restored: dict[str, Any] = {}
+        """The snapshots of the checkpoint resumed from (filled by `start`)."""
+        self._shape: list[str] = []
+        self._leaves: list[_Leaf] = []
+        self._positions: dict[str, Any] = {}
+        self._pulled = 0
+        self._next_at = self._every_items or 0
+        self._due = 0.0
+        self._sequence = 0
+        self._barrier: Control | None = None
+        self._base_items = 0
+        """Source items the checkpoint resumed from covers."""
+        self._writes: list[Any] = []
+        self._saving: Handle[None] | None = None
+        self._failed = False
+        self._clock: Clock | None = None
         self.resumed_from: Checkpoint | None = None
+        """The checkpoint this run resumed from."""
         self.last_saved: Checkpoint | None = None
-        self.base_items = 0
-        self.pulled = 0
-        self.safe = 0
-        self.saved = 0
-        self.saves = 0
-        self.last_tag = 0
-        self.exhausted = False
-        self.failed = False
-        """Whether a save failed (or was interrupted): no more are attempted."""
-        self.positions: collections.deque[Any] = collections.deque()
-        self.first_ordinal = 1
-        self.start_position: Any = None
-        self.aggregates: dict[str, Any] = {}
-        self.clock: Clock | None = None
-        self.saved_at = 0.0
+        """The last checkpoint this run saved."""
+        self._source = self._prepare_source(source, _SOURCE)
 
-    # -- the pipeline ------------------------------------------------------
+    # -- preparing the pipeline ------------------------------------------
 
-    def adapt(self, steps: tuple[Step, ...]) -> tuple[Step, ...]:
-        """The steps as the tagged run runs them (see the module's docstring)."""
-        check_pipeline(steps)
-        adapted: list[Step] = []
-        enveloped = (False, True)  # the user's items, for a plain / an enveloped source
-        for step in steps:
-            if isinstance(step, Transform):
-                run = step.run
-                if step.lineage == "envelops":
-                    plain = (not enveloped[0], not enveloped[1])
-                    step = dataclasses.replace(step, run=_EnvelopAdapter(run, self.shapes, plain))
-                elif step.lineage == "unwraps":
-                    step = dataclasses.replace(
-                        step, run=_UnwrapAdapter(self.shapes, step.label, enveloped)
-                    )
-                elif isinstance(run, ReduceRun):
-                    # A replay would read items without their tags: buffer instead.
-                    self.reduction_keys.append(run.key)
-                    link = _Reduction(self, run.key)
-                    step = dataclasses.replace(
-                        step,
-                        run=dataclasses.replace(
-                            run, replay=None, restore=link.restore, on_aggregate=link.keep
-                        ),
-                    )
-            adapted.append(step)
-            enveloped = (_envelope_after(step, enveloped[0]), _envelope_after(step, enveloped[1]))
-        self.output_enveloped = enveloped
-        return tuple(adapted)
+    def _slot(self, key: str, label: str) -> Slot:
+        return Slot(key, label, self._restored, self._codec, self._bind)
 
-    # -- start -------------------------------------------------------------
+    def _bind(self, stage: Stage[Any, Any], slot: Slot) -> Stage[Any, Any]:
+        return Stage(self._steps(stage.steps, f"{slot.key}/"))
 
-    async def load(self, clock: Clock) -> None:
-        """Read the last checkpoint of this name and seek the source to it."""
+    def prepare(self, steps: tuple[Step, ...]) -> tuple[Step, ...]:
+        """The pipeline's steps as this run runs them (keys ``"0"``, ``"1"``, ...).
+
+        Raises:
+            ValueError: A step cannot take part in a checkpoint.
+        """
+        return self._steps(steps, "")
+
+    def _steps(self, steps: tuple[Step, ...], prefix: str) -> tuple[Step, ...]:
+        return tuple(self._step(step, f"{prefix}{n}") for n, step in enumerate(steps))
+
+    def _step(self, step: Step, key: str) -> Step:
+        self._shape.append(f"{key} {step.label}")
+        if isinstance(step, ItemOp):
+            per_run = step.per_run
+            if isinstance(per_run, GuardedItem):
+                guard = dataclasses.replace(per_run.guard, staging=self._slot(key, step.label))
+                per_run = GuardedItem(guard, per_run.base)
+            return dataclasses.replace(step, barriers=True, per_run=per_run)
+        run = step.run
+        if isinstance(run, GuardedTransform):
+            guard = dataclasses.replace(run.guard, staging=self._slot(key, step.label))
+            return dataclasses.replace(step, run=GuardedTransform(guard, run.base))
+        if step.restorable is not None:
+            return dataclasses.replace(step, run=step.restorable(self._slot(key, step.label)))
+        if step.barriers:
+            return step
+        raise ValueError(
+            f"checkpoint=: step {key}, {step.label}, does not say what state it keeps, so a "
+            "resumed run could not restore it: declare a custom stage @stage(stateless=True) "
+            "if it keeps nothing between items, or @stage(state=...) to have its state saved"
+        )
+
+    def _prepare_source(self, source: object, key: str) -> Any:
+        if isinstance(source, Flow):
+            flow: Flow[Any] = source  # pyright: ignore[reportUnknownVariableType] - any item type
+            inner, stage = flow.source, flow.stage
+            if not flow._take_over():  # pyright: ignore[reportPrivateUsage]
+                raise ValueError(f"checkpoint=: the source {flow!r} was already iterated")
+            prepared = self._prepare_source(inner, key)
+            if not stage.steps:
+                return prepared
+            return Flow(prepared, self._bind(stage, self._slot(f"{key}/stage", stage.label)))
+        if isinstance(source, Combined):
+            combined: Combined[Any] = source  # pyright: ignore[reportUnknownVariableType] - any item type
+            self._shape.append(f"{key} {combined.label}")
+            inputs = [
+                self._prepare_source(each, f"{key}/{n}") for n, each in enumerate(combined.sources)
+            ]
+            return combined.combine(inputs, self._slot(key, combined.label))
+        leaf = as_resumable(source)
+        if leaf is None:
+            raise TypeError(
+                "checkpoint= needs a resumable source: a sequence, lines(path), "
+                "resumable(items), your own Resumable (position() and seek()), or flows of "
+                f"them combined with merge, zip_, concat or broadcast; got {type(source).__name__}"
+            )
+        self._shape.append(f"{key} source")
+        entry = _Leaf(key, leaf)
+        self._leaves.append(entry)
+        return self._inject(entry)
+
+    def source(self) -> Any:
+        """The source the run iterates: barriers go in as checkpoints are due."""
+        return self._source
+
+    @property
+    def shape(self) -> tuple[str, ...]:
+        """The pipeline's shape: one line per step and source, keys and labels."""
+        return tuple(self._shape)
+
+    # -- start -----------------------------------------------------------
+
+    async def start(self, clock: Clock) -> None:
+        """Read the last checkpoint of this name; seek the sources; restore the slots."""
         checkpoint = await self.store.load(self.name)
-        self.clock = clock  # loaded: checkpoints may be saved from now on
-        self.saved_at = clock.now()
+        self._clock = clock
+        self._due = clock.now() + (self._every_seconds or 0.0)
+        if checkpoint is not None:
+            checkpoint = self._accept(checkpoint)
         if checkpoint is None:
-            self.start_position = self.source.position()
+            for leaf in self._leaves:
+                self._positions[leaf.key] = leaf.source.position()
             return
+        self.resumed_from = checkpoint
+        self._sequence = checkpoint.sequence
+        self._base_items = checkpoint.items
+        self._restored.update(checkpoint.state)
+        if checkpoint.complete:
+            return
+        positions = self._split_position(checkpoint)
+        for leaf in self._leaves:
+            position = positions[leaf.key]
+            leaf.source.seek(position)
+            self._positions[leaf.key] = position
+
+    def _accept(self, checkpoint: Checkpoint) -> Checkpoint | None:
         if checkpoint.version != self.version:
             raise CheckpointError(
                 f"checkpoint {self.name!r} was saved by version {checkpoint.version!r} of the "
@@ -363,164 +357,200 @@ class Tracker:
                 "(store.delete(name)) or run under another name",
                 name=self.name,
             )
-        self.source.seek(checkpoint.position)
-        self.clock = clock
-        self.resumed_from = checkpoint
-        self.start_position = checkpoint.position
-        self.base_items = checkpoint.items
-        self.restored = checkpoint.state
+        shape = self.shape
+        if checkpoint.shape == shape:
+            return checkpoint
+        if self._migrate is not None:
+            migrated = self._migrate(checkpoint)
+            if migrated is not None and migrated.shape == shape:
+                return migrated
+        saved = checkpoint.shape
+        n = next(
+            (k for k, (a, b) in enumerate(zip(saved, shape, strict=False)) if a != b),
+            min(len(saved), len(shape)),
+        )
+        was = saved[n] if n < len(saved) else "(nothing)"
+        now = shape[n] if n < len(shape) else "(nothing)"
+        raise CheckpointError(
+            f"checkpoint {self.name!r} was saved by a pipeline of another shape: it has "
+            f"{was!r} where this one has {now!r}. Start over (store.delete(name), or another "
+            "name), or pass migrate= to Run to rewrite the checkpoint for the new shape "
+            "(see 'Changing a pipeline' in docs/persistence.md)",
+            name=self.name,
+        )
 
-    # -- items in ----------------------------------------------------------
+    def _split_position(self, checkpoint: Checkpoint) -> dict[str, Any]:
+        position = checkpoint.position
+        if len(self._leaves) == 1:
+            return {self._leaves[0].key: position}
+        if not isinstance(position, dict) or set(position) != {  # pyright: ignore[reportUnknownArgumentType]
+            leaf.key for leaf in self._leaves
+        }:
+            raise CheckpointError(
+                f"checkpoint {self.name!r} does not hold the position of every source",
+                name=self.name,
+            )
+        return dict(position)  # pyright: ignore[reportUnknownArgumentType]
 
-    async def tagged(self, pull: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """The source's items, each tagged with its ordinal; positions recorded."""
-        position = self.source.position
-        positions = self.positions
+    # -- barriers in -----------------------------------------------------
+
+    def _now(self) -> float:
+        assert self._clock is not None  # set by start, before the first pull
+        return self._clock.now()
+
+    def _trigger(self) -> None:
+        self._sequence += 1
+        barrier = Control("barrier", self._sequence)
+        barrier.positions = dict(self._positions)
+        self._barrier = barrier
+        if self._every_items is not None:
+            self._next_at = self._pulled + self._every_items
+        if self._every_seconds is not None:
+            self._due = self._now() + self._every_seconds
+
+    async def _inject(self, leaf: _Leaf) -> AsyncIterator[Any]:
+        """A source's items; before its next item, the barrier of a checkpoint due.
+
+        One injector per source. Every injector sends the same barrier (the
+        newest), each recording its own position in it.
+        """
+        source = leaf.source
+        key = leaf.key
+        sent = self._sequence
+        every_items = self._every_items
+        every_seconds = self._every_seconds
         try:
-            try:
-                first = await pull.__anext__()
-            except StopAsyncIteration:
-                self.exhausted = True
-                return
-            plain = self.shapes.source_plain = not is_envelope(first)
-            item = first
             while True:
-                ordinal = self.pulled = self.pulled + 1
-                positions.append(position())
-                if plain:
-                    if is_envelope(item):
-                        raise TypeError(_MIXED)
-                    yield Envelope(item, EMPTY._set(_SOURCE_NAME, ordinal, _TAG_SIZE))  # pyright: ignore[reportPrivateUsage] - the records' fast path
-                else:
-                    if not is_envelope(item):
-                        raise TypeError(_MIXED)
-                    yield Envelope(item.value, item.state.set(SOURCE, ordinal))
+                barrier = self._barrier
+                if barrier is not None and barrier.sequence > sent:
+                    sent = barrier.sequence
+                    barrier.positions[key] = self._positions[key] = source.position()
+                    barrier.counts[key] = leaf.count
+                    yield barrier
                 try:
-                    item = await pull.__anext__()
+                    item = await source.__anext__()
                 except StopAsyncIteration:
-                    self.exhausted = True
+                    leaf.ended = True
+                    self._positions[key] = source.position()
                     return
+                self._pulled += 1
+                leaf.count += 1
+                if (every_items is not None and self._pulled >= self._next_at) or (
+                    every_seconds is not None and self._now() >= self._due
+                ):
+                    self._trigger()
+                yield item
         finally:
-            await aclose(pull)
+            await aclose(source)
 
-    # -- items out ---------------------------------------------------------
+    # -- results out -----------------------------------------------------
 
     async def outputs(self, results: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """The pipeline's results without their tags; checkpoints when one is due.
+        """The pipeline's items, without the control elements; saves checkpoints.
 
-        When the consumer comes back for the next result, it is done with
-        the one tagged ``t``: every item before ``t`` is finished (their
-        outputs all came before ``t``'s last one, in order), while ``t``
-        itself may have outputs still to come.
+        When a barrier comes out, the consumer has come back for the item
+        after the last one before it: that one is handled too.
         """
-        plain_out: bool | None = None
+        resumed = self.resumed_from
+        if resumed is not None and resumed.complete:
+            await aclose(results)  # the run had ended: nothing is left to do
+            return
         try:
-            async for result in results:
-                if plain_out is None:
-                    plain_out = not self.shapes.pick(self.output_enveloped)
-                if not is_envelope(result):
-                    yield result
-                    continue
-                state = result.state
-                tag = state.get(SOURCE)
-                if tag is None:
-                    yield result.value if plain_out else result
-                    continue
-                if plain_out:
-                    yield result.value
+            async for item in results:
+                if type(item) is not CONTROL:
+                    yield item
+                elif item.kind == "write":
+                    self._writes.append(item.write)
                 else:
-                    yield Envelope(result.value, state.delete(SOURCE))
-                self.last_tag = tag
-                if tag - 1 > self.safe:
-                    self.safe = tag - 1
-                    if self._due():
-                        await self.save()
+                    await self._checkpoint(item)
         finally:
             await aclose(results)
 
-    def _due(self) -> bool:
-        if self.every_items is not None:
-            return self.safe - self.saved >= self.every_items
-        assert self.clock is not None
-        assert self.every_seconds is not None
-        return self.clock.now() - self.saved_at >= self.every_seconds
-
-    # -- saving ------------------------------------------------------------
-
-    def _position(self, finished: int) -> Any:
-        """The source position after the ``finished``-th item of this run."""
-        if finished == 0:
-            return self.start_position
-        positions = self.positions
-        while self.first_ordinal < finished:
-            positions.popleft()
-            self.first_ordinal += 1
-        return positions[0]
-
-    def _state(self) -> dict[str, Any]:
-        state: dict[str, Any] = {}
-        for key, value in self.aggregates.items():
-            try:
-                json.dumps(value, allow_nan=False)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(
-                    f"checkpoint: the aggregate of reduce_point({key!r}) cannot be saved, "
-                    f"checkpoints keep state as JSON: {exc}"
-                ) from None
-            state[key] = value
-        return state
-
-    async def save(self) -> None:
-        """Save a checkpoint at the low-water mark."""
-        finished = self.safe
-        checkpoint = Checkpoint(
-            self.name,
-            position=self._position(finished),
-            state=self._state(),
-            items=self.base_items + finished,
-            version=self.version,
+    async def _checkpoint(self, barrier: Control) -> None:
+        await self._wait_for_save()
+        positions = barrier.positions
+        position = positions[self._leaves[0].key] if len(self._leaves) == 1 else dict(positions)
+        counts = barrier.counts
+        items = sum(counts.get(leaf.key, leaf.count) for leaf in self._leaves)
+        checkpoint = self._record(
+            position=position, state=barrier.snapshots, sequence=barrier.sequence, items=items
         )
-        await self._write(checkpoint)
-        self.saved = finished
-        self.saves += 1
+        writes, self._writes = self._writes, []
+        self._saving = start_awaitable(self._save(checkpoint, writes))
+
+    def _record(
+        self, *, position: Any, state: dict[str, Any], sequence: int, items: int
+    ) -> Checkpoint:
+        return Checkpoint(
+            self.name,
+            position=position,
+            state=state,
+            items=self._base_items + items,
+            version=self.version,
+            sequence=sequence,
+            shape=self.shape,
+        )
+
+    async def _save(self, checkpoint: Checkpoint, writes: list[Any]) -> None:
+        """Save ``checkpoint`` with ``writes`` in one transaction, then commit the sinks."""
+        last = self.last_saved or self.resumed_from
+        rows: list[DeadLetterRow | TableRows] = []
+        sinks: list[SinkWrite] = []
+        for write in writes:
+            if isinstance(write, DeadLetterWrite):
+                rows.append(DeadLetterRow(write.stage, write.index, write.record))
+            else:
+                sinks.append(write)
+                if isinstance(write.prepared, TableRows):
+                    if write.sink.store is not self.store:
+                        raise ValueError(
+                            f"{write.sink.label} writes into {write.sink.store!r}, but the run "
+                            f"keeps its checkpoints in {self.store!r}: a table sink commits in "
+                            "the checkpoint's own transaction, so both must be the same store"
+                        )
+                    rows.append(write.prepared)
+        self._failed = True
+        await self.store.save(checkpoint, writes=rows, expect=0 if last is None else last.sequence)
+        self._failed = False
         self.last_saved = checkpoint
-        if self.clock is not None:
-            self.saved_at = self.clock.now()
+        for write in sinks:
+            await write.sink.commit(write.prepared)
 
-    async def _write(self, checkpoint: Checkpoint) -> None:
-        # Shielded: a save under way completes even if the run is cancelled
-        # (again) meanwhile; a store that failed once is not written again.
-        self.failed = True
-        await shielded(start_awaitable(self.store.save(checkpoint)))
-        self.failed = False
+    def _end_position(self) -> Any:
+        positions = self._positions
+        if len(self._leaves) == 1:
+            return positions[self._leaves[0].key]
+        return dict(positions)
 
-    async def save_at_end(self, succeeded: bool) -> None:
-        """The last checkpoint: everything, when the run succeeded."""
-        if self.failed:
+    async def _wait_for_save(self) -> None:
+        saving, self._saving = self._saving, None
+        if saving is not None:
+            # Shielded: a save under way completes even if the run is
+            # cancelled meanwhile; its error fails the run.
+            await shielded(saving)
+
+    # -- the end -----------------------------------------------------------
+
+    async def finish(self, succeeded: bool) -> None:
+        """Wait for the save under way; after a success, save the run as complete.
+
+        Raises what a save raised (the run records it if it failed anyway).
+        """
+        if self._clock is None:
+            return  # never started
+        await self._wait_for_save()
+        if not succeeded or self._failed:
             return
-        if succeeded:
-            # Every item pulled is done; if the pipeline ended before the source
-            # did (take), so is the last output's item.
-            self.safe = self.pulled if self.exhausted else max(self.safe, self.last_tag)
-        if self.safe > self.saved or (succeeded and self.saves == 0):
-            await self.save()
-
-
-_MIXED: Final = "a checkpointed run's source mixes Envelope and plain items"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Reduction:
-    """Links one `reduce_point` step of a checkpointed run to its tracker."""
-
-    tracker: Tracker
-    key: str
-
-    def restore(self) -> tuple[Any] | None:
-        """The aggregate of the checkpoint the run resumed from, if it has one."""
-        restored = self.tracker.restored
-        return (restored[self.key],) if self.key in restored else None
-
-    def keep(self, aggregate: Any) -> None:
-        """Keep the aggregate, to save it with the next checkpoints."""
-        self.tracker.aggregates[self.key] = aggregate
+        resumed = self.resumed_from
+        if resumed is not None and resumed.complete:
+            return
+        checkpoint = self._record(
+            position=self._end_position(),
+            state={},
+            sequence=self._sequence + 1,
+            items=sum(leaf.count for leaf in self._leaves),
+        )
+        checkpoint = checkpoint.replace(complete=True)
+        writes, self._writes = self._writes, []
+        self._sequence += 1
+        await shielded(start_awaitable(self._save(checkpoint, writes)))

@@ -50,8 +50,10 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from ._core import Source, Stage
+    from ._writes import DeadLetterRecord
 
 PROG: Final = "streamkit"
+EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 EXIT_INTERRUPTED: Final = 130
@@ -112,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run_command(args)
+        if args.command == "dead-letters":
+            return _dead_letters_command(args.database, args.name)
         return _history_command(args.directory, args.run_id, args.html)
     except CommandError as exc:
         if show_traceback and exc.cause is not None:
@@ -232,6 +236,18 @@ def _parser() -> _Parser:
         help="write the run's report to FILE: one HTML file with plots, that needs no network "
         "(the run given, or the latest)",
     )
+
+    letters = commands.add_parser(
+        "dead-letters",
+        help="print the dead letters a checkpointed run saved, one JSON object per line",
+        description=(
+            "Print the dead letters that the checkpointed run NAME saved in the SQLite file "
+            "DB (each bad item once, oldest first), one JSON object per line: name, stage, "
+            "index, checkpoint, created_at and the error record (item, state, exception)."
+        ),
+    )
+    letters.add_argument("database", metavar="DB", help="the run's checkpoint file (SQLite)")
+    letters.add_argument("name", metavar="NAME", help="the run's name")
     return parser
 
 
@@ -802,6 +818,32 @@ def _report(plan: _Plan, console: Console, run: Run[Any]) -> None:
 
 
 # --------------------------------------------------------------------------- history
+
+
+def _dead_letters_command(database: str, name: str) -> int:
+    """Print the dead letters of run ``name`` in the store at ``database``, as JSON lines."""
+    if not os.path.isfile(database):
+        raise CommandError(f"{database}: no such file")
+
+    async def read() -> tuple[DeadLetterRecord, ...]:
+        async with SQLiteStore(database) as store:
+            return await store.dead_letters(name)
+
+    try:
+        letters = asyncio.run(read())
+    except (CheckpointError, ValueError) as exc:
+        raise CommandError(f"{database}: {exc}", exc) from None
+    for letter in letters:
+        line = {
+            "name": letter.name,
+            "stage": letter.stage,
+            "index": letter.index,
+            "checkpoint": letter.checkpoint,
+            "created_at": letter.created_at.isoformat(),
+            "record": letter.record,
+        }
+        print(json.dumps(line, ensure_ascii=False), flush=True)
+    return EXIT_OK
 
 
 def _history_command(directory: str, run_id: str | None, html: str | None = None) -> int:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator, Iterator
-from typing import Any, TypeVar, cast, overload
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
+from ._barrier import CONTROL
 from ._core import (
     _IDENTITY,  # pyright: ignore[reportPrivateUsage] - the identity stage of a plain flow
     Flow,
@@ -16,7 +17,6 @@ from ._core import (
     check_bool,
     check_count,
     close_all,
-    generated,
     is_stage,
     is_sync_source,
     open_async,
@@ -29,6 +29,9 @@ from ._runtime import (
     stop_all,
     wait_for_signal,
 )
+
+if TYPE_CHECKING:
+    from ._barrier import Slot
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -45,6 +48,46 @@ def _check_sources(sources: tuple[object, ...], name: str) -> None:
                 f"{name}() takes iterables or async iterables; argument {position} is "
                 f"{type(source).__name__}"
             )
+
+
+# --------------------------------------------------------------------------- combined sources
+
+
+class Combined(Generic[T]):
+    """The source of a flow made of other sources (`concat`, `merge`, `zip_`, `broadcast`).
+
+    Iterating it combines its sources. A checkpointed run looks inside:
+    it prepares every source (resumable sources send barriers, stages get
+    their slots) and calls ``combine`` with the prepared ones and a slot
+    for the combinator's own state.
+    """
+
+    __slots__ = ("combine", "label", "sources", "stages")
+
+    def __init__(
+        self,
+        label: str,
+        sources: tuple[Source[Any], ...],
+        combine: Callable[[Sequence[Source[Any]], Slot | None], AsyncIterator[T]],
+        stages: tuple[Stage[Any, Any], ...] = (),
+    ) -> None:
+        self.label = label
+        self.sources = sources
+        self.combine = combine
+        self.stages = stages
+        """The stages applied to the sources inside (`broadcast`), for a checkpointed run."""
+
+    def __aiter__(self) -> AsyncIterator[T]:
+        return self.combine(self.sources, None)
+
+
+def _combined(
+    label: str,
+    sources: tuple[Source[Any], ...],
+    combine: Callable[[Sequence[Source[Any]], Slot | None], AsyncIterator[T]],
+    stages: tuple[Stage[Any, Any], ...] = (),
+) -> Flow[T]:
+    return Flow(Combined(label, sources, combine, stages), _IDENTITY)
 
 
 # --------------------------------------------------------------------------- concat
@@ -64,23 +107,22 @@ def concat(*sources: Source[T]) -> Flow[T]:
         [1, 2, 3, 4]
     """
     _check_sources(sources, "concat")
+    return _combined("concat()", sources, _concat)
 
-    async def run() -> AsyncIterator[T]:
-        remaining = list(sources)
-        try:
-            while remaining:
-                iterator = open_async(remaining.pop(0))
-                try:
-                    async for item in iterator:
-                        yield item
-                finally:
-                    await aclose(iterator)
-        finally:
-            await close_all(
-                [s for s in remaining if isinstance(s, Flow | AsyncIterator | Iterator)]
-            )
 
-    return generated("concat()", run)
+async def _concat(sources: Sequence[Source[Any]], slot: Slot | None) -> AsyncIterator[Any]:
+    # Stateless: in a checkpointed run every source keeps its own position.
+    remaining = list(sources)
+    try:
+        while remaining:
+            iterator = open_async(remaining.pop(0))
+            try:
+                async for item in iterator:
+                    yield item
+            finally:
+                await aclose(iterator)
+    finally:
+        await close_all([s for s in remaining if isinstance(s, Flow | AsyncIterator | Iterator)])
 
 
 # --------------------------------------------------------------------------- merge
@@ -98,6 +140,10 @@ def merge(*sources: Source[T]) -> Flow[T]:
     yielded. The flow ends when every source is exhausted. If a source
     raises, the others are cancelled and closed, and the error propagates.
 
+    In a checkpointed run a barrier goes on once it has come from every
+    source still open; what a source yields after its barrier waits until
+    then (see docs/persistence.md).
+
     Examples:
         >>> import asyncio
         >>> from streamkit import collect, merge
@@ -105,32 +151,85 @@ def merge(*sources: Source[T]) -> Flow[T]:
         [1, 2, 3, 4]
     """
     _check_sources(sources, "merge")
-
-    def factory() -> AsyncIterator[T]:
-        return _merge(sources)
-
-    return generated("merge()", factory)
+    return _combined("merge()", sources, _merge_sources)
 
 
-async def _merge(sources: tuple[Source[T], ...]) -> AsyncIterator[T]:
+def _merge_sources(sources: Sequence[Source[Any]], slot: Slot | None) -> AsyncIterator[Any]:
+    return merge_flows(sources)
+
+
+async def merge_flows(sources: Sequence[Source[Any]]) -> AsyncIterator[Any]:
+    """`merge` over given sources, aligning checkpoint barriers.
+
+    Each source has a queue of what it yielded and the merge has not passed
+    on yet: at most one item, pulled again once it is passed on, while the
+    merge is not aligning a barrier. A source whose barrier has come is
+    *blocked*: its barrier waits for the others', and what it yields after
+    it keeps being pulled (so that no upstream waits on the merge) and waits
+    in its queue. Once every open source has given the barrier, the barrier
+    goes on, then the sources' queues.
+    """
     iterators = [open_async(source) for source in sources]
-    pending: dict[asyncio.Task[T], int] = {}
+    count = len(iterators)
+    queues: list[deque[Any]] = [deque() for _ in range(count)]
+    ended = [False] * count
+    blocked = [False] * count
+    busy = [False] * count
+    pending: dict[asyncio.Task[Any], int] = {}
+    aligning: Any = None
     reason: Exception | None = None
+
+    def pull(position: int) -> None:
+        busy[position] = True
+        pending[spawn(_pull(iterators[position]))] = position
+
     try:
-        for position, iterator in enumerate(iterators):
-            pending[spawn(_pull(iterator))] = position
-        while pending:
+        for position in range(count):
+            pull(position)
+        while True:
+            moved = True
+            while moved:
+                moved = False
+                for position in range(count):
+                    queue = queues[position]
+                    while queue and not blocked[position]:
+                        item = queue.popleft()
+                        moved = True
+                        if type(item) is CONTROL and item.kind == "barrier":
+                            aligning = item
+                            blocked[position] = True
+                            if not busy[position] and not ended[position]:
+                                pull(position)
+                            break
+                        yield item
+                        if not queue and not busy[position] and not ended[position]:
+                            pull(position)
+                if aligning is not None and all(
+                    blocked[p] or (ended[p] and not queues[p]) for p in range(count)
+                ):
+                    barrier, aligning = aligning, None
+                    blocked = [False] * count
+                    yield barrier
+                    for position in range(count):
+                        if not queues[position] and not busy[position] and not ended[position]:
+                            pull(position)
+                    moved = True
+            if not pending:
+                return
             done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             # Among the items ready together, yield in source order, so that a
             # run whose sources are all ready is reproducible.
             for task in sorted(done, key=pending.__getitem__):
                 position = pending.pop(task)
+                busy[position] = False
                 try:
                     item = task.result()
                 except StopAsyncIteration:
+                    ended[position] = True
                     continue
-                yield item
-                pending[spawn(_pull(iterators[position]))] = position
+                queues[position].append(item)
+                if blocked[position]:
+                    pull(position)
     except Exception as exc:
         reason = exc
         raise
@@ -174,6 +273,9 @@ def zip_(*sources: Source[Any], strict: bool = False) -> Flow[tuple[Any, ...]]:
     every source is closed. With ``strict=True`` sources of different lengths
     raise `ValueError` instead.
 
+    In a checkpointed run a barrier goes on once it has come from every
+    source; a checkpoint keeps the items pulled before it and not yet zipped.
+
     Args:
         *sources: The sources to zip.
         strict: Require every source to have the same length.
@@ -187,15 +289,15 @@ def zip_(*sources: Source[Any], strict: bool = False) -> Flow[tuple[Any, ...]]:
     _check_sources(sources, "zip_")
     check_bool(strict, "strict")
 
-    def factory() -> AsyncIterator[tuple[Any, ...]]:
-        if all(is_sync_source(source) for source in sources):
-            return _zip_sync(sources, strict)
-        return _zip(sources, strict)
+    def combine(given: Sequence[Source[Any]], slot: Slot | None) -> AsyncIterator[Any]:
+        if slot is None and all(is_sync_source(source) for source in given):
+            return _zip_sync(given, strict)
+        return zip_flows(given, strict=strict, slot=slot)
 
-    return generated("zip_()", factory)
+    return _combined("zip_()", sources, combine)
 
 
-async def _zip_sync(sources: tuple[Any, ...], strict: bool) -> AsyncIterator[tuple[Any, ...]]:
+async def _zip_sync(sources: Sequence[Any], strict: bool) -> AsyncIterator[tuple[Any, ...]]:
     iterators = [iter(source) for source in sources]
     try:
         for row in zip(*iterators, strict=strict):
@@ -228,6 +330,8 @@ async def _zip_round(iterators: list[AsyncIterator[Any]]) -> tuple[Any, ...]:
     pulls still pending are cancelled, and any other failure is attached to
     it as a note rather than lost.
     """
+    if len(iterators) == 1:
+        return (await _pull_or_end(iterators[0]),)
     tasks = [spawn(_pull_or_end(iterator)) for iterator in iterators]
     try:
         await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -243,22 +347,82 @@ async def _zip_round(iterators: list[AsyncIterator[Any]]) -> tuple[Any, ...]:
     return tuple(task.result() for task in tasks)
 
 
-async def _zip(sources: tuple[Source[Any], ...], strict: bool) -> AsyncIterator[tuple[Any, ...]]:
+async def zip_flows(
+    sources: Sequence[Source[Any]], *, strict: bool, slot: Slot | None
+) -> AsyncIterator[Any]:
+    """`zip_` over given sources, aligning checkpoint barriers.
+
+    Each source has a queue of items pulled and not yet zipped; a tuple goes
+    out whenever every queue has one. When a barrier comes from one source,
+    the others are pulled until theirs comes too (their items queue up, and
+    can still be zipped with what the first had queued before its barrier);
+    the barrier then goes on and saves the items still queued, which a
+    resumed run zips first.
+    """
     iterators = [open_async(source) for source in sources]
+    count = len(iterators)
+    queues: list[deque[Any]] = [deque() for _ in range(count)]
+    if slot is not None:
+        restored: list[list[Any]] = slot.restore([[] for _ in range(count)])
+        for queue, kept in zip(queues, restored, strict=True):
+            queue.extend(kept)
+    ended = [False] * count
+    reached = [False] * count
+    aligning: Any = None
     try:
-        if not iterators:
+        if not count:
             return
         while True:
-            row = await _zip_round(iterators)
-            ended = [position for position, value in enumerate(row) if value is _ENDED]
-            if not ended:
-                yield row
+            while all(queues):
+                yield tuple(queue.popleft() for queue in queues)
+            if aligning is None:
+                if any(ended[p] and not queues[p] for p in range(count)):
+                    if strict:
+                        await _check_all_ended(iterators, queues, ended)
+                    return
+                wanted = [p for p in range(count) if not queues[p]]
+            elif all(reached[p] or ended[p] for p in range(count)):
+                barrier, aligning = aligning, None
+                reached = [False] * count
+                if slot is not None:
+                    slot.save(barrier, [list(queue) for queue in queues])
+                yield barrier
                 continue
-            if strict and len(ended) != len(row):
-                raise ValueError(f"zip_(strict=True): source(s) {ended} ended before the others")
-            return
+            else:
+                wanted = [p for p in range(count) if not reached[p] and not ended[p]]
+            row = await _zip_round([iterators[p] for p in wanted])
+            for position, value in zip(wanted, row, strict=True):
+                if value is _ENDED:
+                    ended[position] = True
+                elif type(value) is CONTROL:
+                    if value.kind == "barrier":
+                        aligning = value
+                        reached[position] = True
+                    else:
+                        yield value
+                else:
+                    queues[position].append(value)
     finally:
         await close_all(iterators)
+
+
+async def _check_all_ended(
+    iterators: list[AsyncIterator[Any]], queues: list[deque[Any]], ended: list[bool]
+) -> None:
+    """``strict=True``: a source has ended; every other must end too, with nothing queued."""
+    while True:
+        early = [p for p in range(len(iterators)) if ended[p] and not queues[p]]
+        if any(queues) or all(ended):
+            if any(queues):
+                raise ValueError(f"zip_(strict=True): source(s) {early} ended before the others")
+            return
+        wanted = [p for p in range(len(iterators)) if not ended[p]]
+        row = await _zip_round([iterators[p] for p in wanted])
+        for position, value in zip(wanted, row, strict=True):
+            if value is _ENDED:
+                ended[position] = True
+            elif type(value) is not CONTROL:
+                queues[position].append(value)
 
 
 # --------------------------------------------------------------------------- tee, broadcast
@@ -447,8 +611,14 @@ def broadcast(source: Source[T], /, *stages: Stage[T, R], max_lag: int = 64) -> 
             )
     check_count(max_lag, "max_lag", minimum=1)
 
-    def factory() -> AsyncIterator[R]:
-        branches = tee(source, len(stages), max_lag=max_lag)
-        return _merge(tuple(branch | each for branch, each in zip(branches, stages, strict=True)))
+    def combine(given: Sequence[Source[Any]], slot: Slot | None) -> AsyncIterator[Any]:
+        branches = tee(given[0], len(stages), max_lag=max_lag)
+        if slot is None:
+            each_stage = list(stages)
+        else:  # a checkpointed run: every stage's steps get slots of their own
+            each_stage = [slot.bind(each, str(n)) for n, each in enumerate(stages)]
+        return merge_flows(
+            [branch | each for branch, each in zip(branches, each_stage, strict=True)]
+        )
 
-    return generated("broadcast()", factory)
+    return _combined("broadcast()", (source,), combine, tuple(stages))

@@ -24,6 +24,7 @@ from collections import deque
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast
 
+from ._barrier import CONTROL
 from ._core import (
     SKIP,
     ConcurrentOp,
@@ -42,7 +43,7 @@ from ._core import (
     transform_stage,
 )
 from ._records import Envelope
-from ._runtime import Cancelled, signal_maker, stop_all, task_starter, wake
+from ._runtime import Cancelled, completed, signal_maker, stop_all, task_starter, wake
 
 if TYPE_CHECKING:
     from asyncio import Future
@@ -96,7 +97,7 @@ def concurrent_transform(op: ConcurrentOp) -> Transform:
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _Calls(op, upstream).results()
 
-    return Transform(op.label, run, op)
+    return Transform(op.label, run, op, barriers=True)
 
 
 # --------------------------------------------------------------------------- one run
@@ -223,8 +224,12 @@ class _Calls:
 
     # -- one call ------------------------------------------------------------
 
-    async def call(self, item: Any, index: int) -> Any:
-        """Run ``fn`` on one item in its own task; record how it ended."""
+    async def call(self, item: Any, index: int, position: int) -> Any:
+        """Run ``fn`` on one item in its own task; record how it ended.
+
+        ``index`` is the item's index in the input, ``position`` its place in
+        the output order (control elements take places too).
+        """
         try:
             enveloped = self.enveloped
             if enveloped is None:
@@ -269,7 +274,7 @@ class _Calls:
             del self.tasks[index]
         if not self.stopping:
             if self.ordered:
-                if index == self.next_out:
+                if position == self.next_out:
                     self._wake_consumer()
             elif result is not _FAILED:
                 self.finished.append(result)
@@ -294,11 +299,22 @@ class _Calls:
         if kind == "flat_map":
             elements = await flat_elements(result, self.label)
             if self.sees_envelope:  # already wrapped, with the state it recorded
-                return [e if is_envelope(e) else Envelope(e, state) for e in elements]
+                return [
+                    e if is_envelope(e) or type(e) is CONTROL else Envelope(e, state)
+                    for e in elements
+                ]
             return [Envelope(element, state) for element in elements]
-        if result is SKIP or ((self.with_state or self.sees_envelope) and is_envelope(result)):
+        if (
+            result is SKIP
+            or type(result) is CONTROL
+            or ((self.with_state or self.sees_envelope) and is_envelope(result))
+        ):
             return result
         return Envelope(result, state)
+
+    def _failed(self) -> bool:
+        """Whether a call failed (read anew: calls fail while the feeder waits)."""
+        return self.failure is not None
 
     # -- the feeder task -------------------------------------------------
 
@@ -314,6 +330,7 @@ class _Calls:
         start = self.start
         call = self.call
         index = 0
+        position = 0
         try:
             while True:
                 while True:
@@ -333,10 +350,29 @@ class _Calls:
                     # Delivered after the calls already started, like the end.
                     self.source_error = exc
                     break
-                task = tasks[index] = start(call(item, index))
+                if type(item) is CONTROL:
+                    # In order: a place of its own in the output order. Out of
+                    # order: a barrier waits for every call started before it.
+                    if ordered:
+                        queue.append(completed(item))
+                        if position == self.next_out:
+                            self._wake_consumer()  # no call will: it is done already
+                        position += 1
+                        continue
+                    if item.kind == "barrier":
+                        while tasks and self.failure is None:
+                            signal = self.feeder_signal = self.new_signal()
+                            await signal
+                        if self._failed():
+                            break
+                    finished.append(item)
+                    self._wake_consumer()
+                    continue
+                task = tasks[index] = start(call(item, index, position))
                 if ordered:
                     queue.append(task)
                 index += 1
+                position += 1
         finally:
             self.fed = True
             self.feeder_signal = None
@@ -367,7 +403,7 @@ class _Calls:
                             if self.feeder_signal is not None:
                                 self._wake_feeder()
                             result = task.result()
-                            if kind == "map":
+                            if kind == "map" or type(result) is CONTROL:
                                 yield result
                             elif kind == "filter":
                                 if result is not SKIP:
@@ -382,7 +418,7 @@ class _Calls:
                     result = finished.popleft()
                     if self.feeder_signal is not None:
                         self._wake_feeder()
-                    if kind == "map":
+                    if kind == "map" or type(result) is CONTROL:
                         yield result
                     elif kind == "filter":
                         if result is not SKIP:
@@ -495,7 +531,7 @@ def buffer(
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _Buffer(upstream, n, overflow, on_drop, label).results()
 
-    return Passthrough(transform_stage(label, run, lineage="kept").steps)
+    return Passthrough(transform_stage(label, run, barriers=True).steps)
 
 
 class _Buffer:
@@ -503,6 +539,7 @@ class _Buffer:
         "consumer_signal",
         "ended",
         "error",
+        "held",
         "items",
         "label",
         "n",
@@ -528,6 +565,8 @@ class _Buffer:
         self.on_drop = on_drop
         self.label = label
         self.items: deque[Any] = deque()
+        self.held = 0
+        """The items (not control elements) in ``items``."""
         self.ended = False
         self.error: BaseException | None = None
         self.pulled = 0
@@ -536,23 +575,29 @@ class _Buffer:
         self.new_signal = signal_maker()
 
     async def produce(self) -> None:
+        # Control elements (checkpoint barriers, writes) wait in the buffer in
+        # their place, take no room and are never dropped.
         items = self.items
         try:
             while True:
                 if self.overflow == "wait":
-                    while len(items) >= self.n:
+                    while self.held >= self.n:
                         signal = self.producer_signal = self.new_signal()
                         await signal
                 try:
                     item = await anext(self.upstream)
                 except StopAsyncIteration:
                     break
+                if type(item) is CONTROL:
+                    items.append(item)
+                    wake(self.consumer_signal)
+                    continue
                 index = self.pulled
                 self.pulled += 1
-                if len(items) >= self.n:
+                if self.held >= self.n:
                     dropped = item
                     if self.overflow == "drop_oldest":
-                        dropped = items.popleft()
+                        dropped = self._pop_oldest_item()
                         items.append(item)
                     assert self.on_drop is not None
                     try:
@@ -562,6 +607,7 @@ class _Buffer:
                         raise
                 else:
                     items.append(item)
+                    self.held += 1
                 wake(self.consumer_signal)
         except Exception as exc:
             self.error = exc
@@ -569,6 +615,16 @@ class _Buffer:
             self.ended = True
             self.producer_signal = None
             wake(self.consumer_signal)
+
+    def _pop_oldest_item(self) -> Any:
+        items = self.items
+        if type(items[0]) is not CONTROL:
+            return items.popleft()
+        for position, item in enumerate(items):  # rare: skip the control elements
+            if type(item) is not CONTROL:
+                del items[position]
+                return item
+        raise AssertionError("a full buffer holds items")  # pragma: no cover
 
     async def results(self) -> AsyncIterator[Any]:
         producer = task_starter()(self.produce())
@@ -578,6 +634,8 @@ class _Buffer:
             while True:
                 if items:
                     item = items.popleft()
+                    if type(item) is not CONTROL:
+                        self.held -= 1
                     wake(self.producer_signal)
                     yield item
                     continue

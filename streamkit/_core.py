@@ -14,6 +14,7 @@ This module knows nothing of any particular operator. It defines
 
 from __future__ import annotations
 
+import collections
 import functools
 import inspect
 import time
@@ -42,6 +43,7 @@ from typing import (
     overload,
 )
 
+from ._barrier import CONTROL, Control, RunFunction, Slot, Stateful
 from ._records import Envelope
 
 if TYPE_CHECKING:
@@ -257,6 +259,8 @@ class ItemOp:
     watch: SegmentWatch | None = None
     """Set by a `streamkit.Run` on the steps it instruments: the segment that
     runs this step counts its items and reports to the watch."""
+    barriers: bool = False
+    """Set by a checkpointed run: the segment forwards control elements."""
 
     def function_for_run(self) -> Callable[[Any], Any]:
         """The function to call in a new run."""
@@ -290,20 +294,6 @@ class ConcurrentOp:
     """As `ItemOp.sees_envelope`."""
 
 
-Lineage: TypeAlias = Literal["kept", "reordered", "envelops", "unwraps", "to_envelope"]
-"""What a whole-stream step does with each item's state (see `Transform.lineage`).
-
-* ``"kept"``: every output carries the state of the input it came from (an
-  aggregate: the merged states of its inputs, later ones winning), in input
-  order;
-* ``"reordered"``: the same, in any order;
-* ``"envelops"``: plain items in, envelopes out (`envelop`);
-* ``"unwraps"``: envelopes in, plain values out (`unwrap`);
-* ``"to_envelope"``: items or envelopes in, envelopes that keep the input's
-  state out, in order (`set_state`, `reduce_point`, ...).
-"""
-
-
 @dataclass(frozen=True, slots=True)
 class Transform:
     """A step that consumes the whole upstream: an async-generator function.
@@ -314,10 +304,14 @@ class Transform:
     """
 
     label: str
-    run: Callable[[AsyncIterator[Any]], AsyncIterator[Any]]
+    run: RunFunction
     item: ConcurrentOp | None = None
-    lineage: Lineage | None = None
-    """How the items' states flow through the transform (None: unknown, a user's stage)."""
+    barriers: bool = False
+    """Whether ``run`` forwards checkpoint barriers (see `streamkit._barrier`): every
+    built-in step does; a custom stage does when declared stateless or stateful."""
+    restorable: Callable[[Slot], RunFunction] | None = None
+    """For a step that keeps state: its ``run`` in a checkpointed run, given its `Slot`
+    (it restores its state from the slot and saves a snapshot in every barrier)."""
 
 
 Step: TypeAlias = ItemOp | Transform
@@ -481,6 +475,9 @@ class SegmentRun:
                 if result is SKIP:
                     self.drops[k] += 1
                     return SKIP
+                if type(result) is CONTROL:
+                    self.drops[k] += 1
+                    return result
                 item = result
             elif op.kind == "filter" and not result:
                 self.drops[k] += 1
@@ -516,6 +513,9 @@ class SegmentRun:
                 if result is SKIP:
                     self.drops[k] += 1
                     return SKIP
+                if type(result) is CONTROL:
+                    self.drops[k] += 1
+                    return result
                 if (op.with_state or op.sees_envelope) and is_envelope(result):
                     value, state = result.value, result.state
                 else:
@@ -599,7 +599,7 @@ def _envelope_adapter(op: ItemOp, fn: Callable[..., Any], awaits: bool) -> Calla
     takes_state = op.with_state or op.sees_envelope
 
     def wrap(envelope: Envelope[Any], result: Any) -> Any:
-        if result is SKIP or (takes_state and is_envelope(result)):
+        if result is SKIP or type(result) is CONTROL or (takes_state and is_envelope(result)):
             return result
         return Envelope(result, envelope.state)
 
@@ -640,6 +640,9 @@ def _sync_link(
             if result is SKIP:
                 drops[k] += 1
                 return SKIP
+            if type(result) is CONTROL:  # dropped, with a write to commit (a dead letter)
+                drops[k] += 1
+                return result
             return result if nxt is None else nxt(result)
 
         return dropping_map_link
@@ -732,6 +735,9 @@ def _async_link(
             if result is SKIP:
                 drops[k] += 1
                 return SKIP
+            if type(result) is CONTROL:  # dropped, with a write to commit (a dead letter)
+                drops[k] += 1
+                return result
             item = result
         elif kind == "filter" and not result:
             drops[k] += 1
@@ -751,6 +757,8 @@ def run_segment(
     ops: tuple[ItemOp, ...], upstream: AsyncIterator[Any], ends: Ends | None = None
 ) -> AsyncIterator[Any]:
     """Run a fused segment over an async upstream (telling ``ends``, if given)."""
+    if ops[0].barriers:
+        return _barrier_segment(ops, upstream, ends)
     if _watched(ops):
         return _watched_segment(ops, upstream, ends)
     return _segment(ops, upstream, ends)
@@ -811,10 +819,68 @@ async def _segment(
                 await ends.ended(error, run.passed(index + 1))
 
 
+async def _barrier_segment(
+    ops: tuple[ItemOp, ...], upstream: AsyncIterator[Any], ends: Ends | None
+) -> AsyncIterator[Any]:
+    """A segment of a checkpointed run: control elements pass between the items.
+
+    The item functions never see a control element; the operations keep no
+    state across items, so a barrier just passes. Watched or not, this one
+    loop serves: it probes the first items (and every ``sample_every``-th of
+    a watched segment), then runs the compiled chain.
+    """
+    run = SegmentRun(ops)
+    watch = run.watch
+    step: Callable[[Any], Any] | None = None
+    is_async = False
+    n = 0
+    sample_at = 1
+    error: BaseException | None = None
+    try:
+        if ends is not None:
+            await ends.started()
+        if watch is not None and watch.paused:
+            await watch.wait()
+        async for item in upstream:
+            if type(item) is CONTROL:
+                yield item
+                continue
+            n += 1
+            run.entered = n
+            try:
+                if n == sample_at:
+                    result = await run.probe(item)
+                    sample_at = run.next_sample(n)
+                    if step is None and run.decided():
+                        step, is_async = run.compile()
+                elif is_async:
+                    result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                else:
+                    result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+            except Exception as exc:
+                run.annotate(exc, n - 1)
+                raise
+            if result is not SKIP:
+                yield result
+            if watch is not None and watch.paused:
+                await watch.wait()
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        try:
+            await aclose(upstream)
+        finally:
+            if ends is not None:
+                await ends.ended(error, run.passed(n))
+
+
 def run_segment_sync(
     ops: tuple[ItemOp, ...], upstream: Iterator[Any], ends: Ends | None = None
 ) -> AsyncIterator[Any]:
     """Run a fused segment straight over a plain iterator (no adapter layer)."""
+    if ops[0].barriers:
+        return _barrier_segment(ops, _from_sync(upstream), ends)
     if _watched(ops):
         return _watched_segment_sync(ops, upstream, ends)
     return _segment_sync(ops, upstream, ends)
@@ -1539,23 +1605,60 @@ def item_stage(
 
 def transform_stage(
     label: str,
-    run: Callable[[AsyncIterator[Any]], AsyncIterator[Any]],
+    run: RunFunction,
     item: ConcurrentOp | None = None,
     *,
-    lineage: Lineage | None = None,
+    barriers: bool = False,
+    restorable: Callable[[Slot], RunFunction] | None = None,
 ) -> Stage[Any, Any]:
-    """A stage made of one whole-stream transform (``item`` describes its per-item call)."""
-    return Stage((Transform(label, run, item, lineage),))
+    """A stage made of one whole-stream transform (``item`` describes its per-item call).
+
+    ``barriers``: ``run`` forwards control elements; ``restorable``: the step
+    keeps state, and this makes its run for a checkpointed run (see `Transform`).
+    """
+    return Stage((Transform(label, run, item, barriers or restorable is not None, restorable),))
 
 
+@overload
 def stage(
-    fn: Callable[Concatenate[AsyncIterator[In], P], AsyncIterator[Out]],
-) -> Callable[P, Stage[In, Out]]:
+    fn: Callable[Concatenate[AsyncIterator[In], P], AsyncIterator[Out]], /
+) -> Callable[P, Stage[In, Out]]: ...
+@overload
+def stage(
+    *, stateless: Literal[True]
+) -> Callable[
+    [Callable[Concatenate[AsyncIterator[In], P], AsyncIterator[Out]]], Callable[P, Stage[In, Out]]
+]: ...
+@overload
+def stage(
+    *, state: Callable[[], S]
+) -> Callable[
+    [Callable[Concatenate[AsyncIterator[In], S, P], AsyncIterator[Out]]],
+    Callable[P, Stage[In, Out]],
+]: ...
+def stage(
+    fn: Callable[..., AsyncIterator[Any]] | None = None,
+    /,
+    *,
+    stateless: bool = False,
+    state: Callable[[], Any] | None = None,
+) -> Any:
     """Turn an async generator function into a pipeable stage factory.
 
     The decorated function takes the upstream items first, then its own
     arguments. streamkit closes the upstream when the generator ends, however
     it ends, so existing generators drop in unchanged.
+
+    Under a checkpointed `streamkit.Run` a custom stage must say what it
+    keeps between items, or it is refused (never silently restarted):
+
+    * ``@stage(stateless=True)``: nothing; after a restart it simply goes on.
+    * ``@stage(state=factory)``: ``factory()`` makes a fresh state for every
+      run, passed to the function after the upstream. It is a `dict` or any
+      `Stateful` object (``snapshot()`` / ``restore()``); a checkpoint saves
+      it (through the run's codec) whenever a barrier reaches the stage, and
+      a resumed run restores it before the first item. The state must hold
+      everything the generator keeps between two pulls of its upstream.
 
     Examples:
         >>> import asyncio
@@ -1568,7 +1671,38 @@ def stage(
         ...             yield item
         >>> asyncio.run(collect(["a", "b"] | repeat_each(2)))
         ['a', 'a', 'b', 'b']
+        >>> @stage(state=dict)
+        ... async def numbered(
+        ...     items: AsyncIterator[str], seen: dict[str, int]
+        ... ) -> AsyncIterator[str]:
+        ...     async for item in items:
+        ...         seen["n"] = seen.get("n", 0) + 1
+        ...         yield f"{seen['n']}. {item}"
+        >>> asyncio.run(collect(["a", "b"] | numbered()))
+        ['1. a', '2. b']
     """
+    check_bool(stateless, "stateless")
+    if state is not None:
+        check_callable(state, "state")
+        if stateless:
+            raise TypeError("stage() takes stateless=True or state=, not both")
+    if fn is None:
+
+        def decorate(function: Callable[..., AsyncIterator[Any]]) -> Any:
+            return _stage_factory(function, stateless=stateless, state=state)
+
+        return decorate
+    if stateless:
+        raise TypeError("use @stage(stateless=True) without the function in the same call")
+    return _stage_factory(fn, stateless=False, state=None)
+
+
+def _stage_factory(
+    fn: Callable[..., AsyncIterator[Any]],
+    *,
+    stateless: bool,
+    state: Callable[[], Any] | None,
+) -> Callable[..., Stage[Any, Any]]:
     check_callable(fn, "fn")
     name = describe(fn)
     try:
@@ -1577,17 +1711,109 @@ def stage(
         signature = None
 
     @functools.wraps(fn)
-    def factory(*args: P.args, **kwargs: P.kwargs) -> Stage[In, Out]:
+    def factory(*args: Any, **kwargs: Any) -> Stage[Any, Any]:
         if signature is not None:
             # Wrong arguments fail here, when the stage is built, not mid-run.
-            signature.bind(None, *args, **kwargs)
+            if state is None:
+                signature.bind(None, *args, **kwargs)
+            else:
+                signature.bind(None, None, *args, **kwargs)
+
+        def produce(upstream: AsyncIterator[Any], kept: Any) -> object:
+            if state is None:
+                return fn(upstream, *args, **kwargs)
+            return fn(upstream, kept, *args, **kwargs)
 
         def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-            return _run_user_generator(fn(upstream, *args, **kwargs), upstream)
+            kept = None if state is None else _new_state(state, name)
+            return _run_user_generator(produce(upstream, kept), upstream)
 
-        return transform_stage(f"{name}()", run)
+        def restorable(slot: Slot) -> RunFunction:
+            def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+                kept = None if state is None else _new_state(state, name)
+                if kept is not None:
+                    slot.attach(_as_stateful(kept))
+                return _run_checkpointed_generator(produce, kept, upstream, slot)
+
+            return checkpointed
+
+        declared = restorable if stateless or state is not None else None
+        return Stage((Transform(f"{name}()", run, None, False, declared),))
 
     return factory
+
+
+class _DictState:
+    """A `dict` state of a custom stage, as a `Stateful`."""
+
+    __slots__ = ("mapping",)
+
+    def __init__(self, mapping: dict[Any, Any]) -> None:
+        self.mapping = mapping
+
+    def snapshot(self) -> dict[Any, Any]:
+        return dict(self.mapping)
+
+    def restore(self, snapshot: Any) -> None:
+        self.mapping.clear()
+        self.mapping.update(snapshot)
+
+
+def _new_state(factory: Callable[[], Any], name: str) -> Any:
+    made: object = factory()
+    if not isinstance(made, dict | Stateful):
+        raise TypeError(
+            f"the state= factory of @stage {name} must return a dict or a Stateful object "
+            f"(with snapshot() and restore()), got {type(made).__name__}"
+        )
+    return made  # pyright: ignore[reportUnknownVariableType] - a dict of any keys
+
+
+def _as_stateful(state: object) -> Stateful:
+    if isinstance(state, dict):
+        return _DictState(state)  # pyright: ignore[reportUnknownArgumentType] - any keys
+    return cast("Stateful", state)
+
+
+async def _run_checkpointed_generator(
+    produce: Callable[[AsyncIterator[Any], Any], object],
+    kept: Any,
+    upstream: AsyncIterator[Any],
+    slot: Slot,
+) -> AsyncGenerator[Any, None]:
+    """A custom stage in a checkpointed run: control elements go around the generator.
+
+    The generator only ever sees items. A control element is taken out of
+    its upstream when the generator asks for its next item: at that moment
+    it has yielded what it owes for the items before (the rest is in its
+    state, captured now for a barrier). The element is then yielded before
+    the generator's next output, or at its end.
+    """
+    waiting: collections.deque[Control] = collections.deque()
+
+    async def items() -> AsyncIterator[Any]:
+        try:
+            async for item in upstream:
+                if type(item) is CONTROL:
+                    if item.kind == "barrier":
+                        slot.capture(item)
+                    waiting.append(item)
+                    continue
+                yield item
+        finally:
+            await aclose(upstream)
+
+    inner = items()
+    produced = _run_user_generator(produce(inner, kept), inner)
+    try:
+        async for output in produced:
+            while waiting:
+                yield waiting.popleft()
+            yield output
+        while waiting:
+            yield waiting.popleft()
+    finally:
+        await aclose(produced)
 
 
 async def _run_user_generator(

@@ -50,6 +50,7 @@ from typing import (
 )
 
 from ._backoff import Backoff, check_backoff, constant, exponential, schedule_maker
+from ._barrier import CONTROL, Control, DeadLetterWrite
 from ._concurrency import concurrent_transform, flat_elements
 from ._core import (
     SKIP,
@@ -76,6 +77,7 @@ if TYPE_CHECKING:
 
     from returns.result import Failure, Result, Success
 
+    from ._barrier import Slot
     from ._runtime import Clock
 
 T = TypeVar("T")
@@ -708,6 +710,9 @@ class Guard:
     sink: Callable[[Any], object] | None = field(init=False, repr=False, compare=False)
     observer: RetryObserver | None = field(default=None, repr=False, compare=False)
     """Told about each backoff wait (set by a run on its copy of the guard)."""
+    staging: Slot | None = field(default=None, repr=False, compare=False)
+    """Set by a checkpointed run on its copy of the guard: a dead-lettered item
+    also becomes a write, committed with the next checkpoint."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "retryable", _retry_predicate(self.retry_on))
@@ -859,12 +864,15 @@ class _GuardRun:
             "error": None if error is None else f"{type(error).__name__}: {error}",
             "execution_time": elapsed,
         }
-        if outcome is SKIP:
-            return SKIP
+        if outcome is SKIP or type(outcome) is CONTROL:
+            return outcome
         kind = self.kind
         if kind == "flat_map":
             recorded = state.set(self.state_key, record)
-            return [Envelope(element, recorded) for element in outcome]
+            return [
+                element if type(element) is CONTROL else Envelope(element, recorded)
+                for element in outcome
+            ]
         if kind != "map":  # filter, tap: the outcome is the item's value
             return Envelope(value, state.set(self.state_key, record))
         if self.with_state and is_envelope(outcome):
@@ -1051,7 +1059,27 @@ class _GuardRun:
             counters.cancelled += 1
             raise
         counters.dead_lettered += 1
+        staging = guard.staging
+        if staging is not None:
+            write = Control("write", write=_dead_letter_write(staging, record))
+            return [write] if self.kind == "flat_map" else write
         return dropped
+
+
+def _dead_letter_write(slot: Slot, record: ErrorRecord[Any]) -> DeadLetterWrite:
+    """A dead-lettered item as a write of a checkpointed run (encoded with its codec)."""
+    data = {
+        "stage": record.stage,
+        "index": record.index,
+        "item": slot.encode(record.item, f"the dead-lettered item {record.index}"),
+        "state": None
+        if record.state is None
+        else slot.encode(record.state, f"the state of dead-lettered item {record.index}"),
+        "exception": record.info.to_dict(),
+        "attempts": record.attempts,
+        "elapsed": record.elapsed,
+    }
+    return DeadLetterWrite(slot.key, record.index, data)
 
 
 # --------------------------------------------------------------------------- guarded steps
@@ -1097,6 +1125,9 @@ async def _flat_sequential(
     index = -1
     try:
         async for item in upstream:
+            if type(item) is CONTROL:
+                yield item
+                continue
             index += 1
             try:
                 elements = await fn(item)
@@ -1143,7 +1174,7 @@ def guard_concurrent(op: ConcurrentOp, guard: Guard) -> Transform:
     ``concurrency``; ``Transform.item`` still describes the user's function.
     """
     item = dataclasses.replace(op, label=guard.label)
-    return Transform(guard.label, GuardedTransform(guard, op), item)
+    return Transform(guard.label, GuardedTransform(guard, op), item, barriers=True)
 
 
 def unguarded(step: Step) -> tuple[Step, Guard | None]:
@@ -1154,7 +1185,7 @@ def unguarded(step: Step) -> tuple[Step, Guard | None]:
         return step, None
     if isinstance(step.run, GuardedTransform):
         base = step.run.base
-        return Transform(base.label, concurrent_transform(base).run, base), step.run.guard
+        return concurrent_transform(base), step.run.guard
     return step, None
 
 

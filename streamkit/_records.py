@@ -22,7 +22,21 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import FrozenInstanceError, dataclass, field
-from typing import Any, ClassVar, Final, Generic, Literal, TypeAlias, TypeVar, cast, overload
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    ClassVar,
+    Final,
+    Generic,
+    Literal,
+    TypeAlias,
+    TypeVar,
+    cast,
+    overload,
+)
+
+if TYPE_CHECKING:
+    from ._codec import Codec
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
@@ -231,11 +245,13 @@ class Key(Generic[T]):
     ``state.get(TOTAL, None)`` is ``int | None``. A key is
     stored in the state under its `qualified` name, so a plain string key
     with that name reads the same entry (typed ``Any``). Keys are hashable
-    and compare by name and scope.
+    and compare by name and scope (not by codec).
 
     Args:
         name: The key's name within its scope.
         scope: The namespace (`Scope.GLOBAL` by default).
+        codec: The `Codec` that encodes the key's values in a checkpoint
+            (`encode_state`); `DEFAULT_CODEC` when None.
 
     Examples:
         >>> TOTAL = Key[int]("total")
@@ -250,17 +266,27 @@ class Key(Generic[T]):
     scope: Scope = Scope.GLOBAL
     qualified: str = field(init=False, repr=False, compare=False)
     """The name the key is stored under (``stage:dedupe/count``)."""
+    codec: Codec[T] | None = field(default=None, kw_only=True, compare=False)
+    """The codec of the key's values in a checkpoint; None for `DEFAULT_CODEC`."""
 
     def __post_init__(self) -> None:
         _check_name(self.name, "name")
         if not isinstance(self.scope, Scope):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(f"scope must be a Scope, got {type(self.scope).__name__}")
+        codec: object = self.codec
+        if codec is not None and not (
+            callable(getattr(codec, "encode", None)) and callable(getattr(codec, "decode", None))
+        ):
+            raise TypeError(
+                f"codec must be a Codec (with encode and decode) or None, "
+                f"got {type(codec).__name__}: {codec!r}"
+            )
         object.__setattr__(self, "qualified", self.scope.qualify(self.name))
 
     def __repr__(self) -> str:
-        if self.scope.kind == "global":
-            return f"Key({self.name!r})"
-        return f"Key({self.name!r}, scope={self.scope!r})"
+        scope = "" if self.scope.kind == "global" else f", scope={self.scope!r}"
+        codec = "" if self.codec is None else f", codec={self.codec!r}"
+        return f"Key({self.name!r}{scope}{codec})"
 
 
 _freeze_generic(Key)

@@ -43,7 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypedDict, TypeVar, cast
 
 from ._aggregate import collect as _collect
-from ._checkpointing import DEFAULT_EVERY, Tracker, check_every, check_source, check_store
+from ._barrier import CONTROL
+from ._checkpointing import DEFAULT_EVERY, Checkpointing, check_every, check_store
 from ._concurrency import concurrent_transform
 from ._core import (
     ConcurrentOp,
@@ -85,6 +86,7 @@ from ._runtime import (
 if TYPE_CHECKING:
     import datetime as dt
 
+    from ._barrier import Encoder as Codec
     from ._core import Source
     from ._runtime import Clock
     from ._store import Checkpoint, Store
@@ -546,7 +548,8 @@ async def _count_in(upstream: AsyncIterator[Any], live: _Live) -> AsyncIterator[
             except Exception as exc:
                 live.upstream_error = exc
                 raise
-            live.items_in += 1
+            if type(item) is not CONTROL:
+                live.items_in += 1
             yield item
     finally:
         await aclose(upstream)
@@ -565,7 +568,8 @@ async def _count_out(results: AsyncIterator[Any], live: _Live) -> AsyncIterator[
                     if live.guard is None:
                         live.errors += 1
                 raise
-            live.items_out += 1
+            if type(item) is not CONTROL:
+                live.items_out += 1
             yield item
     finally:
         await aclose(results)
@@ -836,6 +840,7 @@ class Run(AsyncIterable[T_co]):
     """
 
     __slots__ = (
+        "_checkpointing",
         "_clock",
         "_direct",
         "_done_signal",
@@ -855,7 +860,6 @@ class Run(AsyncIterable[T_co]):
         "_started",
         "_started_clock",
         "_status",
-        "_tracker",
         "_watch",
         "config_hash",
         "dashboard",
@@ -882,6 +886,9 @@ class Run(AsyncIterable[T_co]):
         version: str | None = None,
         checkpoint: Store | None = None,
         every: int | dt.timedelta = DEFAULT_EVERY,
+        interval: float | dt.timedelta | None = None,
+        codec: Codec | None = None,
+        migrate: Callable[[Checkpoint], Checkpoint | None] | None = None,
         dashboard: Dashboard | str | bool | None = None,
     ) -> None:
         if not isinstance(pipeline, Stage):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
@@ -942,21 +949,22 @@ class Run(AsyncIterable[T_co]):
             for key, step in zip(keys, pipeline.steps, strict=True)
         ]
         self._observed = metrics or self._hooks is not None or state_history is not None
-        tracker = self._tracker = None
+        checkpointing = self._checkpointing = None
         pipeline_steps = pipeline.steps
+        cadence = check_every(every, interval)
         if checkpoint is not None:
             store = check_store(checkpoint)
-            cadence = check_every(every)
             if self.name is None:
                 raise ValueError("checkpoint= needs a name=: the checkpoint is saved under it")
-            resumable_source = check_source(source)
-            tracker = self._tracker = Tracker(
-                store, self.name, resumable_source, cadence, self.version
+            if migrate is not None and not callable(migrate):
+                raise TypeError(f"migrate must be callable or None, got {type(migrate).__name__}")
+            checkpointing = self._checkpointing = Checkpointing(
+                store, self.name, source, cadence, self.version, codec=codec, migrate=migrate
             )
-            pipeline_steps = tracker.adapt(pipeline_steps)
-            source = resumable_source
-        else:
-            check_every(every)
+            pipeline_steps = checkpointing.prepare(pipeline_steps)
+            source = checkpointing.source()
+        elif codec is not None or migrate is not None:
+            raise TypeError("codec= and migrate= are options of checkpoint=; give a store too")
         flow: Flow[Any]
         self._watch = _Watch(
             self, self._lives, sample_every=_SAMPLE_EVERY if timing == "sampled" else 0
@@ -973,15 +981,13 @@ class Run(AsyncIterable[T_co]):
             # (buffers, concurrent steps) pull on their own: held at the source.
             self._hold_at_consumer = all(isinstance(step, ItemOp) for step in steps)
             gated: Source[Any] = source if self._hold_at_consumer else _Gate(source, self)
-            if tracker is not None:
-                gated = tracker.tagged(open_async(gated))
             flow = Flow(gated, instrumented)
         else:
             self._hold_at_consumer = False
-            if tracker is not None:
-                flow = Flow(tracker.tagged(open_async(source)), Stage(pipeline_steps))
-            else:
-                flow = pipeline(source)
+            stage: Stage[Any, Any] = pipeline
+            if checkpointing is not None:
+                stage = Stage(pipeline_steps)
+            flow = Flow(source, stage)
         self._flow = flow
         self._source = source
         self._relay: AsyncIterator[T_co] | None = None
@@ -1002,17 +1008,21 @@ class Run(AsyncIterable[T_co]):
     @property
     def resumed_from(self) -> Checkpoint | None:
         """The checkpoint this run resumed from (None: it started afresh, or has not started)."""
-        return None if self._tracker is None else self._tracker.resumed_from
+        return None if self._checkpointing is None else self._checkpointing.resumed_from
 
     @property
     def last_checkpoint(self) -> Checkpoint | None:
-        """The last checkpoint this run saved (None: none yet, or no ``checkpoint=``)."""
-        return None if self._tracker is None else self._tracker.last_saved
+        """The run's newest checkpoint: the last it saved, else the one it resumed from.
+
+        None when it has neither (no ``checkpoint=``, or none saved yet).
+        """
+        layer = self._checkpointing
+        return None if layer is None else layer.last_saved or layer.resumed_from
 
     def _results(self) -> AsyncIterator[Any]:
         """What the run's loops iterate: the flow, untagged when checkpointing."""
-        tracker = self._tracker
-        return self._flow if tracker is None else tracker.outputs(self._flow)
+        checkpointing = self._checkpointing
+        return self._flow if checkpointing is None else checkpointing.outputs(self._flow)
 
     @property
     def status(self) -> RunStatus:
@@ -1123,7 +1133,7 @@ class Run(AsyncIterable[T_co]):
         self._claim()
         hooks = self._hooks
         if (
-            self._tracker is None
+            self._checkpointing is None
             and (hooks is None or hooks.on_item is None)
             and self._flow.end_with(Ends(self._start, self._ended))
         ):
@@ -1218,7 +1228,7 @@ class Run(AsyncIterable[T_co]):
         """Whether `collect` may run the flow as a plain loop (nothing to pause in it)."""
         if self._hooks is not None and self._hooks.on_item is not None:
             return False
-        if self._tracker is not None:
+        if self._checkpointing is not None:
             return False
         if not self._observed:
             return True
@@ -1301,9 +1311,9 @@ class Run(AsyncIterable[T_co]):
         self.started_at = time.time()
         if self._status == "pending":
             self._status = "running"
-        if self._tracker is not None:
+        if self._checkpointing is not None:
             try:
-                await self._tracker.load(clock)
+                await self._checkpointing.start(clock)
             except BaseException as exc:
                 await self._finish("failed" if isinstance(exc, Exception) else "cancelled", exc)
                 raise
@@ -1379,12 +1389,12 @@ class Run(AsyncIterable[T_co]):
             raise checkpoint_error
 
     async def _last_checkpoint(self, status: RunStatus) -> Exception | None:
-        """Save the run's last checkpoint; the error, if that fails a succeeding run."""
-        tracker = self._tracker
-        if tracker is None or tracker.clock is None:
+        """End the run's checkpoints; the error, if that fails a succeeding run."""
+        checkpointing = self._checkpointing
+        if checkpointing is None:
             return None
         try:
-            await tracker.save_at_end(status == "succeeded")
+            await checkpointing.finish(status == "succeeded")
         except Exception as exc:
             if status == "succeeded":
                 return exc

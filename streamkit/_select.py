@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, overload
 
+from ._barrier import CONTROL
 from ._core import (
     Passthrough,
     Stage,
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
     from returns.result import Result
 
+    from ._barrier import RunFunction, Slot
     from ._failures import DeadLetterSink, ErrorRecord, ErrorReport, OnError
     from ._records import Envelope, State
 
@@ -148,17 +150,29 @@ def take(n: int, /) -> Passthrough:
     check_count(n, "n", minimum=0)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _take(upstream, n)
+        return _take(upstream, n, None)
 
-    return Passthrough(transform_stage(f"take({n})", run, lineage="kept").steps)
+    def restorable(slot: Slot) -> RunFunction:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _take(upstream, slot.restore(n), slot)
+
+        return checkpointed
+
+    return Passthrough(transform_stage(f"take({n})", run, restorable=restorable).steps)
 
 
-async def _take(upstream: AsyncIterator[Any], n: int) -> AsyncIterator[Any]:
+async def _take(upstream: AsyncIterator[Any], n: int, slot: Slot | None) -> AsyncIterator[Any]:
+    # ``n``: the items still to take (the state a checkpoint keeps).
     try:
         if n == 0:
             return
         remaining = n
         async for item in upstream:
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    slot.save(item, remaining)
+                yield item
+                continue
             remaining -= 1
             if remaining == 0:
                 await aclose(upstream)
@@ -184,15 +198,26 @@ def skip(n: int, /) -> Passthrough:
     check_count(n, "n", minimum=0)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _skip(upstream, n)
+        return _skip(upstream, n, None)
 
-    return Passthrough(transform_stage(f"skip({n})", run, lineage="kept").steps)
+    def restorable(slot: Slot) -> RunFunction:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _skip(upstream, slot.restore(n), slot)
+
+        return checkpointed
+
+    return Passthrough(transform_stage(f"skip({n})", run, restorable=restorable).steps)
 
 
-async def _skip(upstream: AsyncIterator[Any], n: int) -> AsyncIterator[Any]:
+async def _skip(upstream: AsyncIterator[Any], n: int, slot: Slot | None) -> AsyncIterator[Any]:
     try:
         remaining = n
         async for item in upstream:
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    slot.save(item, remaining)
+                yield item
+                continue
             if remaining:
                 remaining -= 1
                 continue
@@ -244,9 +269,15 @@ def _while_stage(name: str, fn: Callable[[Any], Any], *, taking: bool) -> Stage[
     known_async = is_async_callable(fn)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _while(upstream, fn, known_async, label, taking=taking)
+        return _while(upstream, fn, known_async, label, taking=taking, slot=None)
 
-    return transform_stage(label, run, lineage="kept")
+    def restorable(slot: Slot) -> RunFunction:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _while(upstream, fn, known_async, label, taking=taking, slot=slot)
+
+        return checkpointed
+
+    return transform_stage(label, run, restorable=restorable)
 
 
 async def _while(
@@ -256,13 +287,29 @@ async def _while(
     label: str,
     *,
     taking: bool,
+    slot: Slot | None,
 ) -> AsyncIterator[Any]:
-    """`take_while` (``taking``) or `skip_while`: up to the first item where ``fn`` fails."""
+    """`take_while` (``taking``) or `skip_while`: up to the first item where ``fn`` fails.
+
+    The state a checkpoint keeps is whether that item has come (for
+    `skip_while`: everything after it passes unchecked).
+    """
     awaits: bool | None = True if known_async else None
     enveloped: bool | None = None  # decided by the first item, once per run
     index = -1
     try:
+        if slot is not None and slot.restore(False):
+            async for item in upstream:  # skip_while past its first failing item
+                if type(item) is CONTROL and item.kind == "barrier":
+                    slot.save(item, True)
+                yield item
+            return
         async for item in upstream:
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    slot.save(item, False)
+                yield item
+                continue
             index += 1
             value = item
             if enveloped is not False:  # never true again after a plain first item
@@ -289,8 +336,14 @@ async def _while(
             break
         else:
             return
-        async for item in upstream:
-            yield item
+        if slot is None:
+            async for item in upstream:
+                yield item
+        else:
+            async for item in upstream:
+                if type(item) is CONTROL and item.kind == "barrier":
+                    slot.save(item, True)
+                yield item
     finally:
         await aclose(upstream)
 
@@ -320,20 +373,35 @@ def distinct(*, key: Callable[[Any], Hashable] | None = None) -> Passthrough:
     label = "distinct()" if key is None else f"distinct(key={describe(key)})"
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _distinct(upstream, key, label)
+        return _distinct(upstream, key, label, set(), None)
 
-    return Passthrough(transform_stage(label, run, lineage="kept").steps)
+    def restorable(slot: Slot) -> RunFunction:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _distinct(upstream, key, label, set(slot.restore([])), slot)
+
+        return checkpointed
+
+    return Passthrough(transform_stage(label, run, restorable=restorable).steps)
 
 
 async def _distinct(
-    upstream: AsyncIterator[Any], key: Callable[[Any], Hashable] | None, label: str
+    upstream: AsyncIterator[Any],
+    key: Callable[[Any], Hashable] | None,
+    label: str,
+    seen: set[Hashable],
+    slot: Slot | None,
 ) -> AsyncIterator[Any]:
-    seen: set[Hashable] = set()
+    # A checkpoint keeps every key seen, as a list (see "Limits" in docs/persistence.md).
     add = seen.add
     enveloped: bool | None = None  # decided by the first item, once per run
     index = -1
     try:
         async for item in upstream:
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    slot.save(item, list(seen))
+                yield item
+                continue
             index += 1
             value = item
             if enveloped is not False:  # never true again after a plain first item

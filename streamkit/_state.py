@@ -19,11 +19,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, overload
 
-from ._combine import merge, tee, zip_
+from ._barrier import CONTROL, Slot, Stateful
+from ._combine import merge_flows, tee, zip_flows
 from ._core import (
     EnvelopStage,
     Flow,
-    Lineage,
     Source,
     Stage,
     StateStage,
@@ -82,27 +82,41 @@ _SPILL_CHUNK: Final = 4096
 
 
 def _raw_map(
-    label: str, make: Callable[[], Callable[[Any], Any]], lineage: Lineage
+    label: str, make: Callable[[], Callable[[Any], Any]], *, stateful: bool = False
 ) -> Stage[Any, Any]:
     """A transform applying ``make()``'s function (one per run) to every raw item.
 
     The function's result is awaited when it is awaitable, decided by the
-    first result of the run.
+    first result of the run. With ``stateful``, the function is `Stateful`
+    and a checkpointed run saves and restores it.
     """
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _raw_mapped(upstream, make(), label)
+        return _raw_mapped(upstream, make(), label, None)
 
-    return transform_stage(label, run, lineage=lineage)
+    def restorable(slot: Slot) -> Callable[[AsyncIterator[Any]], AsyncIterator[Any]]:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            fn = make()
+            slot.attach(cast("Stateful", fn))
+            return _raw_mapped(upstream, fn, label, slot)
+
+        return checkpointed
+
+    return transform_stage(label, run, barriers=True, restorable=restorable if stateful else None)
 
 
 async def _raw_mapped(
-    upstream: AsyncIterator[Any], fn: Callable[[Any], Any], label: str
+    upstream: AsyncIterator[Any], fn: Callable[[Any], Any], label: str, slot: Slot | None
 ) -> AsyncIterator[Any]:
     index = -1
     awaits: bool | None = None
     try:
         async for item in upstream:
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    slot.capture(item)
+                yield item
+                continue
             index += 1
             try:
                 result = fn(item)
@@ -169,7 +183,7 @@ def envelop(
             )
         return Envelope(item, initial)
 
-    return EnvelopStage(_raw_map("envelop()", lambda: wrap, "envelops").steps)
+    return EnvelopStage(_raw_map("envelop()", lambda: wrap).steps)
 
 
 def _unwrap(item: Any) -> Any:
@@ -179,7 +193,7 @@ def _unwrap(item: Any) -> Any:
     raise TypeError(f"unwrap() needs Envelope items, got {type(item).__name__}: {item!r}")
 
 
-_unwrap_steps = _raw_map("unwrap()", lambda: _unwrap, "unwraps").steps
+_unwrap_steps = _raw_map("unwrap()", lambda: _unwrap).steps
 
 
 def unwrap() -> UnwrapStage:
@@ -290,9 +304,7 @@ def set_state(
 
         return step
 
-    return StateStage(
-        _raw_map(f"set_state({name!r}, {describe(fn)})", per_run, "to_envelope").steps
-    )
+    return StateStage(_raw_map(f"set_state({name!r}, {describe(fn)})", per_run).steps)
 
 
 # --------------------------------------------------------------------------- scan_state
@@ -369,34 +381,59 @@ def scan_state(
     known_async = is_async_callable(fn)
 
     def per_run() -> Callable[[Any], Any]:
-        awaits: bool | None = True if known_async else None
-        accumulator = initial
-
-        async def settle(value: Any, state: State, pending: Awaitable[Any]) -> Any:
-            nonlocal accumulator
-            accumulator = await pending
-            return Envelope(value, state._set(name, accumulator))  # pyright: ignore[reportPrivateUsage] - the records' fast path
-
-        def step(item: Any) -> Any:
-            nonlocal awaits, accumulator
-            if isinstance(item, Envelope):
-                envelope = cast("Envelope[object]", item)
-                value, state = envelope.value, envelope.state
-            else:
-                value, state = item, EMPTY
-            result = fn(accumulator, value, state) if with_state else fn(accumulator, value)
-            if awaits is None:
-                awaits = inspect.isawaitable(result)
-            if awaits:
-                return settle(value, state, result)
-            accumulator = result
-            return Envelope(value, state._set(name, result))  # pyright: ignore[reportPrivateUsage] - the records' fast path
-
-        return step
+        return _ScanState(name, fn, initial, with_state, known_async)
 
     return StateStage(
-        _raw_map(f"scan_state({name!r}, {describe(fn)})", per_run, "to_envelope").steps
+        _raw_map(f"scan_state({name!r}, {describe(fn)})", per_run, stateful=True).steps
     )
+
+
+class _ScanState:
+    """One run of `scan_state`: the function that sets the aggregate, and its state."""
+
+    __slots__ = ("accumulator", "awaits", "fn", "name", "with_state")
+
+    def __init__(
+        self,
+        name: str,
+        fn: Callable[..., Any],
+        initial: Any,
+        with_state: bool,
+        known_async: bool,
+    ) -> None:
+        self.name = name
+        self.fn = fn
+        self.accumulator = initial
+        self.with_state = with_state
+        self.awaits: bool | None = True if known_async else None
+
+    def snapshot(self) -> Any:
+        return self.accumulator
+
+    def restore(self, snapshot: Any) -> None:
+        self.accumulator = snapshot
+
+    async def _settle(self, value: Any, state: State, pending: Awaitable[Any]) -> Any:
+        self.accumulator = await pending
+        return Envelope(value, state._set(self.name, self.accumulator))  # pyright: ignore[reportPrivateUsage] - the records' fast path
+
+    def __call__(self, item: Any) -> Any:
+        if isinstance(item, Envelope):
+            envelope = cast("Envelope[object]", item)
+            value, state = envelope.value, envelope.state
+        else:
+            value, state = item, EMPTY
+        fn = self.fn
+        if self.with_state:
+            result = fn(self.accumulator, value, state)
+        else:
+            result = fn(self.accumulator, value)
+        if self.awaits is None:
+            self.awaits = inspect.isawaitable(result)
+        if self.awaits:
+            return self._settle(value, state, result)
+        self.accumulator = result
+        return Envelope(value, state._set(self.name, result))  # pyright: ignore[reportPrivateUsage] - the records' fast path
 
 
 # --------------------------------------------------------------------------- reduce_point
@@ -611,26 +648,25 @@ def reduce_point(
 
     spec = _Reduction(name, reducer, initial, with_state, known_async, label)
     run = ReduceRun(spec, replay, emit, memory_limit)
-    return StateStage(transform_stage(label, run, lineage="to_envelope").steps)
+    return StateStage(transform_stage(label, run, restorable=run.restorable).steps)
 
 
 @dataclass(frozen=True, slots=True)
 class ReduceRun:
-    """The ``run`` of a `reduce_point` step.
+    """The ``run`` of a `reduce_point` step (and, with a slot, its checkpointed run).
 
-    ``restore``, when set, is called when the step starts: a 1-tuple holding
-    an aggregate kept by a checkpoint, or None. With an aggregate the step
-    folds nothing and gives every item that aggregate (a run resuming from a
-    checkpoint sets it on its copy of the step).
+    In a checkpointed run the step never replays: it buffers. Control
+    elements that come while it folds wait in the buffer, in their places,
+    and go on as the items are re-emitted: a barrier then saves the
+    aggregate, so a run resumed after it streams the rest of its items with
+    that aggregate and folds nothing (with ``emit="aggregate"``, a barrier
+    goes on at once and saves the aggregate so far).
     """
 
     spec: _Reduction
     replay: Callable[[], Source[Any]] | None
     emit: str
     memory_limit: int | None
-    restore: Callable[[], tuple[Any] | None] | None = None
-    on_aggregate: Callable[[Any], object] | None = None
-    """Called with the aggregate once it is known (a checkpointed run keeps it)."""
 
     @property
     def key(self) -> str:
@@ -638,16 +674,15 @@ class ReduceRun:
         return self.spec.name
 
     def __call__(self, upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        restored = None if self.restore is None else self.restore()
-        return _reduce(
-            upstream,
-            self.spec,
-            self.replay,
-            self.emit,
-            self.memory_limit,
-            restored,
-            self.on_aggregate,
-        )
+        return _reduce(upstream, self.spec, self.replay, self.emit, self.memory_limit, None)
+
+    def restorable(self, slot: Slot) -> Callable[[AsyncIterator[Any]], AsyncIterator[Any]]:
+        """The step's run in a checkpointed run."""
+
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _reduce(upstream, self.spec, None, self.emit, self.memory_limit, slot)
+
+        return checkpointed
 
 
 class _Reduction:
@@ -676,26 +711,39 @@ async def _reduce(
     replay: Callable[[], Source[Any]] | None,
     emit: str,
     memory_limit: int | None,
-    restored: tuple[Any] | None = None,
-    on_aggregate: Callable[[Any], object] | None = None,
+    slot: Slot | None,
 ) -> AsyncIterator[Any]:
     reducer, with_state, label = spec.reducer, spec.with_state, spec.label
     accumulator = spec.initial
-    awaits: bool | None = True if spec.known_async else None
+    last_state = EMPTY
+    # A checkpoint keeps ("emitting", aggregate) once the fold is done, or
+    # ("folding", aggregate so far, last state) with emit="aggregate".
+    restored: Any = None if slot is None else slot.restore(None)
+    if restored is not None and restored[0] == "emitting":
+        async for item in _emitting(upstream, spec, restored[1], slot):
+            yield item
+        return
     if restored is not None:
-        # Resuming: the aggregate is known; read the items, fold nothing.
-        replay = None
+        _, accumulator, last_state = restored
+    awaits: bool | None = True if spec.known_async else None
     buffering = emit == "items" and replay is None
     buffer: list[Any] = []
     append = buffer.append
     spill = _Spill(min(memory_limit, _SPILL_CHUNK)) if memory_limit is not None else None
     limit = memory_limit if memory_limit is not None else sys.maxsize
-    last_state = EMPTY
     index = -1
     try:
         # Phase 1: fold the whole upstream, then close it.
         try:
             async for item in upstream:
+                if type(item) is CONTROL:
+                    if buffering:
+                        append(item)  # goes on in its place among the items
+                        continue
+                    if slot is not None and item.kind == "barrier":
+                        slot.save(item, ("folding", accumulator, last_state))
+                    yield item
+                    continue
                 index += 1
                 if isinstance(item, _ENVELOPE):
                     value = item.value
@@ -703,20 +751,19 @@ async def _reduce(
                 else:
                     value = item
                     last_state = EMPTY
-                if restored is None:
-                    try:
-                        if with_state:
-                            result = reducer(accumulator, value, last_state)
-                        else:
-                            result = reducer(accumulator, value)
-                        if awaits is None:
-                            awaits = inspect.isawaitable(result)
-                        if awaits:
-                            result = await result
-                    except Exception as exc:
-                        annotate(exc, label, index)
-                        raise
-                    accumulator = result
+                try:
+                    if with_state:
+                        result = reducer(accumulator, value, last_state)
+                    else:
+                        result = reducer(accumulator, value)
+                    if awaits is None:
+                        awaits = inspect.isawaitable(result)
+                    if awaits:
+                        result = await result
+                except Exception as exc:
+                    annotate(exc, label, index)
+                    raise
+                accumulator = result
                 if buffering:
                     append(item)
                     if len(buffer) > limit and spill is not None:
@@ -726,10 +773,6 @@ async def _reduce(
         finally:
             await aclose(upstream)
         # Phase 2: every item, with the aggregate in its state.
-        if restored is not None:
-            accumulator = restored[0]
-        if on_aggregate is not None:
-            on_aggregate(accumulator)
         stamp = _Stamp(spec.name, accumulator, label)
         if emit == "aggregate":
             yield Envelope(accumulator, stamp(last_state, 0))
@@ -746,6 +789,11 @@ async def _reduce(
         plain_out: State | None = None
         position = -1
         for item in itertools.chain(itertools.chain.from_iterable(chunks), buffer):
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    slot.save(item, ("emitting", accumulator))
+                yield item
+                continue
             position += 1
             if isinstance(item, _ENVELOPE):
                 state = item.state
@@ -760,6 +808,25 @@ async def _reduce(
     finally:
         if spill is not None:
             spill.close()
+
+
+async def _emitting(
+    upstream: AsyncIterator[Any], spec: _Reduction, aggregate: Any, slot: Slot | None
+) -> AsyncIterator[Any]:
+    """A resumed reduction point past its fold: the rest of the items, with the aggregate."""
+    stamp = _Stamp(spec.name, aggregate, spec.label)
+    position = -1
+    try:
+        async for item in upstream:
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    slot.save(item, ("emitting", aggregate))
+                yield item
+                continue
+            position += 1
+            yield stamp.envelope(item, position)
+    finally:
+        await aclose(upstream)
 
 
 class _Stamp:
@@ -825,7 +892,7 @@ def _tagger(name: str) -> Stage[Any, Any]:
         envelope = _as_envelope(item)
         return Envelope(envelope.value, envelope.state._set(BRANCH.qualified, name))  # pyright: ignore[reportPrivateUsage] - the records' fast path
 
-    return _raw_map(f"tag({name!r})", lambda: tag, "to_envelope")
+    return _raw_map(f"tag({name!r})", lambda: tag)
 
 
 def _counted(position: int, name: str) -> tuple[Stage[Any, Any], Stage[Any, Any]]:
@@ -846,8 +913,8 @@ def _counted(position: int, name: str) -> tuple[Stage[Any, Any], Stage[Any, Any]
         return _as_envelope(item)
 
     return (
-        _raw_map("count_in()", lambda: count_in, "kept"),
-        _raw_map("check_out()", lambda: check_out, "to_envelope"),
+        _raw_map("count_in()", lambda: count_in),
+        _raw_map("check_out()", lambda: check_out),
     )
 
 
@@ -888,12 +955,36 @@ def _branches_stage(
 ) -> Stage[Any, Any]:
     names = list(stages)
     label = f"{function}({', '.join(f'{n}={s.label}' for n, s in stages.items())})"
-    wrap = _raw_map(f"{function}()", lambda: _as_envelope, "to_envelope")
+    wrap = _raw_map(f"{function}()", lambda: _as_envelope)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _branches(upstream, names, stages, wrap, combine, buffer, as_dict, function)
+        return _branches(upstream, names, stages, wrap, combine, buffer, as_dict, function, None)
 
-    return transform_stage(label, run)
+    def restorable(slot: Slot) -> Callable[[AsyncIterator[Any]], AsyncIterator[Any]]:
+        # Each branch's steps get slots of their own, under the branch's name.
+        bound = {name: slot.bind(each, name) for name, each in stages.items()}
+
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _branches(upstream, names, bound, wrap, combine, buffer, as_dict, function, slot)
+
+        return checkpointed
+
+    return transform_stage(label, run, restorable=restorable)
+
+
+async def _without_writes(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """A branch's input without the writes from upstream (another branch carries them).
+
+    Every branch sees every barrier; a write (a dead letter made before the
+    fork) must reach the output once.
+    """
+    try:
+        async for item in upstream:
+            if type(item) is CONTROL and item.kind == "write":
+                continue
+            yield item
+    finally:
+        await aclose(upstream)
 
 
 async def _branches(
@@ -905,19 +996,22 @@ async def _branches(
     buffer: int,
     as_dict: bool,
     function: str,
+    slot: Slot | None,
 ) -> AsyncIterator[Any]:
-    copies = tee(upstream | wrap, len(names), max_lag=buffer)
-    out: Flow[Any]
+    copies: list[Source[Any]] = list(tee(upstream | wrap, len(names), max_lag=buffer))
+    if slot is not None:
+        copies[1:] = [_without_writes(open_async(copy)) for copy in copies[1:]]
+    out: AsyncIterator[Any]
     if combine == "merge":
-        out = merge(
-            *(copy | stages[name] | _tagger(name) for copy, name in zip(copies, names, strict=True))
+        out = merge_flows(
+            [copy | stages[name] | _tagger(name) for copy, name in zip(copies, names, strict=True)]
         )
     else:
         flows: list[Flow[Any]] = []
         for position, (copy, name) in enumerate(zip(copies, names, strict=True)):
             before, after = _counted(position, name)
             flows.append(copy | before | stages[name] | after)
-        out = zip_(*flows, strict=True)
+        out = zip_flows(flows, strict=True, slot=None if slot is None else slot.child("zip", "zip"))
     try:
         if combine == "merge":
             async for item in out:
@@ -925,6 +1019,9 @@ async def _branches(
         else:
             try:
                 async for row in out:
+                    if type(row) is CONTROL:
+                        yield row
+                        continue
                     values: Any = (
                         {name: envelope.value for name, envelope in zip(names, row, strict=True)}
                         if as_dict
@@ -940,7 +1037,7 @@ async def _branches(
                 raise
     finally:
         try:
-            await out.aclose()
+            await aclose(out)
         finally:
             await aclose(upstream)
 

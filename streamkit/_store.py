@@ -48,6 +48,8 @@ from ._writes import (
     check_expect,
     check_int64,
     check_table,
+    check_text,
+    check_utf8,
     check_writes,
     json_copy,
     letter_from_json,
@@ -224,6 +226,7 @@ class Checkpoint:
             raise ValueError(f"items must be >= 0, got {self.items}")
         if not isinstance(self.version, str):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(f"version must be a str, got {type(self.version).__name__}")
+        check_utf8(self.version, "version")
         _check_time(self.created_at)
         position = json_copy(self.position, "position")
         object.__setattr__(self, "position", position)
@@ -333,15 +336,16 @@ def _check_shape(shape: object) -> tuple[str, ...]:
     for step in steps:
         if not isinstance(step, str):
             raise TypeError(f"shape must hold str, got {step!r}")
+        check_utf8(step, "shape")
     return cast("tuple[str, ...]", steps)
 
 
-def _check_name(name: object) -> str:
+def _check_name(name: object, parameter: str = "name") -> str:
     if not isinstance(name, str):
-        raise TypeError(f"name must be a str, got {type(name).__name__}: {name!r}")
+        raise TypeError(f"{parameter} must be a str, got {type(name).__name__}: {name!r}")
     if not name:
-        raise ValueError("name must not be empty")
-    return name
+        raise ValueError(f"{parameter} must not be empty")
+    return check_text(name, parameter)
 
 
 def _check_time(created: object) -> None:
@@ -460,7 +464,7 @@ def check_save(
 
 
 def _check_run(run: object) -> str | None:
-    return None if run is None else _check_name(run)
+    return None if run is None else _check_name(run, "run")
 
 
 class MemoryStore(Store):

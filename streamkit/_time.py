@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 from ._aggregate import enveloped_list
+from ._barrier import CONTROL
 from ._core import (
     Passthrough,
     aclose,
@@ -20,13 +21,15 @@ from ._runtime import cancel_and_wait, current_clock, spawn, wait_done
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
 
+    from ._barrier import RunFunction, Slot
+
 
 async def _pull(iterator: AsyncIterator[Any]) -> Any:
     return await anext(iterator)
 
 
 async def chunk_within(
-    upstream: AsyncIterator[Any], size: int, within: float
+    upstream: AsyncIterator[Any], size: int, within: float, slot: Slot | None
 ) -> AsyncIterator[Any]:
     """Count-or-time batching: a list at ``size`` items or ``within`` seconds.
 
@@ -34,6 +37,8 @@ async def chunk_within(
     cancels it, so no item is lost and the upstream is never interrupted
     mid-item. On a stream of `Envelope` items each batch is one envelope:
     the list of values, with the items' states merged (later items win).
+    A checkpoint keeps the partial batch and how long its oldest item has
+    waited; a resumed run waits only for the rest.
     """
     clock = current_clock()
     batch: list[Any] = []
@@ -41,6 +46,11 @@ async def chunk_within(
     # checked once per batch, never per item.
     enveloped: bool | None = None
     deadline = 0.0
+    if slot is not None:
+        restored: tuple[list[Any], float] = slot.restore(([], 0.0))
+        kept, waited = restored
+        batch = list(kept)
+        deadline = clock.now() + max(0.0, within - waited)
     pending = None
     try:
         while True:
@@ -61,6 +71,12 @@ async def chunk_within(
                 item = task.result()
             except StopAsyncIteration:
                 break
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    waited = within - (deadline - clock.now()) if batch else 0.0
+                    slot.save(item, (batch, waited))
+                yield item
+                continue
             if not batch:
                 deadline = clock.now() + within
             batch.append(item)
@@ -127,9 +143,15 @@ def throttle(
     )
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _throttle(upstream, per_second, burst, cost, label)
+        return _throttle(upstream, per_second, burst, cost, label, None)
 
-    return Passthrough(transform_stage(label, run, lineage="kept").steps)
+    def restorable(slot: Slot) -> RunFunction:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _throttle(upstream, per_second, burst, cost, label, slot)
+
+        return checkpointed
+
+    return Passthrough(transform_stage(label, run, restorable=restorable).steps)
 
 
 def _is_tokens(value: object) -> bool:
@@ -151,13 +173,20 @@ async def _throttle(
     burst: int,
     cost: Callable[[Any], float] | None,
     label: str,
+    slot: Slot | None,
 ) -> AsyncIterator[Any]:
     clock = current_clock()
-    tokens = float(burst)
+    # A checkpoint keeps the tokens in the bucket (refilled to the moment).
+    tokens = float(burst) if slot is None else float(slot.restore(burst))
     last = clock.now()
     index = -1
     try:
         async for item in upstream:
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    slot.save(item, min(burst, tokens + (clock.now() - last) * per_second))
+                yield item
+                continue
             index += 1
             need: float = 1.0
             if cost is not None:
@@ -208,16 +237,33 @@ def spaced(seconds: float, /) -> Passthrough:
     gap = check_seconds(seconds, "seconds")
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _spaced(upstream, gap)
+        return _spaced(upstream, gap, None)
 
-    return Passthrough(transform_stage(f"spaced({gap:g})", run, lineage="kept").steps)
+    def restorable(slot: Slot) -> RunFunction:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _spaced(upstream, gap, slot)
+
+        return checkpointed
+
+    return Passthrough(transform_stage(f"spaced({gap:g})", run, restorable=restorable).steps)
 
 
-async def _spaced(upstream: AsyncIterator[Any], gap: float) -> AsyncIterator[Any]:
+async def _spaced(
+    upstream: AsyncIterator[Any], gap: float, slot: Slot | None
+) -> AsyncIterator[Any]:
     clock = current_clock()
     last: float | None = None
+    if slot is not None:
+        # A checkpoint keeps how long ago the last item left (None: none has).
+        since: float | None = slot.restore(None)
+        last = None if since is None else clock.now() - since
     try:
         async for item in upstream:
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    slot.save(item, None if last is None else clock.now() - last)
+                yield item
+                continue
             if last is not None:
                 wait = last + gap - clock.now()
                 if wait > 0:
@@ -250,18 +296,32 @@ def debounce(seconds: float, /) -> Passthrough:
     quiet = check_seconds(seconds, "seconds")
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _debounce(upstream, quiet)
+        return _debounce(upstream, quiet, None)
 
-    return Passthrough(transform_stage(f"debounce({quiet:g})", run, lineage="kept").steps)
+    def restorable(slot: Slot) -> RunFunction:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _debounce(upstream, quiet, slot)
+
+        return checkpointed
+
+    return Passthrough(transform_stage(f"debounce({quiet:g})", run, restorable=restorable).steps)
 
 
 _NOTHING: Final = object()
 
 
-async def _debounce(upstream: AsyncIterator[Any], quiet: float) -> AsyncIterator[Any]:
+async def _debounce(
+    upstream: AsyncIterator[Any], quiet: float, slot: Slot | None
+) -> AsyncIterator[Any]:
     clock = current_clock()
     latest: Any = _NOTHING
     deadline = 0.0
+    if slot is not None:
+        # A checkpoint keeps the waiting item and the rest of its quiet period.
+        kept: list[Any] = slot.restore([])
+        if kept:
+            latest, remaining = kept
+            deadline = clock.now() + remaining
     pending = None
     try:
         while True:
@@ -278,6 +338,12 @@ async def _debounce(upstream: AsyncIterator[Any], quiet: float) -> AsyncIterator
                 item = task.result()
             except StopAsyncIteration:
                 break
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    held = [] if latest is _NOTHING else [latest, max(0.0, deadline - clock.now())]
+                    slot.save(item, held)
+                yield item
+                continue
             latest = item
             deadline = clock.now() + quiet
         if latest is not _NOTHING:
@@ -329,7 +395,7 @@ def timeout(seconds: float, /, *, on_timeout: Literal["raise", "end"] = "raise")
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _timeout(upstream, limit, on_timeout == "end", label)
 
-    return Passthrough(transform_stage(label, run, lineage="kept").steps)
+    return Passthrough(transform_stage(label, run, barriers=True).steps)
 
 
 async def _timeout(
@@ -354,7 +420,8 @@ async def _timeout(
                 item = task.result()
             except StopAsyncIteration:
                 return
-            index += 1
+            if type(item) is not CONTROL:
+                index += 1
             yield item
     finally:
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, cast, overload
 
+from ._barrier import CONTROL
 from ._core import (
     ConcurrentOp,
     FlattenStage,
@@ -32,6 +33,7 @@ if TYPE_CHECKING:
 
     from returns.result import Result
 
+    from ._barrier import RunFunction, Slot
     from ._failures import DeadLetterSink, ErrorRecord, ErrorReport, OnError
     from ._records import State
 
@@ -474,7 +476,7 @@ def flat_map(
         def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
             return _flat_map(upstream, fn, known_async, label)
 
-        built = transform_stage(label, run, op)
+        built = transform_stage(label, run, op, barriers=True)
     return with_failure_options(
         built, label, timeout=timeout, on_error=on_error, dead_letter=dead_letter, report=report
     )
@@ -489,6 +491,9 @@ async def _flat_map(
     index = -1
     try:
         async for item in upstream:
+            if type(item) is CONTROL:
+                yield item
+                continue
             index += 1
             value = item
             if enveloped is not False:  # never true again after a plain first item
@@ -566,7 +571,7 @@ def _run_flatten(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
     return _flat_map(upstream, None, False, "flatten()")
 
 
-_flatten_steps = transform_stage("flatten()", _run_flatten, lineage="kept").steps
+_flatten_steps = transform_stage("flatten()", _run_flatten, barriers=True).steps
 
 
 @overload
@@ -596,9 +601,15 @@ def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
     known_async = is_async_callable(fn)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _scan(upstream, fn, initial, known_async, label)
+        return _scan(upstream, fn, initial, known_async, label, None)
 
-    return transform_stage(label, run, lineage="kept")
+    def restorable(slot: Slot) -> RunFunction:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _scan(upstream, fn, slot.restore(initial), known_async, label, slot)
+
+        return checkpointed
+
+    return transform_stage(label, run, restorable=restorable)
 
 
 async def _scan(
@@ -607,12 +618,18 @@ async def _scan(
     accumulator: Any,
     known_async: bool,
     label: str,
+    slot: Slot | None,
 ) -> AsyncIterator[Any]:
     awaits: bool | None = True if known_async else None
     enveloped: bool | None = None  # decided by the first item, once per run
     index = -1
     try:
         async for item in upstream:
+            if type(item) is CONTROL:
+                if slot is not None and item.kind == "barrier":
+                    slot.save(item, accumulator)
+                yield item
+                continue
             index += 1
             value = item
             if enveloped is not False:  # never true again after a plain first item
@@ -655,7 +672,13 @@ def enumerate_(start: int = 0) -> IndexedStage:
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _enumerate(upstream, start)
 
-    return IndexedStage(transform_stage(f"enumerate_({start})", run, lineage="kept").steps)
+    def restorable(slot: Slot) -> RunFunction:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            return _enumerate_checkpointed(upstream, slot.restore(start), slot)
+
+        return checkpointed
+
+    return IndexedStage(transform_stage(f"enumerate_({start})", run, restorable=restorable).steps)
 
 
 async def _enumerate(upstream: AsyncIterator[Any], start: int) -> AsyncIterator[Any]:
@@ -676,6 +699,26 @@ async def _enumerate(upstream: AsyncIterator[Any], start: int) -> AsyncIterator[
             yield index, first
             index += 1
             async for item in upstream:
+                yield index, item
+                index += 1
+    finally:
+        await aclose(upstream)
+
+
+async def _enumerate_checkpointed(
+    upstream: AsyncIterator[Any], index: int, slot: Slot
+) -> AsyncIterator[Any]:
+    # The index is the state: the next index a resumed run gives.
+    try:
+        async for item in upstream:
+            if type(item) is CONTROL:
+                if item.kind == "barrier":
+                    slot.save(item, index)
+                yield item
+            elif is_envelope(item):
+                yield Envelope((index, item.value), item.state)
+                index += 1
+            else:
                 yield index, item
                 index += 1
     finally:

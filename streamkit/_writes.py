@@ -36,6 +36,17 @@ SQL_TYPES: Final[tuple[SQLType, ...]] = get_args(SQLType)
 STORE_TABLES: Final = frozenset({"checkpoints", "dead_letters", "sink_tables", "meta"})
 """The stores' own tables: no sink table may take one of these names."""
 
+STORE_INDEXES: Final = frozenset({"checkpoints_by_run", "dead_letters_by_run"})
+"""The stores' own indexes, whose names no sink table may take either."""
+
+RESERVED_SUFFIXES: Final = ("_pkey", "_seq")
+"""How the names PostgreSQL gives a table's primary-key index and id sequence end.
+
+An index or a sequence shares its schema's names with the tables, so a sink
+table named ``out_pkey`` would collide with the index of a sink table ``out``
+in `PostgresStore`; every store refuses these names alike.
+"""
+
 RESERVED_COLUMNS: Final = frozenset({"id", "run", "checkpoint"})
 """The columns every sink table starts with."""
 
@@ -45,12 +56,43 @@ _INT64: Final = 2**63
 
 
 def json_copy(value: object, parameter: str) -> Any:
-    """``value`` as it comes back from JSON; `TypeError` naming ``parameter`` otherwise."""
+    """``value`` as it comes back from JSON; `TypeError` naming ``parameter`` otherwise.
+
+    Stores keep JSON as UTF-8, so a str holding a lone surrogate (which UTF-8
+    cannot encode) is refused too.
+    """
     try:
-        text = json.dumps(value, allow_nan=False)
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False)
+        text.encode()
+    except UnicodeEncodeError as exc:
+        raise TypeError(
+            f"{parameter} must be JSON-serializable as UTF-8: a str holds the lone "
+            f"surrogate {exc.object[exc.start : exc.end]!r}"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise TypeError(f"{parameter} must be JSON-serializable: {exc}") from None
     return json.loads(text)
+
+
+def check_utf8(value: str, parameter: str) -> str:
+    """``value``, a str UTF-8 can encode (no lone surrogate); `ValueError` otherwise."""
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"{parameter} must be encodable as UTF-8, got the lone surrogate "
+            f"{exc.object[exc.start : exc.end]!r} at position {exc.start}"
+        ) from None
+    return value
+
+
+def check_text(value: str, parameter: str) -> str:
+    """``value``, a str every store keeps in a text column: UTF-8, without NUL characters."""
+    if "\x00" in value:
+        raise ValueError(
+            f"{parameter} must not contain a NUL character (PostgreSQL text cannot hold it)"
+        )
+    return check_utf8(value, parameter)
 
 
 def check_int64(value: object, parameter: str) -> int:
@@ -77,8 +119,13 @@ def check_identifier(value: object, parameter: str) -> str:
 def check_table(value: object, parameter: str = "table") -> str:
     """``value``, a name a sink table may take (not one of the store's own tables)."""
     table = check_identifier(value, parameter)
-    if table in STORE_TABLES or table.startswith(("sqlite_", "pg_")):
+    if table in STORE_TABLES | STORE_INDEXES or table.startswith(("sqlite_", "pg_")):
         raise ValueError(f"{parameter} {table!r} is reserved for the store's own tables")
+    if table.endswith(RESERVED_SUFFIXES):
+        raise ValueError(
+            f"{parameter} {table!r} ends like the name of an index or a sequence "
+            f"({' or '.join(RESERVED_SUFFIXES)}): PostgreSQL names a table's own so"
+        )
     return table
 
 
@@ -95,13 +142,13 @@ def _check_value(value: object, row: int, column: str) -> SQLValue:
     if isinstance(value, float):
         if math.isnan(value):
             raise ValueError(f"{where}: NaN is not stored alike by every store")
-        return value
+        return 0.0 if value == 0.0 else value  # SQLite keeps -0.0 as 0.0: so do the others
     if isinstance(value, str):
         if "\x00" in value:
             raise ValueError(
                 f"{where}: a str with a NUL character (PostgreSQL text cannot hold it)"
             )
-        return value
+        return check_utf8(value, where)
     raise TypeError(
         f"{where}: {type(value).__name__} is not an SQL value (None, int, float, str or bytes)"
     )
@@ -161,6 +208,7 @@ class DeadLetterRow:
             raise TypeError(f"stage must be a str, got {type(self.stage).__name__}")
         if not self.stage:
             raise ValueError("stage must not be empty")
+        check_text(self.stage, "stage")
         check_int64(self.index, "index")
         object.__setattr__(self, "record", json_copy(self.record, "record"))
 
@@ -177,12 +225,14 @@ class TableRows:
 
     Names are SQL identifiers: lower-case letters, digits and ``_``, not
     starting with a digit, at most 63 characters. Values are ``None``, ints
-    (64-bit), floats (not NaN), strs (without NUL) and bytes. Anything else is
-    refused here, with `TypeError` or `ValueError`.
+    (64-bit), floats (not NaN; ``-0.0`` is kept as ``0.0``), strs (UTF-8,
+    without NUL) and bytes. Anything else is refused here, with `TypeError`
+    or `ValueError`.
 
     Args:
         table: The sink table's name (not one of the store's own tables:
-            ``checkpoints``, ``dead_letters``, ``sink_tables``, ``meta``).
+            ``checkpoints``, ``dead_letters``, ``sink_tables``, ``meta``, nor
+            their indexes, nor a name ending in ``_pkey`` or ``_seq``).
         columns: The columns the rows give values for (not ``id``, ``run``
             or ``checkpoint``).
         rows: The rows, one value per column.

@@ -1,12 +1,15 @@
-"""A worker process for the crash tests: a checkpointed run that may be killed.
+"""A worker process for the crash tests: one checkpointed run, which the test may kill.
 
-``python -m tests.checkpoint_worker DB INPUT OUTPUT --pipeline P --every N [--kill-at-save K
---kill-when before|after]`` runs pipeline ``P`` over the lines of ``INPUT`` under the name
-``crash``, checkpointing into the SQLite file ``DB`` every ``N`` source items, and appends each
-result to ``OUTPUT`` as one JSON line, written with a single unbuffered ``os.write`` before the
-next item is pulled. With ``--kill-at-save K`` the process sends itself SIGKILL just before or
-just after the K-th checkpoint of this process is saved. The parent test may also kill it at any
-moment. A run that reaches its end exits with status 0.
+``python -m tests.checkpoint_worker DB OUTPUT --case CASE --every N [--attempt A]
+[--plain]`` runs the pipeline of ``CASE`` over its source under the name ``crash``,
+checkpointing into the SQLite file ``DB`` every ``N`` source items, and appends each
+output to ``OUTPUT`` as one line, ``A<TAB>JSON``, written with a single unbuffered
+``os.write`` before the next output is pulled. With ``--plain`` it runs without a
+checkpoint: the uninterrupted run the attempts are compared with. The test kills it
+with SIGKILL at random moments; a run that reaches its end exits with status 0.
+
+Every case yields distinct outputs, so that an output identifies its place in the
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -15,122 +18,220 @@ import argparse
 import asyncio
 import json
 import os
-import signal
 import sys
-from typing import TYPE_CHECKING, Any, Self
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
-from streamkit import (
-    Checkpoint,
-    DeadLetterRecord,
-    Envelope,
-    Key,
-    Run,
-    SQLiteStore,
-    Stage,
-    Store,
-    Write,
-    chunk,
-    envelop,
-    filter_,
-    lines,
-    map_,
-    reduce_point,
-    unwrap,
-)
+import streamkit as sk
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import AsyncIterator, Callable
 
-TOTAL = Key[int]("total")
+N = 240
+"""Source items of every case."""
 
-
-async def slow_square(x: int) -> int:
-    await asyncio.sleep(0.001 * (x % 3))
-    return x * x
-
-
-def pipelines() -> dict[str, Stage[str, Any]]:
-    return {
-        # map -> filter -> concurrent map (ordered) -> chunk: an output holds up to 3 items.
-        "stream": map_(int)
-        | filter_(lambda x: x % 5 != 0)
-        | map_(slow_square, concurrency=4)
-        | chunk(3),
-        # A reduction point: every output carries the total of the whole input.
-        "reduce": map_(int)
-        | envelop()
-        | reduce_point(TOTAL, lambda total, x: total + x, 0)
-        | map_(lambda x, state: [x, state[TOTAL]], with_state=True)
-        | unwrap(),
-    }
+TOTAL = sk.Key[int]("total")
+RUNNING = sk.Key[int]("running")
 
 
-class KillingStore:
-    """A store that kills its process around its K-th save."""
-
-    def __init__(self, store: SQLiteStore, kill_at: int | None, when: str) -> None:
-        self.store = store
-        self.kill_at = kill_at
-        self.when = when
-        self.saves = 0
-
-    async def load(self, name: str) -> Checkpoint | None:
-        return await self.store.load(name)
-
-    async def save(
-        self, checkpoint: Checkpoint, /, *, writes: Sequence[Write] = (), expect: int | None = None
-    ) -> None:
-        self.saves += 1
-        dying = self.saves == self.kill_at
-        if dying and self.when == "before":
-            os.kill(os.getpid(), signal.SIGKILL)
-        await self.store.save(checkpoint, writes=writes, expect=expect)
-        if dying:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    async def history(self, name: str, *, limit: int = 10) -> tuple[Checkpoint, ...]:
-        return await self.store.history(name, limit=limit)
-
-    async def dead_letters(self, name: str) -> tuple[DeadLetterRecord, ...]:
-        return await self.store.dead_letters(name)
-
-    async def table_rows(self, table: str, *, run: str | None = None) -> tuple[dict[str, Any], ...]:
-        return await self.store.table_rows(table, run=run)
-
-    async def delete(self, name: str) -> None:
-        await self.store.delete(name)
-
-    async def close(self) -> None:
-        await self.store.close()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.close()
+async def pause(x: int) -> int:
+    """Stands in for work: the run lasts long enough to be killed in the middle."""
+    await asyncio.sleep(0.0005)
+    return x
 
 
-def _line(item: Any) -> bytes:
-    value = item.value if isinstance(item, Envelope) else item
-    return (json.dumps(value) + "\n").encode()
+async def slow(x: int) -> int:
+    await asyncio.sleep(0.0005 * (1 + x % 4))
+    return x
+
+
+def add(total: int, x: int) -> int:
+    return total + x
+
+
+_failed_once: set[int] = set()
+
+
+def flaky(x: int) -> int:
+    """Fails the first call for each item (in each process): with_retry's second try works."""
+    if x not in _failed_once:
+        _failed_once.add(x)
+        raise ConnectionError(f"flaky {x}")
+    return x * 10
+
+
+def bad_sevens(x: int) -> int:
+    if x % 7 == 3:
+        raise ValueError(f"bad {x}")
+    return x
+
+
+class Count:
+    """The state of `numbered`: how many items it has seen."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def snapshot(self) -> int:
+        return self.n
+
+    def restore(self, snapshot: int) -> None:
+        self.n = snapshot
+
+
+@sk.stage(state=Count)
+async def numbered(items: AsyncIterator[int], count: Count) -> AsyncIterator[list[int]]:
+    async for item in items:
+        count.n += 1
+        yield [count.n, item]
+
+
+@sk.stage(state=dict)
+async def pairs_so_far(items: AsyncIterator[int], kept: dict[str, Any]) -> AsyncIterator[list[int]]:
+    # Keeps an item between two pulls: all of it is in ``kept``, which the checkpoint saves.
+    async for item in items:
+        if "held" in kept:
+            yield [kept.pop("held"), item]
+        else:
+            kept["held"] = item
+
+
+@dataclass(frozen=True)
+class Case:
+    pipeline: Callable[[sk.Store], sk.Stage[Any, Any]]
+    source: Callable[[], Any] = lambda: list(range(1, N + 1))
+    ordered: bool = True
+    """Whether the uninterrupted output has one order (else: compared as sets)."""
+    subsequence: bool = False
+    """Time-driven output: each attempt yields a subsequence of the inputs, the last included."""
+    table: bool = False
+    """The outputs also go to the table sink ``out`` (of a checkpointed run)."""
+    dead_letters: int = 0
+    """Items the run dead-letters."""
+    resumes: bool = True
+    """Whether a kill after a random time of at most a run's length often lands after a
+    completed checkpoint (not so for a reduction point: none completes before its fold)."""
+
+
+def _each_fork() -> sk.Stage[Any, Any]:
+    return sk.map_(pause) | sk.fork(sk.map_(lambda x: x * 2), sk.map_(lambda x: -x))
+
+
+CASES: dict[str, Case] = {
+    "map-filter": Case(lambda _: sk.map_(pause) | sk.filter_(lambda x: x % 3 != 0)),
+    "scan": Case(lambda _: sk.map_(pause) | sk.scan(add, 0)),
+    "scan_state": Case(
+        lambda _: (
+            sk.map_(pause)
+            | sk.envelop()
+            | sk.scan_state(RUNNING, add, 0)
+            | sk.map_(lambda x, state: [x, state[RUNNING]], with_state=True)
+            | sk.unwrap()
+        )
+    ),
+    "reduce_point": Case(
+        lambda _: (
+            sk.map_(pause)
+            | sk.envelop()
+            | sk.reduce_point(TOTAL, add, 0)
+            | sk.map_(lambda x, state: [x, state[TOTAL]], with_state=True)
+            | sk.unwrap()
+        ),
+        resumes=False,
+    ),
+    "distinct": Case(lambda _: sk.map_(pause) | sk.map_(lambda x: (x * 7) % 101) | sk.distinct()),
+    "enumerate": Case(
+        lambda _: sk.map_(pause) | sk.filter_(lambda x: x % 4 != 1) | sk.enumerate_(1)
+    ),
+    "chunk-flatten": Case(lambda _: sk.map_(pause) | sk.chunk(4) | sk.map_(list) | sk.flatten()),
+    "chunk-within": Case(lambda _: sk.map_(pause) | sk.chunk(5, within=30)),
+    "window-flatten": Case(lambda _: sk.map_(pause) | sk.window(7, step=7) | sk.flatten()),
+    "window": Case(lambda _: sk.map_(pause) | sk.window(4, step=3)),
+    "pairwise": Case(lambda _: sk.map_(pause) | sk.pairwise()),
+    "take-skip": Case(lambda _: sk.map_(pause) | sk.skip(17) | sk.take(N - 40)),
+    "buffer": Case(lambda _: sk.map_(pause) | sk.buffer(8) | sk.map_(lambda x: x + 1000)),
+    "throttle": Case(lambda _: sk.map_(pause) | sk.throttle(100_000.0, burst=8)),
+    "timeout": Case(lambda _: sk.map_(pause) | sk.timeout(30)),
+    "debounce": Case(lambda _: sk.map_(slow) | sk.debounce(0.001), subsequence=True),
+    "with_retry": Case(
+        lambda _: (
+            sk.map_(pause)
+            | sk.with_retry(sk.map_(flaky, concurrency=4), attempts=3, backoff=sk.constant(0))
+        )
+    ),
+    "concurrent-ordered": Case(lambda _: sk.map_(slow, concurrency=6) | sk.chunk(3)),
+    "concurrent-unordered": Case(
+        lambda _: sk.map_(slow, concurrency=6, ordered=False), ordered=False
+    ),
+    "flat_map-concurrent": Case(
+        lambda _: sk.flat_map(lambda x: [x, -x] if x % 5 else [], concurrency=3) | sk.map_(pause)
+    ),
+    "merge": Case(
+        lambda _: sk.map_(lambda x: x + 1),
+        source=lambda: sk.merge(
+            list(range(0, 2 * N, 2)) | sk.map_(pause), list(range(1, 2 * N, 2)) | sk.map_(slow)
+        ),
+        ordered=False,
+    ),
+    "zip": Case(
+        lambda _: sk.map_(list),
+        source=lambda: sk.zip_(list(range(N)) | sk.map_(pause), list(range(N, 2 * N))),
+    ),
+    "fork-merge": Case(lambda _: _each_fork(), ordered=False),
+    "fork-zip": Case(
+        lambda _: (
+            sk.map_(pause)
+            | sk.fork(sk.map_(lambda x: x * 2), sk.scan(add, 0), combine="zip")
+            | sk.map_(list)
+        )
+    ),
+    "branch": Case(
+        lambda _: (
+            sk.map_(pause)
+            | sk.branch(small=sk.filter_(lambda x: x < 100), big=sk.chunk(3) | sk.map_(sum))
+            | sk.map_(lambda value, state: [state[sk.BRANCH], value], with_state=True)
+            | sk.unwrap()
+        ),
+        ordered=False,
+    ),
+    "custom-stage": Case(lambda _: sk.map_(pause) | numbered()),
+    "custom-dict-stage": Case(lambda _: sk.map_(pause) | pairs_so_far()),
+    "table-sink": Case(lambda _: sk.map_(pause) | sk.scan(add, 0), table=True),
+    "dead-letters": Case(
+        lambda _: (
+            sk.map_(pause) | sk.map_(bad_sevens, on_error="split", dead_letter=lambda record: None)
+        ),
+        dead_letters=sum(1 for x in range(1, N + 1) if x % 7 == 3),
+    ),
+}
+
+
+def _plain(item: Any) -> Any:
+    value = item.value if isinstance(item, sk.Envelope) else item
+    if isinstance(value, tuple):
+        return [_plain(x) for x in value]  # pyright: ignore[reportUnknownVariableType]
+    return value
 
 
 async def main(arguments: argparse.Namespace) -> None:
-    store: Store = KillingStore(SQLiteStore(arguments.db), arguments.kill_at_save, arguments.when)
-    pipeline = pipelines()[arguments.pipeline]
+    case = CASES[arguments.case]
     output = os.open(arguments.output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    prefix = f"{arguments.attempt}\t"
     try:
-        async with store:
-            run = Run(
-                pipeline,
-                lines(arguments.input),
-                name="crash",
-                checkpoint=store,
-                every=arguments.every,
-            )
-            async with run:
-                async for item in run:
-                    os.write(output, _line(item))
+        async with sk.SQLiteStore(arguments.db) as store:
+            pipeline = case.pipeline(store)
+            if case.table and not arguments.plain:
+                pipeline = pipeline | sk.write_to(sk.TableSink(store, "out"))
+            source = case.source()
+            if arguments.plain:
+                results: AsyncIterator[Any] = aiter(source | pipeline)
+            else:
+                run = sk.Run(
+                    pipeline, source, name="crash", checkpoint=store, every=arguments.every
+                )
+                results = aiter(run)
+            async for item in results:
+                os.write(output, (prefix + json.dumps(_plain(item)) + "\n").encode())
     finally:
         os.close(output)
 
@@ -138,11 +239,10 @@ async def main(arguments: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("db")
-    parser.add_argument("input")
     parser.add_argument("output")
-    parser.add_argument("--pipeline", choices=["stream", "reduce"], required=True)
+    parser.add_argument("--case", choices=sorted(CASES), required=True)
     parser.add_argument("--every", type=int, required=True)
-    parser.add_argument("--kill-at-save", type=int, default=None)
-    parser.add_argument("--when", choices=["before", "after"], default="before")
+    parser.add_argument("--attempt", type=int, default=0)
+    parser.add_argument("--plain", action="store_true")
     asyncio.run(main(parser.parse_args()))
     sys.exit(0)

@@ -24,6 +24,7 @@ from streamkit import Stage, collect, take
 from streamkit.testing import SourceError, TrackedSource, assert_no_pending_tasks
 from tests.servers import postgres as postgres
 from tests.servers import postgres_session as postgres_session
+from tests.servers import pytest_collection_modifyitems as pytest_collection_modifyitems
 from tests.servers import pytest_runtest_logreport as pytest_runtest_logreport
 from tests.servers import pytest_terminal_summary as pytest_terminal_summary
 from tests.servers import redis as redis

@@ -6,11 +6,14 @@ authentication, ``fsync`` off: the tests kill clients, never the server),
 Redis as a ``redis-server`` subprocess with persistence off. PostgreSQL
 refuses to run as root, so as root both of its programs run as ``nobody``.
 
-Tests ask for the function-scoped fixtures ``postgres`` and ``redis``. A
-missing server binary skips them with the reason, unless the environment
-sets ``STREAMKIT_REQUIRE_SERVERS=1`` (as ``.ci/run`` does): then it is a
-failure. The terminal summary says how many tests each server served, so a
-CI log shows they ran.
+Tests ask for the function-scoped fixtures ``postgres`` and ``redis``; the
+tests that do carry the ``server`` marker (``pytest -m server`` runs only
+them; so do tests that mark themselves, as the Store contract's PostgreSQL
+cases). A missing server binary skips them with the reason, unless the
+environment sets ``STREAMKIT_REQUIRE_SERVERS=1`` (as ``.ci/run`` does): then
+it is a failure. The terminal summary says how many tests each server
+served, so a CI log shows they ran; with ``STREAMKIT_SERVER_REPORT=FILE``
+the counts are also written to ``FILE`` as JSON.
 
 ``conftest.py`` imports the fixtures and hooks from here.
 """
@@ -22,10 +25,12 @@ import contextlib
 import dataclasses
 import glob
 import itertools
+import json
 import os
 import pwd
 import shutil
 import socket
+import stat
 import subprocess
 import tempfile
 import time
@@ -39,6 +44,9 @@ if TYPE_CHECKING:
 
 REQUIRE_SERVERS = os.environ.get("STREAMKIT_REQUIRE_SERVERS") == "1"
 """Whether a missing server fails the tests that need it (instead of skipping them)."""
+
+SERVER_FIXTURES = frozenset({"postgres", "postgres_session", "redis", "redis_session"})
+"""The fixtures that make a test server-backed (it gets the ``server`` marker)."""
 
 _START_SECONDS = 60.0
 
@@ -72,6 +80,7 @@ class PostgresServer:
 
     port: int
     bindir: Path
+    folder: Path
 
     @property
     def dsn(self) -> str:
@@ -107,11 +116,32 @@ def postgres_bindir() -> Path | None:
 
 
 def _as_unprivileged() -> dict[str, Any]:
-    """``subprocess`` options that run a program as ``nobody`` when we are root."""
+    """``subprocess`` options that run a program as ``nobody`` when we are root.
+
+    PostgreSQL refuses to run as root: as root, ``initdb`` and ``pg_ctl`` (and
+    so the server) run as ``nobody``, in a folder that ``nobody`` owns.
+    """
     if os.geteuid() != 0:
         return {}
     nobody = pwd.getpwnam("nobody")
     return {"user": nobody.pw_uid, "group": nobody.pw_gid, "extra_groups": []}
+
+
+def _open_to_others(folder: Path) -> bool:
+    """Whether every folder above ``folder`` lets other users through (``o+x``)."""
+    return all(os.stat(parent).st_mode & stat.S_IXOTH for parent in folder.resolve().parents)
+
+
+def _temporary_folder(prefix: str, *, for_others: bool) -> Path:
+    """A new temporary folder; one that another user can reach when ``for_others``.
+
+    The default temporary directory may lie under a private home (``TMPDIR``
+    under ``/root``): then the folder goes to ``/tmp``.
+    """
+    parent = Path(tempfile.gettempdir())
+    if for_others and not _open_to_others(parent / "child"):
+        parent = Path("/tmp")
+    return Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
 
 
 @contextlib.contextmanager
@@ -125,7 +155,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         )
         raise AssertionError("unreachable")  # pragma: no cover
     user = _as_unprivileged()
-    folder = Path(tempfile.mkdtemp(prefix="streamkit-pg-"))
+    folder = _temporary_folder("streamkit-pg-", for_others=bool(user))
     data = folder / "data"
     if user:
         os.chown(folder, user["user"], user["group"])
@@ -151,7 +181,7 @@ def postgres_server() -> Iterator[PostgresServer]:
         run(bindir / "initdb", "-D", data, "-A", "trust", "-U", "postgres", "-E", "UTF8", "-N")
         port = _start_postgres(run, bindir, folder, data)
         try:
-            yield PostgresServer(port=port, bindir=bindir)
+            yield PostgresServer(port=port, bindir=bindir, folder=folder)
         finally:
             run(bindir / "pg_ctl", "-D", data, "stop", "-m", "immediate", "-w")
     finally:
@@ -195,6 +225,8 @@ class RedisServer:
     """A running Redis server."""
 
     port: int
+    pid: int
+    folder: Path
     host: str = "127.0.0.1"
 
     @property
@@ -219,28 +251,47 @@ def redis_server() -> Iterator[RedisServer]:
     if binary is None:
         _unavailable("redis", "redis-server was not found on PATH")
         raise AssertionError("unreachable")  # pragma: no cover
-    folder = Path(tempfile.mkdtemp(prefix="streamkit-redis-"))
-    port = free_port()
+    folder = _temporary_folder("streamkit-redis-", for_others=False)
+    try:
+        for attempt in range(3):  # another port if the free one was taken meanwhile
+            port = free_port()
+            process = _start_redis(binary, port, folder)
+            if process is not None:
+                break
+            if attempt == 2:
+                output = (folder / "server.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"redis-server did not start:\n{output}")
+        try:
+            yield RedisServer(port=port, pid=process.pid, folder=folder)
+        finally:
+            _stop(process)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _start_redis(binary: str, port: int, folder: Path) -> subprocess.Popen[bytes] | None:
+    """A ``redis-server`` answering on ``port``, or ``None`` (stopped) if it did not start."""
     command = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(folder)]
     command += ["--save", "", "--appendonly", "no", "--daemonize", "no"]
-    with (folder / "server.log").open("wb") as log:
+    with (folder / "server.log").open("ab") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=folder)
+    deadline = time.monotonic() + _START_SECONDS
+    while not _redis_answers(port):
+        if process.poll() is not None or time.monotonic() > deadline:
+            _stop(process)
+            return None
+        time.sleep(0.02)
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop a server by its pid (SIGTERM, then SIGKILL) and reap it."""
+    process.terminate()
     try:
-        deadline = time.monotonic() + _START_SECONDS
-        while not _redis_answers(port):
-            if process.poll() is not None or time.monotonic() > deadline:
-                output = (folder / "server.log").read_text(errors="replace")[-2000:]
-                raise RuntimeError(f"redis-server did not start ({process.poll()}):\n{output}")
-            time.sleep(0.02)
-        yield RedisServer(port=port)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:  # pragma: no cover - it ignored SIGTERM
-            process.kill()
-            process.wait()
-        shutil.rmtree(folder, ignore_errors=True)
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:  # pragma: no cover - it ignored SIGTERM
+        process.kill()
+        process.wait()
 
 
 # --------------------------------------------------------------------------- fixtures and hooks
@@ -274,17 +325,30 @@ def redis(redis_session: RedisServer, request: pytest.FixtureRequest) -> RedisSe
     return redis_session
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests that ask for a server's fixture ``server``."""
+    for item in items:
+        if SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
-    """Count what became of the tests that used a server, and of those skipped for want of one."""
+    """Count what became of the tests that used a server, and of those that had none."""
     for server, used in _USED.items():
         if report.nodeid in used and (report.when == "call" or report.failed):
             _OUTCOMES[server][report.outcome] += 1
         elif report.skipped and f"{server} unavailable" in str(report.longrepr):
             _OUTCOMES[server]["skipped"] += 1
+        elif report.failed and f"{server} is required" in str(report.longrepr):
+            _OUTCOMES[server]["failed"] += 1
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """One line per server: how many tests it served, or why it was missing."""
+    report = os.environ.get("STREAMKIT_SERVER_REPORT")
+    if report:
+        counts = {server: dict(outcomes) for server, outcomes in _OUTCOMES.items()}
+        Path(report).write_text(json.dumps({"outcomes": counts, "missing": _MISSING}) + "\n")
     if not any(_OUTCOMES.values()) and not _MISSING:
         return
     terminalreporter.write_sep("-", "server-backed tests")

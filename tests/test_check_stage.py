@@ -228,8 +228,22 @@ def _stage_factories() -> set[str]:
     return names
 
 
+# Stages that only work in a checkpointed Run: outside one they refuse their first item,
+# closing their upstream (tests/test_checkpoint_run.py checks them inside one).
+CHECKPOINT_ONLY = {"write_to"}
+
+
+async def test_a_sink_outside_a_checkpointed_run_refuses_its_first_item() -> None:
+    source = TrackedSource(range(10))
+    sink = streamkit.TableSink(streamkit.MemoryStore(), "out")
+    with pytest.raises(TypeError, match=r"write_to\(table 'out'\) commits with the checkpoints"):
+        await streamkit.collect(source | streamkit.write_to(sink))
+    assert (source.pulls, source.closed) == (1, True)
+
+
 def test_every_operator_is_covered() -> None:
     covered = {name.split()[0] for name in STAGES} | set(COMBINATORS) | NO_UPSTREAM
+    covered |= CHECKPOINT_ONLY
     missing = sorted(_stage_factories() - covered)
     assert not missing, f"add these operators to tests/test_check_stage.py: {missing}"
     assert {"map_", "buffer", "tee", "throttle", "chunk"} <= _stage_factories()

@@ -32,7 +32,9 @@ JOBS = """
 import asyncio
 import os
 
-from streamkit import Stage, filter_, map_, set_state
+from collections.abc import AsyncIterator
+
+from streamkit import Stage, filter_, map_, set_state, stage
 
 
 def parse(line: str) -> int:
@@ -60,6 +62,18 @@ texts = map_(str.upper)
 enveloped = set_state("length", len)
 unordered = map_(parse) | map_(check, concurrency=2, ordered=False)
 not_a_stage = 42
+
+
+@stage
+async def numbered(items: AsyncIterator[int]) -> AsyncIterator[str]:
+    n = 0  # kept between items, and not declared: a checkpoint could not restore it
+    async for item in items:
+        n += 1
+        yield f"{n}: {item}"
+
+
+undeclared = map_(parse) | numbered()
+lenient = map_(parse) | map_(check, on_error="split", dead_letter=lambda record: None)
 
 
 def build() -> Stage[str, str]:
@@ -113,7 +127,9 @@ def streamkit_run(
         timeout=60,
         check=False,
     )
-    assert "Traceback" not in (result.stderr or "") + result.stdout or "--traceback" in args
+    # No traceback escapes, unless asked for (a dead letter's record holds one as data).
+    shown = (result.stderr or "") + ("" if args[:1] == ("dead-letters",) else result.stdout)
+    assert "Traceback" not in shown or "--traceback" in args
     return result
 
 
@@ -297,15 +313,44 @@ def test_a_corrupt_checkpoint_file_is_a_usage_error(project: Path) -> None:
     )
 
 
-def test_a_pipeline_checkpoints_cannot_follow_is_a_usage_error(project: Path) -> None:
+def test_a_stage_that_keeps_undeclared_state_is_a_usage_error(project: Path) -> None:
     result = streamkit_run(
-        project, "run", "jobs:unordered", "--input", "numbers.txt", "--checkpoint", "runs.db"
+        project, "run", "jobs:undeclared", "--input", "numbers.txt", "--checkpoint", "runs.db"
     )
     assert result.returncode == 2
     assert result.stderr.startswith(
-        "streamkit: error: checkpoint= needs a pipeline whose steps keep the items in order "
+        "streamkit: error: checkpoint=: step 1, numbered(), does not say what state it keeps"
     )
     assert result.stderr.count("\n") == 1
+
+
+def test_dead_letters_are_saved_once_and_printed_by_the_command(project: Path) -> None:
+    args = ("run", "jobs:lenient", "--input", "numbers.txt", "--output", "out.txt")
+    args += ("--checkpoint", "runs.db", "--every", "5")
+    result = streamkit_run(project, *args, FAIL_AT="23")
+    assert result.returncode == 0, result.stderr
+    again = streamkit_run(project, *args, "--resume", FAIL_AT="23")  # a finished run: no-op
+    assert again.returncode == 0, again.stderr
+    listed = streamkit_run(project, "dead-letters", "runs.db", "jobs.lenient")
+    assert listed.returncode == 0, listed.stderr
+    letters = [json.loads(line) for line in listed.stdout.splitlines()]
+    assert [(d["stage"], d["index"], d["record"]["item"]) for d in letters] == [("1", 22, 23)]
+    assert letters[0]["record"]["exception"]["message"] == "bad number 23"
+    assert letters[0]["name"] == "jobs.lenient"
+    missing = streamkit_run(project, "dead-letters", "nothing.db", "jobs.lenient")
+    assert (missing.returncode, missing.stderr) == (
+        2,
+        "streamkit: error: nothing.db: no such file\n",
+    )
+
+
+def test_an_unordered_concurrent_pipeline_checkpoints(project: Path) -> None:
+    args = ("run", "jobs:unordered", "--input", "numbers.txt", "--output", "out.txt")
+    result = streamkit_run(project, *args, "--checkpoint", "runs.db", "--every", "4")
+    assert result.returncode == 0, result.stderr
+    assert "checkpoint: 30 input lines done, saved in runs.db\n" in result.stderr
+    written = (project / "out.txt").read_text().splitlines()
+    assert sorted(map(int, written)) == list(range(1, 31))
 
 
 def test_without_rich_the_command_says_what_to_install(project: Path) -> None:

@@ -104,8 +104,8 @@ def test_ingest_stores_every_chunk_once(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
     assert "ingest 6 Markdown files" in result.stdout
-    assert "resumed: 0 files already stored, 6 to do" in result.stdout
-    assert "stored 6 files, 50 chunks, in" in result.stdout
+    assert "resumed: 0 files already read, 6 to do" in result.stdout
+    assert "read 6 files; stored 6 files, 50 chunks, in" in result.stdout
     assert "2 batches in" in result.stdout
     assert "0 dead letters" in result.stdout
     assert {key: list(range(n)) for key, n in chunks.items()} == stored_chunks(tmp_path / "out.db")
@@ -116,30 +116,32 @@ def test_ingest_stores_every_chunk_once(tmp_path: Path) -> None:
     assert stages["reduce_point"][:2] == ["50", "50"]
 
 
-def test_a_crashed_run_resumes_without_redoing_stored_files(tmp_path: Path) -> None:
+def test_a_crashed_run_resumes_without_reading_files_again(tmp_path: Path) -> None:
     chunks = write_corpus(tmp_path / "docs")
-    # Killed right after committing its second (last) batch, before the run's next checkpoint:
-    # the last one was saved after the first batch, 32 chunks: all of a, b and c (7 + 12 + 4),
-    # and 9 of d's 15, so d is not finished.
-    crashed = ingest(tmp_path / "docs", tmp_path / "out.db", "--stop-after", "2")
+    # Killed right after committing a batch, before the run's next checkpoint. reduce_point
+    # needs the whole corpus before it lets a chunk through, so its checkpoints hold the
+    # chunks read so far, and the document frequencies, next to the position of the files.
+    crashed = ingest(tmp_path / "docs", tmp_path / "out.db", "--stop-after", "1")
     assert crashed.returncode == CRASHED, crashed.stderr
-    assert "resumed: 0 files already stored, 6 to do" in crashed.stdout
+    assert "resumed: 0 files already read, 6 to do" in crashed.stdout
     assert "chunks, in" not in crashed.stdout  # it stopped before its summary
-    done = ["a-intro.md", "b-install.md", "c-usage.md"]
-    assert checkpointed(tmp_path / "out.db") == done
+    done = checkpointed(tmp_path / "out.db")
+    assert done  # every file was read before the first batch could be written
+    assert done == sorted(WORDS)[: len(done)]
 
     resumed = ingest(tmp_path / "docs", tmp_path / "out.db")
     assert resumed.returncode == 0, resumed.stderr
     assert resumed.stderr == ""
-    assert "resumed: 3 files already stored, 3 to do" in resumed.stdout
-    rest = sum(n for name, n in chunks.items() if name not in done)
-    assert f"stored 3 files, {rest} chunks, in" in resumed.stdout  # not the 3 stored ones
-    # Every chunk of every file, each exactly once (upserts: the chunks of the files after the
-    # checkpoint were written again).
+    left = len(WORDS) - len(done)
+    assert f"resumed: {len(done)} files already read, {left} to do" in resumed.stdout
+    assert f"read {left} files; stored 6 files, 50 chunks, in" in resumed.stdout
+    # Every chunk of every file, each exactly once (upserts: the batches after the checkpoint
+    # were written again).
     assert {key: list(range(n)) for key, n in chunks.items()} == stored_chunks(tmp_path / "out.db")
     assert checkpointed(tmp_path / "out.db") == sorted(WORDS)
-    # The resumed run read only d, e and f, yet weighed their chunks against the whole corpus:
-    # its statistics came from the checkpoint. The weights are those of an uninterrupted run.
+    # The resumed run read only the files after its checkpoint, yet weighed every chunk
+    # against the whole corpus: the rest came from the checkpoint. The weights are those of
+    # an uninterrupted run.
     assert ingest(tmp_path / "docs", tmp_path / "clean.db").returncode == 0
     assert weights(tmp_path / "out.db") == weights(tmp_path / "clean.db")
 
@@ -150,5 +152,5 @@ def test_a_checkpoint_of_other_files_is_not_resumed(tmp_path: Path) -> None:
     (tmp_path / "docs" / "e-faq.md").unlink()  # the positions in the checkpoint are stale
     again = ingest(tmp_path / "docs", tmp_path / "out.db")
     assert again.returncode == 0, again.stderr
-    assert "resumed: 0 files already stored, 5 to do" in again.stdout
+    assert "resumed: 0 files already read, 5 to do" in again.stdout
     assert "stored 5 files" in again.stdout  # all of them, from the start

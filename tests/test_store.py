@@ -1,8 +1,7 @@
-"""Checkpoints and stores: Checkpoint, the Store protocol, MemoryStore, SQLiteStore."""
+"""Checkpoint, MemoryStore, SQLiteStore; the Store contract is in test_store_contract.py."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
@@ -11,7 +10,6 @@ import json
 import sqlite3
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -27,11 +25,11 @@ from streamkit._store import (
     CheckpointError,
     MemoryStore,
     SQLiteStore,
-    Store,
     migrate,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from pathlib import Path
 
 WHEN = dt.datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=dt.UTC)
@@ -165,102 +163,7 @@ def test_checkpoint_error_names_the_store_and_the_run() -> None:
     assert str(CheckpointError("broken")) == "broken"
 
 
-# --------------------------------------------------------------------------- the Store contract
-
-StoreFactory = Callable[..., Store]
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> StoreFactory:
-    def memory(**options: Any) -> Store:
-        return MemoryStore(**options)
-
-    def sqlite(**options: Any) -> Store:
-        return SQLiteStore(tmp_path / "runs.db", **options)
-
-    return memory if request.param == "memory" else sqlite
-
-
-@pytest.fixture
-async def store(make_store: StoreFactory) -> AsyncIterator[Store]:
-    async with make_store() as opened:
-        yield opened
-
-
-async def test_a_store_is_a_store(store: Store) -> None:
-    assert isinstance(store, Store)
-
-
-async def test_load_of_an_unknown_run_is_none(store: Store) -> None:
-    assert await store.load("nobody") is None
-    assert await store.history("nobody") == ()
-
-
-async def test_load_returns_the_newest_checkpoint(store: Store) -> None:
-    for items in (1, 2, 3):
-        await store.save(point(items=items))
-    assert await store.load("job") == point(items=3)
-    assert [c.items for c in await store.history("job")] == [3, 2, 1]
-    assert [c.items for c in await store.history("job", limit=2)] == [3, 2]
-
-
-async def test_a_loaded_checkpoint_equals_the_saved_one(store: Store) -> None:
-    saved = Checkpoint(
-        "ünïcode run",
-        position={"offset": 12, "files": ["a", "b"]},
-        state={"total": 1.5, "names": ["zoë", "日本"], "none": None, "nested": {"k": [True]}},
-        items=12,
-        version="2.0",
-        created_at=dt.datetime(2026, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=2))),
-    )
-    await store.save(saved)
-    assert await store.load(saved.name) == saved
-
-
-async def test_history_is_bounded_by_keep(make_store: StoreFactory) -> None:
-    async with make_store(keep=3) as store:
-        for items in range(1, 11):
-            await store.save(point(items=items))
-        assert [c.items for c in await store.history("job", limit=10)] == [10, 9, 8]
-
-
-async def test_runs_are_independent_and_delete_forgets_one(store: Store) -> None:
-    await store.save(point("a", 1))
-    await store.save(point("b", 2))
-    await store.delete("a")
-    await store.delete("never saved")
-    assert await store.load("a") is None
-    assert await store.load("b") == point("b", 2)
-
-
-async def test_concurrent_saves_all_land(make_store: StoreFactory) -> None:
-    async with make_store(keep=50) as store:
-        await asyncio.gather(*(store.save(point(items=i)) for i in range(20)))
-        assert sorted(c.items for c in await store.history("job", limit=50)) == list(range(20))
-
-
-async def test_a_closed_store_refuses_work(make_store: StoreFactory) -> None:
-    store = make_store()
-    await store.save(point())
-    await store.close()
-    await store.close()  # closing twice is allowed
-    with pytest.raises(RuntimeError, match="closed"):
-        await store.load("job")
-    with pytest.raises(RuntimeError, match="closed"):
-        await store.save(point())
-
-
-async def test_store_arguments_are_checked(store: Store) -> None:
-    with pytest.raises(ValueError, match="name"):
-        await store.load("")
-    with pytest.raises(ValueError, match="limit"):
-        await store.history("job", limit=0)
-    with pytest.raises(TypeError, match="limit"):
-        await store.history("job", limit=1.5)  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="checkpoint"):
-        await store.save({"name": "job"})  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="name"):
-        await store.delete(None)  # type: ignore[arg-type]
+# --------------------------------------------------------------------------- MemoryStore
 
 
 def test_memory_store_checks_keep() -> None:
@@ -591,30 +494,6 @@ async def test_a_key_refuses_rows_that_are_not_encrypted(tmp_path: Path, fernet_
 def test_a_malformed_key_is_refused(tmp_path: Path, fernet_key: bytes) -> None:
     with pytest.raises(ValueError, match="key must be a Fernet key"):
         SQLiteStore(tmp_path / "runs.db", key=b"too short")
-
-
-async def test_a_cancelled_save_is_all_or_nothing(tmp_path: Path) -> None:
-    async with SQLiteStore(tmp_path / "runs.db") as store:
-        await store.save(point(items=1))
-        task = asyncio.ensure_future(store.save(point(items=2)))
-        await asyncio.sleep(0)
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-        # The cancelled save committed entirely or not at all; the store still works.
-        assert await store.load("job") in (point(items=1), point(items=2))
-        await store.save(point(items=3))
-        assert await store.load("job") == point(items=3)
-
-
-async def test_two_stores_create_one_file_at_once(tmp_path: Path) -> None:
-    path = tmp_path / "runs.db"
-    async with SQLiteStore(path) as first, SQLiteStore(path) as second:
-        await asyncio.gather(
-            *(store.save(point(name)) for store in (first, second) for name in "ab")
-        )
-        assert await first.load("a") == point("a")
-        assert len(await second.history("b")) == 2
 
 
 def test_a_key_without_cryptography_says_what_to_install(
