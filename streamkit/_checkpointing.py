@@ -30,11 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import json
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ._barrier import CONTROL, Control, DeadLetterWrite, Encoder, Slot
+from ._codec import DEFAULT_CODEC as TYPED_DEFAULT
+from ._codec import TypedCodec
 from ._combine import Combined
 from ._core import Flow, ItemOp, Stage, Step, aclose
 from ._failures import GuardedItem, GuardedTransform
@@ -99,40 +100,19 @@ def check_every(every: object, interval: object) -> tuple[int | None, float | No
     return every, seconds
 
 
-_ENVELOPE_TAG: Final = "__streamkit_envelope__"
+def _envelope_form(envelope: Envelope[Any]) -> list[Any]:
+    return [envelope.value, dict(envelope.state)]
 
 
-def _envelope_json(value: object) -> Any:
-    if isinstance(value, Envelope):
-        envelope: Envelope[Any] = value  # pyright: ignore[reportUnknownVariableType] - any value
-        return {_ENVELOPE_TAG: [envelope.value, dict(envelope.state)]}
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+def _envelope_back(form: list[Any]) -> Envelope[Any]:
+    value, state = form
+    return Envelope(value, State(state, limits=StateLimits.UNLIMITED))
 
 
-def _envelope_back(data: dict[str, Any]) -> Any:
-    if len(data) == 1 and _ENVELOPE_TAG in data:
-        value, state = data[_ENVELOPE_TAG]
-        return Envelope(value, State(state, limits=StateLimits.UNLIMITED))
-    return data
-
-
-class _JSONOnly:
-    """The codec of JSON values and envelopes of them (the default until one is given)."""
-
-    __slots__ = ()
-
-    def encode(self, value: Any, /) -> Any:
-        try:
-            text = json.dumps(value, allow_nan=False, default=_envelope_json)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{exc} (values are kept as JSON)") from None
-        return json.loads(text)
-
-    def decode(self, data: Any, /) -> Any:
-        return json.loads(json.dumps(data), object_hook=_envelope_back)
-
-
-DEFAULT_CODEC: Final[Encoder] = _JSONOnly()
+DEFAULT_CODEC: Final[TypedCodec] = TYPED_DEFAULT.with_type(
+    Envelope, encode=_envelope_form, decode=_envelope_back, name="streamkit:Envelope"
+)
+"""The codec of checkpointed state: the types of `streamkit.DEFAULT_CODEC`, and envelopes."""
 
 
 # --------------------------------------------------------------------------- sources

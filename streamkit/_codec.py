@@ -20,6 +20,7 @@ value                      tag                                   payload
 ``datetime.time``          ``time``                              ISO 8601 text, or an object
 ``datetime.timedelta``     ``timedelta``                         ISO 8601 duration
 dataclass instance         ``module:qualname``                   object of its init fields
+``NamedTuple`` instance    ``module:qualname``                   object of its fields
 ``enum.Enum`` member       ``module:qualname``                   the member's name
 ``enum.Flag`` member       ``module:qualname``                   the member's value
 a type of ``with_type``    ``module:qualname`` (or ``name=``)    what its ``encode`` returns
@@ -427,6 +428,11 @@ class _Custom:
 _Encoder = Callable[["TypedCodec", Any], JSONValue]
 
 
+def _is_named_tuple(cls: object) -> bool:
+    """Whether ``cls`` is a `typing.NamedTuple` (or `collections.namedtuple`) class."""
+    return isinstance(cls, type) and "_fields" in vars(cls) and issubclass(cls, tuple)
+
+
 class TypedCodec:
     """The codec for checkpointed state: JSON types, plus a tagged form for many more.
 
@@ -616,7 +622,20 @@ class TypedCodec:
             return {TAG: _class_path(kind), _PAYLOAD: payload}
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             return self._dataclass(value)
+        if _is_named_tuple(kind):
+            return self._named_tuple(value)  # pyright: ignore[reportArgumentType] - a NamedTuple
         raise _unknown(value)
+
+    def _named_tuple(self, value: tuple[Any, ...]) -> JSONValue:
+        names: tuple[str, ...] = getattr(type(value), "_fields")  # noqa: B009 - a NamedTuple's
+        fields: dict[str, JSONValue] = {}
+        for name, item in zip(names, value, strict=True):
+            try:
+                fields[name] = self._encode(item)
+            except _Failure as failure:
+                failure.steps.append(f".{name}")
+                raise
+        return {TAG: _class_path(type(value)), _PAYLOAD: fields}
 
     def _items(self, values: Iterable[Any]) -> list[JSONValue]:
         encoded: list[JSONValue] = []
@@ -788,6 +807,8 @@ class TypedCodec:
             return _member(cls, payload)
         if isinstance(cls, type) and dataclasses.is_dataclass(cls):
             return self._rebuild(cls, payload)
+        if _is_named_tuple(cls):  # pyright: ignore[reportUnknownArgumentType] - any class
+            return self._rebuild(cast("type[Any]", cls), payload)
         raise _Failure(
             f"names {tag!r}, which is neither a dataclass nor an Enum, and the codec has "
             "no codec registered for it (TypedCodec.with_type)",

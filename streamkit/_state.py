@@ -716,8 +716,8 @@ async def _reduce(
     reducer, with_state, label = spec.reducer, spec.with_state, spec.label
     accumulator = spec.initial
     last_state = EMPTY
-    # A checkpoint keeps ("emitting", aggregate) once the fold is done, or
-    # ("folding", aggregate so far, last state) with emit="aggregate".
+    # A checkpoint keeps ["emitting", aggregate] once the fold is done, or
+    # ["folding", aggregate so far, last state] with emit="aggregate".
     restored: Any = None if slot is None else slot.restore(None)
     if restored is not None and restored[0] == "emitting":
         async for item in _emitting(upstream, spec, restored[1], slot):
@@ -741,7 +741,7 @@ async def _reduce(
                         append(item)  # goes on in its place among the items
                         continue
                     if slot is not None and item.kind == "barrier":
-                        slot.save(item, ("folding", accumulator, last_state))
+                        slot.save(item, ["folding", accumulator, last_state])
                     yield item
                     continue
                 index += 1
@@ -791,7 +791,7 @@ async def _reduce(
         for item in itertools.chain(itertools.chain.from_iterable(chunks), buffer):
             if type(item) is CONTROL:
                 if slot is not None and item.kind == "barrier":
-                    slot.save(item, ("emitting", accumulator))
+                    slot.save(item, ["emitting", accumulator])
                 yield item
                 continue
             position += 1
@@ -820,7 +820,7 @@ async def _emitting(
         async for item in upstream:
             if type(item) is CONTROL:
                 if slot is not None and item.kind == "barrier":
-                    slot.save(item, ("emitting", aggregate))
+                    slot.save(item, ["emitting", aggregate])
                 yield item
                 continue
             position += 1

@@ -27,6 +27,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import pytest
@@ -145,7 +146,11 @@ def test_fence_parser_pairs_code_with_output(tmp_path: Path) -> None:
 @pytest.mark.parametrize("page", _pages(), ids=_page_id)
 def test_python_blocks_run(page: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
-    namespace: dict[str, object] = {"__name__": f"docs_{page.stem}"}
+    # The page's blocks run as one module, importable while they run, as a script's
+    # __main__ is: checkpoints find the classes of the page's values by their import path.
+    module = types.ModuleType(f"docs_{page.stem.replace('-', '_')}")
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    namespace: dict[str, object] = module.__dict__
     for block in _python_blocks(page):
         if block.skipped:
             continue
