@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from benchmarks import cases_concurrency, cases_memory, cases_pipeline, cases_run, cases_state
+from benchmarks import (
+    cases_checkpoint,
+    cases_concurrency,
+    cases_memory,
+    cases_pipeline,
+    cases_run,
+    cases_state,
+)
 from benchmarks.harness import CASES, Case, CaseResult, Competitor, Row, Settings, Target, case
 from benchmarks.report import render_markdown, render_table, render_text
 
@@ -25,6 +32,7 @@ __all__ = [
     "Settings",
     "Target",
     "case",
+    "cases_checkpoint",
     "cases_concurrency",
     "cases_memory",
     "cases_pipeline",

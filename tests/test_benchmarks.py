@@ -65,7 +65,20 @@ EXPECTED_ROWS = {
         for consumer in ("async_for", "collect", "drain")
         for mode in ("bare", "disabled", "enabled", "full")
     },
+    "k": {"plain", "sqlite_1000", "sqlite_10000", "memory_1000"},
+    "l": {
+        "construct",
+        "save_memory",
+        "save_sqlite",
+        "run_barrier",
+        "run_final_only",
+        "run_difference",
+    },
 }
+MEASURED_ONLY = {"l"}
+"""Cases that report figures without a target."""
+STREAMKIT_ONLY = {"k", "l"}
+"""Cases whose every row measures streamkit (whatever its key)."""
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +96,14 @@ def test_case_has_a_row_per_competitor(results: dict[str, CaseResult], key: str)
     assert {row.key for row in result.rows} == EXPECTED_ROWS[key]
     for row in result.rows:
         assert len(row.cells) == len(result.headers) - 1
-        if row.key.startswith("streamkit"):
+        if row.key.startswith("streamkit") or key in STREAMKIT_ONLY:
             # streamkit may lack a feature while it is being written, but must not fail.
             assert not row.note or row.note.startswith("n/a: "), row.note
         else:
             assert not row.note, row.note
 
 
-@pytest.mark.parametrize("key", sorted(EXPECTED_ROWS))
+@pytest.mark.parametrize("key", sorted(set(EXPECTED_ROWS) - MEASURED_ONLY))
 def test_ratios_are_positive_and_finite(results: dict[str, CaseResult], key: str) -> None:
     result = results[key]
     streamkit_measured = all(not r.note for r in result.rows if r.key.startswith("streamkit"))
@@ -105,7 +118,8 @@ def test_ratios_are_positive_and_finite(results: dict[str, CaseResult], key: str
 @pytest.mark.parametrize("key", sorted(EXPECTED_ROWS))
 def test_every_target_gets_a_verdict(results: dict[str, CaseResult], key: str) -> None:
     result = results[key]
-    assert len(result.verdicts) == len(CASES[key].targets) >= 1
+    assert len(result.verdicts) == len(CASES[key].targets)
+    assert bool(result.verdicts) != (key in MEASURED_ONLY)
     for verdict in result.verdicts:
         assert verdict.status in {"met", "NOT met", "not evaluated"}
         assert (verdict.value is None) == (verdict.met is None)
@@ -214,6 +228,43 @@ def test_spilling_case_reports_both_peaks_of_both_modes(results: dict[str, CaseR
     )
     assert below.value == pytest.approx(
         spill_large / _measured(result, "streamkit_buffer", "peak_large_bytes")
+    )
+
+
+def test_checkpointed_run_case_compares_with_the_run_without_a_checkpoint(
+    results: dict[str, CaseResult],
+) -> None:
+    result = results["k"]
+    plain = _measured(result, "plain", "median_ms")
+    assert result.ratio("plain") == pytest.approx(1.0)
+    for key in ("sqlite_1000", "sqlite_10000", "memory_1000"):
+        median = _measured(result, key, "median_ms")
+        n = _measured(result, key, "n")
+        assert result.ratio(key) == pytest.approx(median / plain)
+        extra = _measured(result, key, "extra_us_per_item")
+        assert extra == pytest.approx((median - plain) * 1e3 / n)
+    (verdict,) = result.verdicts
+    assert verdict.value == result.ratio("sqlite_1000")
+
+
+def test_large_checkpoint_case_reports_each_step_and_the_difference_in_a_run(
+    results: dict[str, CaseResult],
+) -> None:
+    result = results["l"]
+    assert result.verdicts == ()
+    assert all(row.ratio is None for row in result.rows)
+    for key in ("construct", "save_memory", "save_sqlite", "run_barrier", "run_final_only"):
+        median = _measured(result, key, "median_ms")
+        assert median > 0
+        assert _measured(result, key, "runs") == TINY.repeat
+        keys = _measured(result, key, "keys")
+        measured = result.row(key)
+        assert measured is not None
+        assert float(measured.cells[2]) == pytest.approx(median * 1e3 / keys, abs=0.01)
+    difference = _measured(result, "run_difference", "median_ms")
+    assert difference == pytest.approx(
+        _measured(result, "run_barrier", "median_ms")
+        - _measured(result, "run_final_only", "median_ms")
     )
 
 

@@ -95,8 +95,8 @@ def crash_and_resume(folder: Path, case: str, rng: random.Random, outputs: int) 
 
     Each attempt is killed at a random moment: after a random number of outputs (up to a
     tenth of the run's ``outputs``, so that it makes some progress and the run needs many
-    attempts), or at a random time (during start-up, or between outputs), whichever comes
-    first.
+    attempts), or, one time in four, at a random time from its start (during start-up,
+    or between outputs) if that comes first.
     """
     out = folder / "runs.out"
     kills = attempt = 0
@@ -104,7 +104,10 @@ def crash_and_resume(folder: Path, case: str, rng: random.Random, outputs: int) 
         since = out.stat().st_size if out.exists() else 0
         process = start(folder, case, attempt=attempt)
         if kills < KILLS:
-            deadline = time.monotonic() + rng.uniform(0.02, 0.6)
+            # One kill in four at a random moment of start-up or of the first outputs;
+            # the others after a random number of outputs, whatever the machine's load.
+            early = rng.random() < 0.25
+            deadline = time.monotonic() + (rng.uniform(0.02, 0.4) if early else 60.0)
             enough = rng.randrange(max(16, outputs // 10))
             while process.poll() is None and time.monotonic() < deadline:
                 if written(out, since) >= enough:
