@@ -455,9 +455,12 @@ def _with_ratio(row: Row, reference: Row | None) -> Row:
         cell = "1.00 (reference)"
     else:
         cell = "n/a" if ratio is None else format_ratio(ratio)
-    return Row(
-        row.key, row.label, (*row.cells, cell), values=row.values, ratio=ratio, note=row.note
-    )
+    note = row.note
+    own = row.values.get("own_ns")
+    if ratio is None and own is not None and own <= 0:
+        # Less than its baseline: the difference is within this run's timing noise.
+        note = "n/a: its own cost is within the timing noise of this run (<= 0 ns)"
+    return Row(row.key, row.label, (*row.cells, cell), values=row.values, ratio=ratio, note=note)
 
 
 def _own_ratio(key: str, reference: str) -> Callable[[CaseResult], float | None]:

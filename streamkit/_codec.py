@@ -10,7 +10,7 @@ value                      tag                                   payload
 =========================  ====================================  ===========================
 ``float`` inf, -inf, nan   ``float``                             ``"inf"``, ``"-inf"``, ``"nan"``
 ``tuple``                  ``tuple``                             list of the elements
-``set``, ``frozenset``     ``set``, ``frozenset``                list, sorted (see below)
+``set``, ``frozenset``     ``set``, ``frozenset``                list, sorted (strs, ints, JSON)
 ``dict`` (other keys)      ``dict``                              list of ``[key, value]`` pairs
 ``bytes``                  ``bytes``                             base64 text
 ``decimal.Decimal``        ``decimal``                           ``str(value)``
@@ -29,7 +29,8 @@ a type of ``with_type``    ``module:qualname`` (or ``name=``)    what its ``enco
 A dict whose keys are not all strings, or one that has a ``"$type"`` key of
 its own, is written with the ``dict`` tag, so user data is never mistaken
 for a tagged value. A datetime or time is ISO text when its tzinfo is
-``None`` or a `datetime.timezone` with its default name (and ``fold`` is 0);
+``None`` or a `datetime.timezone` with its default name and an offset of
+whole seconds (and ``fold`` is 0);
 otherwise an object ``{"wall": ..., "fold": 1, "offset": ..., "name": ...}``
 or ``{"wall": ..., "zone": "Europe/Paris"}`` keeps the fold, the zone's name
 and a `zoneinfo.ZoneInfo` zone exactly.
@@ -87,6 +88,9 @@ _BUILTIN_TAGS: Final = frozenset(
     }
 )
 _JSON_TYPES: Final = frozenset({str, int, float, bool, type(None), list, dict})
+_PLAIN: Final = frozenset({str, int, bool, type(None)})
+"""Types written as they are (floats are too, when finite): the fast path."""
+_PLAIN_DATA: Final = frozenset({str, int, bool, float, type(None)})
 
 
 # --------------------------------------------------------------------------- errors
@@ -142,6 +146,11 @@ class CodecError(TypeError):
         self.path = path
         self.decoding = decoding
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The constructor's arguments are keywords: pickle them (errors cross processes).
+        fields = (self.problem, self.value_type, self.where, self.path, self.decoding)
+        return (_rebuild_error, fields)
+
     def _located(self, where: str, root: str) -> CodecError:
         """This error for the value of ``where``, whose path starts at ``root``."""
         path = self.path
@@ -156,6 +165,12 @@ class CodecError(TypeError):
         )
         located.__cause__ = self.__cause__
         return located
+
+
+def _rebuild_error(
+    problem: str, value_type: type[Any], where: str | None, path: str, decoding: bool
+) -> CodecError:
+    return CodecError(problem, value_type=value_type, where=where, path=path, decoding=decoding)
 
 
 class _Failure(Exception):
@@ -186,10 +201,10 @@ def _short(value: object) -> str:
     return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
 
 
-def _unknown(value: object) -> _Failure:
+def _unknown(value: object, registered: Mapping[type[Any], object]) -> _Failure:
     kind = type(value)
     for base in kind.__mro__[1:]:
-        if base in _JSON_TYPES or base in _ENCODERS:
+        if base in _JSON_TYPES or base in _ENCODERS or base in registered:
             return _Failure(
                 f"is a {kind.__qualname__}, a subclass of {base.__qualname__}: decoding would "
                 f"give a {base.__qualname__}; register a codec for {kind.__qualname__} "
@@ -225,11 +240,12 @@ class Codec(Protocol[T]):
 
     Examples:
         >>> import fractions
+        >>> from typing import Any
         >>> class FractionCodec:
-        ...     def encode(self, value: fractions.Fraction) -> JSONValue:
+        ...     def encode(self, value: fractions.Fraction) -> Any:
         ...         return [value.numerator, value.denominator]
         ...
-        ...     def decode(self, data: JSONValue) -> fractions.Fraction:
+        ...     def decode(self, data: Any) -> fractions.Fraction:
         ...         return fractions.Fraction(*data)
         >>> isinstance(FractionCodec(), Codec)
         True
@@ -346,7 +362,8 @@ def _moment(value: dt.datetime | dt.time) -> JSONValue:
     if type(tz) is dt.timezone:
         offset = tz.utcoffset(None)
         named = tz.tzname(None) != dt.timezone(offset).tzname(None)
-        if not named and value.fold == 0:
+        # fromisoformat (Python 3.11) drops an offset's microseconds: keep those apart
+        if not named and value.fold == 0 and not offset.microseconds:
             return value.isoformat()
         fields: dict[str, JSONValue] = {"wall": value.replace(tzinfo=None).isoformat()}
         if value.fold:
@@ -440,8 +457,8 @@ class TypedCodec:
     bool, None, finite floats, lists and str-keyed dicts through, and writes
     tuples, sets, frozensets, other dicts, bytes, Decimal, UUID, dates,
     datetimes, times, timedeltas, enum members and dataclass instances in a
-    tagged form (the module's description lists the forms), however they
-    are nested, so that ``decode(encode(value)) == value`` with the same
+    tagged form (listed in [Encoding state](persistence.md#encoding-state)),
+    however they are nested, so that ``decode(encode(value)) == value`` with the same
     types throughout. Non-finite floats are tagged too, so the encoded form
     is strict JSON. Nothing is ever pickled: dataclasses and enums are found
     again by their import path (``module:qualname``), so a class defined
@@ -450,8 +467,9 @@ class TypedCodec:
     are computed again, not stored). Decoding imports the module a tag
     names, and calls only dataclasses, enums and registered decoders.
 
-    The encoded form is deterministic: a set's elements are sorted by
-    their encoded form, and dicts keep their order. A value the codec
+    The encoded form is deterministic: a set's elements are sorted (strings
+    or ints in their order, anything else by its JSON text), and dicts keep
+    their order. A value the codec
     cannot encode raises `CodecError` naming the path to it and its type.
 
     A codec is immutable; `with_type` returns a new codec that also
@@ -624,7 +642,7 @@ class TypedCodec:
             return self._dataclass(value)
         if _is_named_tuple(kind):
             return self._named_tuple(value)  # pyright: ignore[reportArgumentType] - a NamedTuple
-        raise _unknown(value)
+        raise _unknown(value, self._by_type)
 
     def _named_tuple(self, value: tuple[Any, ...]) -> JSONValue:
         names: tuple[str, ...] = getattr(type(value), "_fields")  # noqa: B009 - a NamedTuple's
@@ -640,6 +658,9 @@ class TypedCodec:
     def _items(self, values: Iterable[Any]) -> list[JSONValue]:
         encoded: list[JSONValue] = []
         for index, item in enumerate(values):
+            if type(item) in _PLAIN:
+                encoded.append(item)
+                continue
             try:
                 encoded.append(self._encode(item))
             except _Failure as failure:
@@ -651,6 +672,9 @@ class TypedCodec:
         if TAG not in value and all(type(key) is str for key in value):
             encoded: dict[str, JSONValue] = {}
             for key, item in value.items():
+                if type(item) in _PLAIN:
+                    encoded[key] = item
+                    continue
                 try:
                     encoded[key] = self._encode(item)
                 except _Failure as failure:
@@ -674,15 +698,19 @@ class TypedCodec:
     def _set(self, value: set[Any] | frozenset[Any]) -> JSONValue:
         encoded: list[JSONValue] = []
         for item in value:
+            if type(item) in _PLAIN:
+                encoded.append(item)
+                continue
             try:
                 encoded.append(self._encode(item))
             except _Failure as failure:
                 failure.steps.append(f"{{{_short(item)}}}")
                 raise
-        if all(type(item) is str for item in encoded):
-            encoded.sort()
+        kinds = {_type(item) for item in encoded}
+        if kinds == {str} or kinds == {int}:
+            encoded.sort()  # strings, or ints, in their natural order
         else:
-            encoded.sort(key=_sort_key)
+            encoded.sort(key=_sort_key)  # anything else by its JSON text
         return {TAG: "set" if type(value) is set else "frozenset", _PAYLOAD: encoded}
 
     def _dataclass(self, value: Any) -> JSONValue:
@@ -760,6 +788,9 @@ class TypedCodec:
     def _decode_items(self, data: list[object]) -> list[Any]:
         decoded: list[Any] = []
         for index, item in enumerate(data):
+            if type(item) in _PLAIN_DATA:
+                decoded.append(item)
+                continue
             try:
                 decoded.append(self._decode(item))
             except _Failure as failure:
@@ -887,8 +918,10 @@ def _member(cls: type[enum.Enum], payload: JSONValue) -> enum.Enum:
         raise _bad_data(payload, f"the name of a {cls.__qualname__} member") from exc
 
 
-def _sort_key(encoded: JSONValue) -> str:
-    return json.dumps(encoded, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_sort_key: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+).encode
+"""The order of a set's elements: their JSON text (keys sorted)."""
 
 
 def _text(tag: str, value: str) -> JSONValue:
