@@ -798,21 +798,30 @@ class Run(AsyncIterable[T_co]):
             and ``timeline.jsonl``: the run's statistics once a second).
         version: The pipeline's version, a string ("0" by default).
         checkpoint: A `Store` (`SQLiteStore`, `MemoryStore`, your own): the
-            run saves a `Checkpoint` under its ``name`` (required) and, if
-            the store has one for that name when it starts, resumes after
-            it. The source must be resumable (a sequence, `lines`,
-            `resumable`, your own `Resumable`), and every step must keep the
-            items in order and pass their state on (built-in steps do, but
-            for ``ordered=False``; ``@stage`` steps are refused). Each
-            checkpoint holds the source position after the items whose
-            outputs the consumer is done with, and the results of the
-            pipeline's `reduce_point` steps (which a resumed run reuses
-            instead of folding again). Processing is at-least-once: after a
-            crash, the items finished since the last checkpoint are processed
-            again.
-        every: How often to checkpoint: an int of source items finished, or
-            a `datetime.timedelta` (100 items by default). A run also saves
-            a checkpoint when it ends, however it ends.
+            run saves checkpoints under its ``name`` (required) and, if the
+            store has one for that name when it starts, resumes after it.
+            The source must be resumable (a sequence, `lines`, `resumable`,
+            your own `Resumable`, or flows of them combined with `merge`,
+            `zip_`, `concat`, `broadcast`). Checkpoints are barriers: one
+            goes in behind every ``every`` source items, each step lets it
+            pass once it has emitted what it owes for the items before it
+            and records its state in it, and when it comes out the run saves
+            the source positions, the steps' snapshots and the pending
+            writes (dead letters, `TableSink` rows) in one transaction. A
+            custom ``@stage`` must declare its state (``stateless=True`` or
+            ``state=``). To ``async for``, at least once: a resumed run
+            repeats only the outputs since the last completed checkpoint;
+            into `write_to` sinks, exactly once.
+        every: How often to checkpoint: an int of source items (1000 by
+            default), or a `datetime.timedelta`. A run that succeeds saves
+            a last checkpoint that marks it complete.
+        interval: Also checkpoint every this many seconds (a number or a
+            `datetime.timedelta`), whichever comes first.
+        codec: Encodes the steps' snapshots and the writes (default: the
+            typed codec of `DEFAULT_CODEC`, which knows envelopes too).
+        migrate: Called with a checkpoint saved by a pipeline of another
+            shape; returns the checkpoint to resume from, or None to refuse
+            it (see "Changing a pipeline" in the persistence guide).
         dashboard: A live web page of the run while it runs: a `Dashboard`,
             an address ``"HOST:PORT"``, True (127.0.0.1, any free port) or
             None. ``run.dashboard.url`` says where it is.
@@ -823,10 +832,11 @@ class Run(AsyncIterable[T_co]):
         ValueError: ``name`` has characters outside the allowed set,
             ``hooks`` names an unknown hook, ``timing`` is neither
             ``"sampled"`` nor ``"full"``, ``every`` is not positive, or
-            ``checkpoint`` is given without a name or with a step that does
-            not keep the items in order.
+            ``checkpoint`` is given without a name or with a custom stage
+            that does not declare its state.
         CheckpointError: (when the run starts) the store cannot read the
-            checkpoint, or it was saved by another ``version``.
+            checkpoint, or it was saved by another ``version`` or by a
+            pipeline of another shape.
 
     Examples:
         >>> import asyncio
