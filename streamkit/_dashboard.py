@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import math
 import re
-import secrets
 from typing import TYPE_CHECKING, Any, Final
 
 from ._runtime import shielded, spawn
@@ -64,6 +62,8 @@ def is_loopback(host: str) -> bool:
     """
     if host.lower() == "localhost":
         return True
+    import ipaddress  # here, as the other imports of a dashboard: not at `import streamkit`
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -185,7 +185,11 @@ class Dashboard:
         """The interface it binds."""
         self.port = port
         """The port asked for (0: any free port; `url` has the one bound)."""
-        self.token = token if token is not None or is_loopback(host) else secrets.token_urlsafe(24)
+        if token is None and not is_loopback(host):
+            import secrets
+
+            token = secrets.token_urlsafe(24)
+        self.token = token
         """The secret requests must carry (None: none needed on a loopback address)."""
         self.rate = float(rate)
         """Updates per second sent to the page."""
@@ -338,8 +342,10 @@ class Dashboard:
     def _allowed(self, request: web.Request) -> str | None:
         """Why ``request`` is refused (None: it is allowed)."""
         if self.token is not None:
+            import hmac
+
             given = request.query.get("token", "")
-            if not secrets.compare_digest(given.encode(), self.token.encode()):
+            if not hmac.compare_digest(given.encode(), self.token.encode()):
                 return "this dashboard needs its token: open the URL it printed"
             return None
         if request.host.lower() not in self._hosts:

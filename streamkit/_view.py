@@ -16,8 +16,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import secrets
-from importlib import resources
 from typing import Any, Final, Literal
 
 POINTS: Final = 1200
@@ -369,6 +367,8 @@ def to_json(data: object) -> str:
 
 def asset(name: str) -> str:
     """The text of a packaged asset (``streamkit/_assets/<name>``)."""
+    from importlib import resources  # here: only a page needs it, not `import streamkit`
+
     return resources.files(_ASSETS).joinpath(name).read_text(encoding="utf-8")
 
 
@@ -384,6 +384,8 @@ def content_security_policy(nonce: str, *, live: bool) -> str:
 
 def new_nonce() -> str:
     """A fresh nonce for a page's scripts and styles."""
+    import secrets
+
     return secrets.token_urlsafe(16)
 
 
