@@ -456,16 +456,17 @@ class TypedCodec:
     `DEFAULT_CODEC` is the instance the checkpoints use. It passes str, int,
     bool, None, finite floats, lists and str-keyed dicts through, and writes
     tuples, sets, frozensets, other dicts, bytes, Decimal, UUID, dates,
-    datetimes, times, timedeltas, enum members and dataclass instances in a
-    tagged form (listed in [Encoding state](persistence.md#encoding-state)),
-    however they are nested, so that ``decode(encode(value)) == value`` with the same
-    types throughout. Non-finite floats are tagged too, so the encoded form
-    is strict JSON. Nothing is ever pickled: dataclasses and enums are found
-    again by their import path (``module:qualname``), so a class defined
-    inside a function is refused, and a dataclass is rebuilt by calling it
-    with its init fields (``__post_init__`` runs; fields with ``init=False``
-    are computed again, not stored). Decoding imports the module a tag
-    names, and calls only dataclasses, enums and registered decoders.
+    datetimes, times, timedeltas, enum members, dataclass instances and
+    NamedTuples in a tagged form (listed in
+    [Encoding state](persistence.md#encoding-state)), however they are
+    nested, so that ``decode(encode(value)) == value`` with the same types
+    throughout. Non-finite floats are tagged too, so the encoded form is
+    strict JSON. Nothing is ever pickled: classes are found again by their
+    import path (``module:qualname``), so a class defined inside a function
+    is refused, and a dataclass is rebuilt by calling it with its init
+    fields (``__post_init__`` runs; fields with ``init=False`` are computed
+    again, not stored). Decoding imports the module a tag names, and calls
+    only dataclasses, NamedTuples, enums and registered decoders.
 
     The encoded form is deterministic: a set's elements are sorted (strings
     or ints in their order, anything else by its JSON text), and dicts keep
@@ -841,7 +842,7 @@ class TypedCodec:
         if _is_named_tuple(cls):  # pyright: ignore[reportUnknownArgumentType] - any class
             return self._rebuild(cast("type[Any]", cls), payload)
         raise _Failure(
-            f"names {tag!r}, which is neither a dataclass nor an Enum, and the codec has "
+            f"names {tag!r}, which is not a dataclass, a NamedTuple or an Enum, and the codec has "
             "no codec registered for it (TypedCodec.with_type)",
             dict,
         )

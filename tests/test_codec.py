@@ -91,8 +91,8 @@ class Money:
 
 
 class Pair(NamedTuple):
-    a: int
-    b: int
+    a: Any
+    b: Any
 
 
 class Triple(tuple[int, int, int]):
@@ -180,6 +180,7 @@ def hashable_values(draw: st.DrawFn, depth: int = 3) -> Any:
         | st.frozensets(inner, max_size=3)
         | st.builds(Point, inner, inner)
         | st.builds(Outer.Inner, st.integers())
+        | st.builds(Pair, inner, inner)
     )
 
 
@@ -603,7 +604,10 @@ WALL = "2026-01-01T00:00"
         ({"$type": "timedelta", "value": "P1000000000D"}, "a duration a timedelta can hold"),
         ({"$type": "no.such.module:Thing", "value": {}}, "cannot be imported"),
         ({"$type": "tests.test_codec:Missing", "value": {}}, "cannot be imported"),
-        ({"$type": "collections:OrderedDict", "value": {}}, "neither a dataclass nor an Enum"),
+        (
+            {"$type": "collections:OrderedDict", "value": {}},
+            "not a dataclass, a NamedTuple or an Enum",
+        ),
         (
             {"$type": "tests.test_codec:Point", "value": {"x": 1}},
             r"Point\(\.\.\.\) raised TypeError",
