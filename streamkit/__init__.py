@@ -60,6 +60,7 @@ from ._create import empty as empty
 from ._create import iterate as iterate
 from ._create import repeat as repeat
 from ._dashboard import Dashboard as Dashboard
+from ._events import StateUpdate as StateUpdate
 from ._failures import DeadLetters as DeadLetters
 from ._failures import ErrorRecord as ErrorRecord
 from ._failures import ErrorReport as ErrorReport
@@ -74,6 +75,9 @@ from ._failures import error_report as error_report
 from ._failures import failures as failures
 from ._failures import successes as successes
 from ._failures import with_retry as with_retry
+from ._hooks import HookError as HookError
+from ._hooks import Hooks as Hooks
+from ._hooks import RetryEvent as RetryEvent
 from ._metrics import QuantileSketch as QuantileSketch
 from ._metrics import RunStatistics as RunStatistics
 from ._metrics import StageStatistics as StageStatistics
@@ -89,13 +93,9 @@ from ._report import write_report as write_report
 from ._resumable import Resumable as Resumable
 from ._resumable import lines as lines
 from ._resumable import resumable as resumable
-from ._run import HookError as HookError
-from ._run import Hooks as Hooks
-from ._run import RetryEvent as RetryEvent
 from ._run import Run as Run
 from ._run import RunStatus as RunStatus
 from ._run import StageStatus as StageStatus
-from ._run import StateUpdate as StateUpdate
 from ._run import config_hash as config_hash
 from ._runtime import Clock as Clock
 from ._runtime import current_clock as current_clock
