@@ -512,3 +512,127 @@ def test_resumed_random_pipelines_continue_the_uninterrupted_output(
         assert starts, (out, reference, covered)
         covered = max(covered, max(starts) + len(out))
     assert covered == len(reference)
+
+
+# --------------------------------------------------------------------------- changing a pipeline
+
+
+def add(total: int, n: int) -> int:
+    return total + n
+
+
+def positive(n: int) -> bool:
+    return n > 0
+
+
+NUMBERS = [5, -2, 7, 1, -4, 3]
+
+
+def old_pipeline() -> Stage[int, int]:
+    return map_(abs) | scan(add, 0)
+
+
+def new_pipeline() -> Stage[int, int]:
+    return map_(abs) | filter_(positive) | scan(add, 0)
+
+
+async def interrupted_old_run(store: MemoryStore) -> Checkpoint:
+    """An old-shape run left after its first checkpoint (it covers two numbers)."""
+    out, run = await run_until(old_pipeline(), NUMBERS, store, every=2, stop_after=3)
+    assert out == [5, 7, 14]
+    saved = run.last_checkpoint
+    assert saved is not None
+    assert (saved.items, dict(saved.state)) == (2, {"1": 7})
+    return saved
+
+
+def move_the_total(old: Checkpoint) -> Checkpoint | None:
+    state = dict(old.state)
+    state["2"] = state.pop("1")
+    return old.replace(state=state, shape=(*old.shape[:2], "1 filter_(positive)", "2 scan(add)"))
+
+
+async def test_a_pipeline_of_another_shape_is_refused_naming_the_first_difference() -> None:
+    store = MemoryStore()
+    saved = await interrupted_old_run(store)
+    run = Run(new_pipeline(), NUMBERS, name="job", checkpoint=store)
+    with pytest.raises(CheckpointError, match=r"has '1 scan\(add\)' where this one has '1 filter_"):
+        await run.collect()
+    assert run.status == "failed"
+    assert await store.load("job") == saved  # refused, not overwritten
+
+
+async def test_migrate_rewrites_a_checkpoint_of_another_shape() -> None:
+    store = MemoryStore()
+    await interrupted_old_run(store)
+    seen: list[tuple[str, ...]] = []
+
+    def migrate(old: Checkpoint) -> Checkpoint | None:
+        seen.append(old.shape)
+        return move_the_total(old)
+
+    run = Run(new_pipeline(), NUMBERS, name="job", checkpoint=store, migrate=migrate)
+    # Resumed after 5 and -2 (abs: 2) with the total 7: 7, 1, 4 and 3 follow.
+    assert await run.collect() == [14, 15, 19, 22]
+    assert seen == [("source source", "0 map_(abs)", "1 scan(add)")]
+    resumed, last = run.resumed_from, run.last_checkpoint
+    assert resumed is not None
+    assert last is not None
+    assert (
+        resumed.shape
+        == last.shape
+        == ("source source", "0 map_(abs)", "1 filter_(positive)", "2 scan(add)")
+    )
+
+
+async def test_migrate_is_not_called_when_the_shape_is_the_same() -> None:
+    store = MemoryStore()
+    await interrupted_old_run(store)
+    calls: list[Checkpoint] = []
+
+    def migrate(old: Checkpoint) -> Checkpoint | None:
+        calls.append(old)
+        return None
+
+    run = Run(old_pipeline(), NUMBERS, name="job", checkpoint=store, migrate=migrate)
+    assert await run.collect() == [14, 15, 19, 22]
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "migrate",
+    [
+        pytest.param(lambda old: None, id="returns None"),
+        pytest.param(lambda old: old, id="returns the old shape"),
+        pytest.param(lambda old: old.replace(shape=("source source",)), id="returns a third"),
+    ],
+)
+async def test_a_migration_that_does_not_give_this_shape_is_refused(
+    migrate: Callable[[Checkpoint], Checkpoint | None],
+) -> None:
+    store = MemoryStore()
+    saved = await interrupted_old_run(store)
+    run = Run(new_pipeline(), NUMBERS, name="job", checkpoint=store, migrate=migrate)
+    with pytest.raises(CheckpointError, match="another shape"):
+        await run.collect()
+    assert await store.load("job") == saved
+
+
+async def test_an_error_in_migrate_fails_the_run_with_it() -> None:
+    store = MemoryStore()
+    await interrupted_old_run(store)
+
+    def migrate(old: Checkpoint) -> Checkpoint | None:
+        raise KeyError("no such step")
+
+    run = Run(new_pipeline(), NUMBERS, name="job", checkpoint=store, migrate=migrate)
+    with pytest.raises(KeyError, match="no such step"):
+        await run.collect()
+    assert run.status == "failed"
+
+
+def test_migrate_and_codec_are_checked_at_construction() -> None:
+    with pytest.raises(TypeError, match="migrate must be callable or None, got int"):
+        Run(map_(abs), NUMBERS, name="job", checkpoint=MemoryStore(), migrate=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="codec= and migrate= are options of checkpoint="):
+        Run(map_(abs), NUMBERS, migrate=move_the_total)
