@@ -636,3 +636,12 @@ def test_migrate_and_codec_are_checked_at_construction() -> None:
         Run(map_(abs), NUMBERS, name="job", checkpoint=MemoryStore(), migrate=3)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="codec= and migrate= are options of checkpoint="):
         Run(map_(abs), NUMBERS, migrate=move_the_total)
+
+
+async def test_distinct_tuple_keys_come_back_as_tuples_after_a_resume() -> None:
+    items = [(1, 2), (3, 4), (1, 2), (5, 6), (3, 4), (7, 8), (1, 2)]
+    store = MemoryStore()
+    out, _ = await run_until(distinct(), items, store, every=2, stop_after=3)
+    assert out == [(1, 2), (3, 4), (5, 6)]
+    resumed, _ = await run_until(distinct(), items, store, every=2)
+    assert resumed == [(5, 6), (7, 8)]  # (1, 2) and (3, 4) are still known: not lists
