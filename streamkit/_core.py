@@ -44,7 +44,7 @@ from typing import (
 )
 
 from ._barrier import CONTROL, Control, RunFunction, Slot, Stateful
-from ._records import Envelope
+from ._records import Envelope, Key
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -312,6 +312,9 @@ class Transform:
     restorable: Callable[[Slot], RunFunction] | None = None
     """For a step that keeps state: its ``run`` in a checkpointed run, given its `Slot`
     (it restores its state from the slot and saves a snapshot in every barrier)."""
+    keys: tuple[Key[Any], ...] = ()
+    """The state keys with a codec that the step sets: a checkpointed run encodes
+    their values in envelopes with that codec."""
 
 
 Step: TypeAlias = ItemOp | Transform
@@ -1610,13 +1613,17 @@ def transform_stage(
     *,
     barriers: bool = False,
     restorable: Callable[[Slot], RunFunction] | None = None,
+    keys: tuple[Key[Any], ...] = (),
 ) -> Stage[Any, Any]:
     """A stage made of one whole-stream transform (``item`` describes its per-item call).
 
     ``barriers``: ``run`` forwards control elements; ``restorable``: the step
-    keeps state, and this makes its run for a checkpointed run (see `Transform`).
+    keeps state, and this makes its run for a checkpointed run; ``keys``: the
+    keys with a codec it sets (see `Transform`).
     """
-    return Stage((Transform(label, run, item, barriers or restorable is not None, restorable),))
+    return Stage(
+        (Transform(label, run, item, barriers or restorable is not None, restorable, keys),)
+    )
 
 
 @overload

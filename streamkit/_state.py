@@ -82,7 +82,11 @@ _SPILL_CHUNK: Final = 4096
 
 
 def _raw_map(
-    label: str, make: Callable[[], Callable[[Any], Any]], *, stateful: bool = False
+    label: str,
+    make: Callable[[], Callable[[Any], Any]],
+    *,
+    stateful: bool = False,
+    keys: tuple[Key[Any], ...] = (),
 ) -> Stage[Any, Any]:
     """A transform applying ``make()``'s function (one per run) to every raw item.
 
@@ -102,7 +106,9 @@ def _raw_map(
 
         return checkpointed
 
-    return transform_stage(label, run, barriers=True, restorable=restorable if stateful else None)
+    return transform_stage(
+        label, run, barriers=True, restorable=restorable if stateful else None, keys=keys
+    )
 
 
 async def _raw_mapped(
@@ -217,6 +223,11 @@ def _check_key(key: object) -> str:
     return key_name(key, "key")
 
 
+def _codec_keys(key: Key[Any] | str) -> tuple[Key[Any], ...]:
+    """``(key,)`` for a `Key` with a codec: a checkpointed run encodes its values with it."""
+    return (key,) if isinstance(key, Key) and key.codec is not None else ()
+
+
 async def _settled_envelope(value: Any, state: State, name: str, pending: Awaitable[Any]) -> Any:
     return Envelope(value, state._set(name, await pending))  # pyright: ignore[reportPrivateUsage] - the records' fast path
 
@@ -304,7 +315,8 @@ def set_state(
 
         return step
 
-    return StateStage(_raw_map(f"set_state({name!r}, {describe(fn)})", per_run).steps)
+    label = f"set_state({name!r}, {describe(fn)})"
+    return StateStage(_raw_map(label, per_run, keys=_codec_keys(key)).steps)
 
 
 # --------------------------------------------------------------------------- scan_state
@@ -380,18 +392,32 @@ def scan_state(
     check_bool(with_state, "with_state")
     known_async = is_async_callable(fn)
 
-    def per_run() -> Callable[[Any], Any]:
-        return _ScanState(name, fn, initial, with_state, known_async)
+    keys = _codec_keys(key)
 
-    return StateStage(
-        _raw_map(f"scan_state({name!r}, {describe(fn)})", per_run, stateful=True).steps
-    )
+    def per_run() -> Callable[[Any], Any]:
+        return _ScanState(name, fn, initial, with_state, known_async, bool(keys))
+
+    label = f"scan_state({name!r}, {describe(fn)})"
+    return StateStage(_raw_map(label, per_run, stateful=True, keys=keys).steps)
+
+
+def _kept(name: str, value: Any, keyed: bool) -> Any:
+    """A key's value as a snapshot holds it: in a `State` when the key has a codec.
+
+    The run's codec encodes the entries of such a state with their key's codec.
+    """
+    return State({name: value}, limits=StateLimits.UNLIMITED) if keyed else value
+
+
+def _unkept(name: str, snapshot: Any, keyed: bool) -> Any:
+    """`_kept` the other way round."""
+    return snapshot[name] if keyed else snapshot
 
 
 class _ScanState:
     """One run of `scan_state`: the function that sets the aggregate, and its state."""
 
-    __slots__ = ("accumulator", "awaits", "fn", "name", "with_state")
+    __slots__ = ("accumulator", "awaits", "fn", "keyed", "name", "with_state")
 
     def __init__(
         self,
@@ -400,18 +426,20 @@ class _ScanState:
         initial: Any,
         with_state: bool,
         known_async: bool,
+        keyed: bool = False,
     ) -> None:
         self.name = name
+        self.keyed = keyed
         self.fn = fn
         self.accumulator = initial
         self.with_state = with_state
         self.awaits: bool | None = True if known_async else None
 
     def snapshot(self) -> Any:
-        return self.accumulator
+        return _kept(self.name, self.accumulator, self.keyed)
 
     def restore(self, snapshot: Any) -> None:
-        self.accumulator = snapshot
+        self.accumulator = _unkept(self.name, snapshot, self.keyed)
 
     async def _settle(self, value: Any, state: State, pending: Awaitable[Any]) -> Any:
         self.accumulator = await pending
@@ -646,9 +674,11 @@ def reduce_point(
     known_async = is_async_callable(reducer)
     label = f"reduce_point({name!r}, {describe(reducer)})"
 
-    spec = _Reduction(name, reducer, initial, with_state, known_async, label)
+    keys = _codec_keys(key)
+    spec = _Reduction(name, reducer, initial, with_state, known_async, label, bool(keys))
     run = ReduceRun(spec, replay, emit, memory_limit)
-    return StateStage(transform_stage(label, run, restorable=run.restorable).steps)
+    stage = transform_stage(label, run, restorable=run.restorable, keys=keys)
+    return StateStage(stage.steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -686,7 +716,7 @@ class ReduceRun:
 
 
 class _Reduction:
-    __slots__ = ("initial", "known_async", "label", "name", "reducer", "with_state")
+    __slots__ = ("initial", "keyed", "known_async", "label", "name", "reducer", "with_state")
 
     def __init__(
         self,
@@ -696,8 +726,10 @@ class _Reduction:
         with_state: bool,
         known_async: bool,
         label: str,
+        keyed: bool = False,
     ) -> None:
         self.name = name
+        self.keyed = keyed
         self.reducer = reducer
         self.initial = initial
         self.with_state = with_state
@@ -720,11 +752,13 @@ async def _reduce(
     # ["folding", aggregate so far, last state] with emit="aggregate".
     restored: Any = None if slot is None else slot.restore(None)
     if restored is not None and restored[0] == "emitting":
-        async for item in _emitting(upstream, spec, restored[1], slot):
+        aggregate = _unkept(spec.name, restored[1], spec.keyed)
+        async for item in _emitting(upstream, spec, aggregate, slot):
             yield item
         return
     if restored is not None:
-        _, accumulator, last_state = restored
+        _, kept, last_state = restored
+        accumulator = _unkept(spec.name, kept, spec.keyed)
     awaits: bool | None = True if spec.known_async else None
     buffering = emit == "items" and replay is None
     buffer: list[Any] = []
@@ -741,7 +775,8 @@ async def _reduce(
                         append(item)  # goes on in its place among the items
                         continue
                     if slot is not None and item.kind == "barrier":
-                        slot.save(item, ["folding", accumulator, last_state])
+                        kept = _kept(spec.name, accumulator, spec.keyed)
+                        slot.save(item, ["folding", kept, last_state])
                     yield item
                     continue
                 index += 1
@@ -791,7 +826,7 @@ async def _reduce(
         for item in itertools.chain(itertools.chain.from_iterable(chunks), buffer):
             if type(item) is CONTROL:
                 if slot is not None and item.kind == "barrier":
-                    slot.save(item, ["emitting", accumulator])
+                    slot.save(item, ["emitting", _kept(spec.name, accumulator, spec.keyed)])
                 yield item
                 continue
             position += 1
@@ -820,7 +855,7 @@ async def _emitting(
         async for item in upstream:
             if type(item) is CONTROL:
                 if slot is not None and item.kind == "barrier":
-                    slot.save(item, ["emitting", aggregate])
+                    slot.save(item, ["emitting", _kept(spec.name, aggregate, spec.keyed)])
                 yield item
                 continue
             position += 1
