@@ -57,6 +57,7 @@ from ._core import (
     ConcurrentOp,
     Flow,
     ItemOp,
+    ShapeStage,
     Source,
     Stage,
     Step,
@@ -1439,11 +1440,12 @@ def _check_result(value: object, label: str) -> Result[Any, Any]:
     return value
 
 
-class SuccessStage(Stage[Any, Any]):
+class SuccessStage(ShapeStage):
     """The stage `successes` returns: ``Result[S, ...]`` items in, ``S`` out.
 
-    Its ``__ror__`` keeps the value type when a flow is piped into it (with
-    mypy also when a stage is); at run time it is an ordinary stage.
+    Like the other shape stages (`streamkit.typing`) it keeps the value type
+    after a source or a stage, and after ``Envelope[Result[S, ...]]`` items
+    gives ``Envelope[S]``; at run time it is an ordinary stage.
 
     Examples:
         >>> import asyncio
@@ -1455,25 +1457,31 @@ class SuccessStage(Stage[Any, Any]):
 
     __slots__ = ()
 
-    def __call__(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
-        self, source: Source[Result[S, Any]], /
-    ) -> Flow[S]:
+    @overload
+    def __call__(self, source: Source[Envelope[Result[S, Any]]], /) -> Flow[Envelope[S]]: ...
+    @overload
+    def __call__(self, source: Source[Result[S, Any]], /) -> Flow[S]: ...
+    def __call__(self, source: Source[Any], /) -> Flow[Any]:
         """Apply the stage to ``source``."""
-        return cast("Flow[S]", super().__call__(source))
+        return super().__call__(source)
 
-    @overload  # type: ignore[override]
-    def __ror__(self, source: Stage[A, Result[S, Any]], /) -> Stage[A, S]: ...
+    @overload
+    def __ror__(self, source: Stage[A, Envelope[Result[S, Any]]], /) -> Stage[A, Envelope[S]]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
+    def __ror__(self, source: Stage[A, Result[S, Any]], /) -> Stage[A, S]: ...  # type: ignore[misc]  # mypy: as above
+    @overload
+    def __ror__(self, source: Source[Envelope[Result[S, Any]]], /) -> Flow[Envelope[S]]: ...
     @overload
     def __ror__(self, source: Source[Result[S, Any]], /) -> Flow[S]: ...
     def __ror__(self, source: Any, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
         return super().__ror__(source)
 
 
-class FailureStage(Stage[Any, Any]):
+class FailureStage(ShapeStage):
     """The stage `failures` returns: ``Result[..., E]`` items in, ``E`` out.
 
-    Its ``__ror__`` keeps the error type when a flow is piped into it (with
-    mypy also when a stage is); at run time it is an ordinary stage.
+    Like `SuccessStage` it keeps the error type after a source or a stage,
+    envelopes included; at run time it is an ordinary stage.
 
     Examples:
         >>> import asyncio
@@ -1485,14 +1493,20 @@ class FailureStage(Stage[Any, Any]):
 
     __slots__ = ()
 
-    def __call__(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
-        self, source: Source[Result[Any, E]], /
-    ) -> Flow[E]:
+    @overload
+    def __call__(self, source: Source[Envelope[Result[Any, E]]], /) -> Flow[Envelope[E]]: ...
+    @overload
+    def __call__(self, source: Source[Result[Any, E]], /) -> Flow[E]: ...
+    def __call__(self, source: Source[Any], /) -> Flow[Any]:
         """Apply the stage to ``source``."""
-        return cast("Flow[E]", super().__call__(source))
+        return super().__call__(source)
 
-    @overload  # type: ignore[override]
-    def __ror__(self, source: Stage[A, Result[Any, E]], /) -> Stage[A, E]: ...
+    @overload
+    def __ror__(self, source: Stage[A, Envelope[Result[Any, E]]], /) -> Stage[A, Envelope[E]]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
+    def __ror__(self, source: Stage[A, Result[Any, E]], /) -> Stage[A, E]: ...  # type: ignore[misc]  # mypy: as above
+    @overload
+    def __ror__(self, source: Source[Envelope[Result[Any, E]]], /) -> Flow[Envelope[E]]: ...
     @overload
     def __ror__(self, source: Source[Result[Any, E]], /) -> Flow[E]: ...
     def __ror__(self, source: Any, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
