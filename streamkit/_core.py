@@ -117,6 +117,25 @@ def check_callable(value: object, parameter: str) -> None:
         raise TypeError(f"{parameter} must be callable, got {type(value).__name__}: {value!r}")
 
 
+def stage_label(name: object, default: str) -> str:
+    """The label of an operator's stage: its ``name=`` when given, else ``default``.
+
+    The label names the stage wherever a run shows it: statistics, events,
+    error notes and records, the command line's table and the history.
+
+    Raises:
+        TypeError: ``name`` is not a string.
+        ValueError: ``name`` is empty or spans several lines.
+    """
+    if name is None:
+        return default
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string or None, got {type(name).__name__}: {name!r}")
+    if not name.strip() or "\n" in name:
+        raise ValueError(f"name must be a non-empty, single-line string, got {name!r}")
+    return name
+
+
 def annotate(exc: BaseException, label: str, index: int) -> None:
     """Add the note that names the stage and the item index to ``exc``."""
     exc.add_note(f"streamkit: raised by {label} on item {index} of its input")

@@ -16,6 +16,7 @@ from ._core import (
     describe,
     is_async_callable,
     is_envelope,
+    stage_label,
     transform_stage,
 )
 from ._transform import item_level_stage
@@ -47,6 +48,7 @@ def filter_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Envelope[T], Envelope[T]]: ...
 @overload
 def filter_(
@@ -60,6 +62,7 @@ def filter_(
     timeout: float | None = None,
     on_error: Literal["result"],
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, Result[T, ErrorRecord[T]]]: ...
 @overload
 def filter_(
@@ -74,6 +77,7 @@ def filter_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, T]: ...
 def filter_(
     fn: Callable[..., object],
@@ -87,6 +91,7 @@ def filter_(
     on_error: OnError = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Keep the items for which ``fn`` returns a truthy value.
 
@@ -109,6 +114,8 @@ def filter_(
         on_error: What a failed call does (see `map_`).
         dead_letter: Where ``on_error="split"`` sends error records.
         report: The `ErrorReport` that counts this stage's failures.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -129,10 +136,11 @@ def filter_(
         on_error=on_error,
         dead_letter=dead_letter,
         report=report,
+        name=name,
     )
 
 
-def take(n: int, /) -> Passthrough:
+def take(n: int, /, *, name: str | None = None) -> Passthrough:
     """Yield the first ``n`` items, then stop and close the upstream.
 
     The upstream is closed as soon as the ``n``-th item has been pulled, so a
@@ -140,6 +148,8 @@ def take(n: int, /) -> Passthrough:
 
     Args:
         n: How many items to take (0 or more).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -158,7 +168,9 @@ def take(n: int, /) -> Passthrough:
 
         return checkpointed
 
-    return Passthrough(transform_stage(f"take({n})", run, restorable=restorable).steps)
+    return Passthrough(
+        transform_stage(stage_label(name, f"take({n})"), run, restorable=restorable).steps
+    )
 
 
 async def _take(upstream: AsyncIterator[Any], n: int, slot: Slot | None) -> AsyncIterator[Any]:
@@ -183,11 +195,13 @@ async def _take(upstream: AsyncIterator[Any], n: int, slot: Slot | None) -> Asyn
         await aclose(upstream)
 
 
-def skip(n: int, /) -> Passthrough:
+def skip(n: int, /, *, name: str | None = None) -> Passthrough:
     """Drop the first ``n`` items, yield the rest.
 
     Args:
         n: How many items to drop (0 or more).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -206,7 +220,9 @@ def skip(n: int, /) -> Passthrough:
 
         return checkpointed
 
-    return Passthrough(transform_stage(f"skip({n})", run, restorable=restorable).steps)
+    return Passthrough(
+        transform_stage(stage_label(name, f"skip({n})"), run, restorable=restorable).steps
+    )
 
 
 async def _skip(upstream: AsyncIterator[Any], n: int, slot: Slot | None) -> AsyncIterator[Any]:

@@ -37,6 +37,7 @@ from ._core import (
     is_async_callable,
     is_stage,
     open_async,
+    stage_label,
     transform_stage,
 )
 from ._records import (
@@ -503,6 +504,7 @@ def reduce_point(
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
@@ -515,6 +517,7 @@ def reduce_point(
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
@@ -527,6 +530,7 @@ def reduce_point(
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
@@ -539,6 +543,7 @@ def reduce_point(
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
@@ -549,6 +554,7 @@ def reduce_point(
     *,
     with_state: Literal[False] = False,
     emit: Literal["aggregate"],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 @overload
 def reduce_point(
@@ -559,6 +565,7 @@ def reduce_point(
     *,
     with_state: Literal[False] = False,
     emit: Literal["aggregate"],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 @overload
 def reduce_point(
@@ -569,6 +576,7 @@ def reduce_point(
     *,
     with_state: Literal[True],
     emit: Literal["aggregate"],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 @overload
 def reduce_point(
@@ -579,6 +587,7 @@ def reduce_point(
     *,
     with_state: Literal[True],
     emit: Literal["aggregate"],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 def reduce_point(
     key: Key[Any] | str,
@@ -590,6 +599,7 @@ def reduce_point(
     replay: Callable[[], Source[Any]] | None = None,
     emit: Literal["items", "aggregate"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """A materialisation point: fold the whole stream, then give every item the result.
 
@@ -623,6 +633,8 @@ def reduce_point(
         emit: ``"items"`` (every item) or ``"aggregate"`` (only the aggregate).
         memory_limit: The most items held in memory before spilling to disk
             (1 or more, or None for no limit).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -632,7 +644,7 @@ def reduce_point(
         >>> [(item.value, item.state[TOTAL]) for item in items]
         [(2, 10), (3, 10), (5, 10)]
     """
-    name = _check_key(key)
+    key_name = _check_key(key)
     check_callable(reducer, "reducer")
     check_bool(with_state, "with_state")
     if emit not in ("items", "aggregate"):
@@ -644,9 +656,9 @@ def reduce_point(
     if memory_limit is not None:
         check_count(memory_limit, "memory_limit", minimum=1)
     known_async = is_async_callable(reducer)
-    label = f"reduce_point({name!r}, {describe(reducer)})"
+    label = stage_label(name, f"reduce_point({key_name!r}, {describe(reducer)})")
 
-    spec = _Reduction(name, reducer, initial, with_state, known_async, label)
+    spec = _Reduction(key_name, reducer, initial, with_state, known_async, label)
     run = ReduceRun(spec, replay, emit, memory_limit)
     return StateStage(transform_stage(label, run, restorable=run.restorable).steps)
 
