@@ -242,7 +242,9 @@ async def _skip(upstream: AsyncIterator[Any], n: int, slot: Slot | None) -> Asyn
         await aclose(upstream)
 
 
-def take_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) -> Stage[T, T]:
+def take_while(
+    fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /, *, name: str | None = None
+) -> Stage[T, T]:
     """Yield items while ``fn`` holds; stop at the first item where it fails.
 
     The failing item is not yielded, and the upstream is closed at once. On
@@ -251,6 +253,8 @@ def take_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) 
 
     Args:
         fn: The predicate (sync or async).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -258,10 +262,12 @@ def take_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) 
         >>> asyncio.run(collect([1, 2, 5, 1] | take_while(lambda x: x < 3)))
         [1, 2]
     """
-    return _while_stage("take_while", fn, taking=True)
+    return _while_stage("take_while", fn, name, taking=True)
 
 
-def skip_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) -> Stage[T, T]:
+def skip_while(
+    fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /, *, name: str | None = None
+) -> Stage[T, T]:
     """Drop items while ``fn`` holds; yield everything from the first failure on.
 
     On a stream of `Envelope` items ``fn`` receives each value, and the items
@@ -269,6 +275,8 @@ def skip_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) 
 
     Args:
         fn: The predicate (sync or async); not called again once it fails.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -276,12 +284,14 @@ def skip_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) 
         >>> asyncio.run(collect([1, 2, 5, 1] | skip_while(lambda x: x < 3)))
         [5, 1]
     """
-    return _while_stage("skip_while", fn, taking=False)
+    return _while_stage("skip_while", fn, name, taking=False)
 
 
-def _while_stage(name: str, fn: Callable[[Any], Any], *, taking: bool) -> Stage[Any, Any]:
+def _while_stage(
+    operator: str, fn: Callable[[Any], Any], name: str | None, *, taking: bool
+) -> Stage[Any, Any]:
     check_callable(fn, "fn")
-    label = f"{name}({describe(fn)})"
+    label = stage_label(name, f"{operator}({describe(fn)})")
     known_async = is_async_callable(fn)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -364,7 +374,9 @@ async def _while(
         await aclose(upstream)
 
 
-def distinct(*, key: Callable[[Any], Hashable] | None = None) -> Passthrough:
+def distinct(
+    *, key: Callable[[Any], Hashable] | None = None, name: str | None = None
+) -> Passthrough:
     """Yield each item the first time it (or its ``key``) is seen.
 
     Memory grows with the number of distinct keys: every key seen is kept
@@ -375,6 +387,8 @@ def distinct(*, key: Callable[[Any], Hashable] | None = None) -> Passthrough:
     Args:
         key: Maps an item to the hashable value compared (sync only); the
             item itself when omitted.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -386,7 +400,7 @@ def distinct(*, key: Callable[[Any], Hashable] | None = None) -> Passthrough:
         check_callable(key, "key")
         if is_async_callable(key):
             raise TypeError("key must be a synchronous function")
-    label = "distinct()" if key is None else f"distinct(key={describe(key)})"
+    label = stage_label(name, "distinct()" if key is None else f"distinct(key={describe(key)})")
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _distinct(upstream, key, label, set(), None)

@@ -154,6 +154,7 @@ def envelop(
     /,
     *,
     limits: StateLimits | None = None,
+    name: str | None = None,
 ) -> EnvelopStage:
     """Put every item into an `Envelope` with an initial state.
 
@@ -167,6 +168,8 @@ def envelop(
         limits: The `StateLimits` of the items' states (16 KiB of JSON and 256
             keys by default); they carry over to every state derived from
             them downstream.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -184,7 +187,7 @@ def envelop(
             )
         return Envelope(item, initial)
 
-    return EnvelopStage(_raw_map("envelop()", lambda: wrap).steps)
+    return EnvelopStage(_raw_map(stage_label(name, "envelop()"), lambda: wrap).steps)
 
 
 def _unwrap(item: Any) -> Any:
@@ -197,10 +200,14 @@ def _unwrap(item: Any) -> Any:
 _unwrap_steps = _raw_map("unwrap()", lambda: _unwrap).steps
 
 
-def unwrap() -> UnwrapStage:
+def unwrap(*, name: str | None = None) -> UnwrapStage:
     """Take the values out of `Envelope` items, dropping their state.
 
     A plain item raises `TypeError`.
+
+    Args:
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -208,7 +215,9 @@ def unwrap() -> UnwrapStage:
         >>> asyncio.run(collect(range(3) | envelop() | unwrap()))
         [0, 1, 2]
     """
-    return UnwrapStage(_unwrap_steps)
+    if name is None:
+        return UnwrapStage(_unwrap_steps)
+    return UnwrapStage(_raw_map(stage_label(name, "unwrap()"), lambda: _unwrap).steps)
 
 
 # --------------------------------------------------------------------------- set_state
@@ -229,6 +238,7 @@ def set_state(
     /,
     *,
     with_state: Literal[False] = False,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def set_state(
@@ -237,6 +247,7 @@ def set_state(
     /,
     *,
     with_state: Literal[False] = False,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def set_state(
@@ -245,6 +256,7 @@ def set_state(
     /,
     *,
     with_state: Literal[True],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def set_state(
@@ -253,6 +265,7 @@ def set_state(
     /,
     *,
     with_state: Literal[True],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 def set_state(
     key: Key[Any] | str,
@@ -260,6 +273,7 @@ def set_state(
     /,
     *,
     with_state: bool = False,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Set ``key`` in each item's state to ``fn(value)``; the value passes on.
 
@@ -272,6 +286,8 @@ def set_state(
         key: The `Key` (or string key) to set.
         fn: Computes the key's value from the item's value.
         with_state: Also pass the item's `State` to ``fn``.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -281,7 +297,7 @@ def set_state(
         >>> [(item.value, item.state[LENGTH]) for item in items]
         [('ab', 2), ('c', 1)]
     """
-    name = _check_key(key)
+    key_name = _check_key(key)
     check_callable(fn, "fn")
     check_bool(with_state, "with_state")
     known_async = is_async_callable(fn)
@@ -300,12 +316,13 @@ def set_state(
             if awaits is None:
                 awaits = inspect.isawaitable(result)
             if awaits:
-                return _settled_envelope(value, state, name, result)
-            return Envelope(value, state._set(name, result))  # pyright: ignore[reportPrivateUsage] - the records' fast path
+                return _settled_envelope(value, state, key_name, result)
+            return Envelope(value, state._set(key_name, result))  # pyright: ignore[reportPrivateUsage] - the records' fast path
 
         return step
 
-    return StateStage(_raw_map(f"set_state({name!r}, {describe(fn)})", per_run).steps)
+    label = stage_label(name, f"set_state({key_name!r}, {describe(fn)})")
+    return StateStage(_raw_map(label, per_run).steps)
 
 
 # --------------------------------------------------------------------------- scan_state
@@ -319,6 +336,7 @@ def scan_state(
     /,
     *,
     with_state: Literal[False] = False,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def scan_state(
@@ -328,6 +346,7 @@ def scan_state(
     /,
     *,
     with_state: Literal[False] = False,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def scan_state(
@@ -337,6 +356,7 @@ def scan_state(
     /,
     *,
     with_state: Literal[True],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def scan_state(
@@ -346,6 +366,7 @@ def scan_state(
     /,
     *,
     with_state: Literal[True],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 def scan_state(
     key: Key[Any] | str,
@@ -354,6 +375,7 @@ def scan_state(
     /,
     *,
     with_state: bool = False,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Store the running aggregate ``acc = fn(acc, value)`` in each item's state.
 
@@ -367,6 +389,8 @@ def scan_state(
         fn: Combines the aggregate so far with the next value.
         initial: The aggregate before the first item.
         with_state: Also pass the item's `State` to ``fn``.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -376,17 +400,16 @@ def scan_state(
         >>> [item.state[RUNNING] for item in items]
         [3, 7, 12]
     """
-    name = _check_key(key)
+    key_name = _check_key(key)
     check_callable(fn, "fn")
     check_bool(with_state, "with_state")
     known_async = is_async_callable(fn)
 
     def per_run() -> Callable[[Any], Any]:
-        return _ScanState(name, fn, initial, with_state, known_async)
+        return _ScanState(key_name, fn, initial, with_state, known_async)
 
-    return StateStage(
-        _raw_map(f"scan_state({name!r}, {describe(fn)})", per_run, stateful=True).steps
-    )
+    label = stage_label(name, f"scan_state({key_name!r}, {describe(fn)})")
+    return StateStage(_raw_map(label, per_run, stateful=True).steps)
 
 
 class _ScanState:

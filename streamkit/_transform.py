@@ -592,11 +592,15 @@ async def _flat_map(
         await aclose(upstream)
 
 
-def flatten() -> FlattenStage:
+def flatten(*, name: str | None = None) -> FlattenStage:
     """Yield the elements of every item; items are iterables or async iterables.
 
     On a stream of `Envelope` items each value is the iterable, and every
     element comes out as ``Envelope(element, state)`` with its item's state.
+
+    Args:
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -604,7 +608,14 @@ def flatten() -> FlattenStage:
         >>> asyncio.run(collect([[1, 2], [], [3]] | flatten()))
         [1, 2, 3]
     """
-    return FlattenStage(_flatten_steps)
+    if name is None:
+        return FlattenStage(_flatten_steps)
+    label = stage_label(name, "flatten()")
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _flat_map(upstream, None, False, label)
+
+    return FlattenStage(transform_stage(label, run, barriers=True).steps)
 
 
 def _run_flatten(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -698,7 +709,7 @@ async def _scan(
         await aclose(upstream)
 
 
-def enumerate_(start: int = 0) -> IndexedStage:
+def enumerate_(start: int = 0, *, name: str | None = None) -> IndexedStage:
     """Pair every item with its index: ``(start, a), (start + 1, b), ...``.
 
     On a stream of `Envelope` items the pairs hold the values and keep each
@@ -706,6 +717,8 @@ def enumerate_(start: int = 0) -> IndexedStage:
 
     Args:
         start: The first index.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -724,7 +737,8 @@ def enumerate_(start: int = 0) -> IndexedStage:
 
         return checkpointed
 
-    return IndexedStage(transform_stage(f"enumerate_({start})", run, restorable=restorable).steps)
+    label = stage_label(name, f"enumerate_({start})")
+    return IndexedStage(transform_stage(label, run, restorable=restorable).steps)
 
 
 async def _enumerate(upstream: AsyncIterator[Any], start: int) -> AsyncIterator[Any]:

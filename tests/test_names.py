@@ -13,18 +13,35 @@ from streamkit import (
     Key,
     Run,
     StageStatistics,
+    buffer,
     chunk,
     collect,
+    debounce,
+    distinct,
+    enumerate_,
+    envelop,
+    failures,
     filter_,
     flat_map,
+    flatten,
     map_,
     pairwise,
     reduce_point,
     scan,
+    scan_state,
+    set_state,
     skip,
+    skip_while,
+    spaced,
+    successes,
     take,
+    take_while,
     tap,
+    throttle,
+    timeout,
+    unwrap,
     window,
+    with_retry,
 )
 
 if TYPE_CHECKING:
@@ -71,6 +88,23 @@ NAMED: list[tuple[Callable[..., Stage[Any, Any]], str]] = [
     (lambda name: window(2, name=name), "window(2, step=1)"),
     (lambda name: pairwise(name=name), "pairwise()"),
     (lambda name: reduce_point(TOTAL, add, 0, name=name), "reduce_point('total', add)"),
+    (lambda name: scan_state(TOTAL, add, 0, name=name), "scan_state('total', add)"),
+    (lambda name: set_state(TOTAL, parse, name=name), "set_state('total', parse)"),
+    (lambda name: envelop(name=name), "envelop()"),
+    (lambda name: unwrap(name=name), "unwrap()"),
+    (lambda name: flatten(name=name), "flatten()"),
+    (lambda name: enumerate_(name=name), "enumerate_(0)"),
+    (lambda name: take_while(keep, name=name), "take_while(keep)"),
+    (lambda name: skip_while(keep, name=name), "skip_while(keep)"),
+    (lambda name: distinct(name=name), "distinct()"),
+    (lambda name: buffer(2, name=name), "buffer(2)"),
+    (lambda name: throttle(2, name=name), "throttle(2, 1)"),
+    (lambda name: spaced(1, name=name), "spaced(1)"),
+    (lambda name: debounce(1, name=name), "debounce(1)"),
+    (lambda name: timeout(1, name=name), "timeout(1)"),
+    (lambda name: with_retry(map_(parse), name=name), "with_retry(map_(parse), attempts=3)"),
+    (lambda name: successes(name=name), "successes()"),
+    (lambda name: failures(name=name), "failures()"),
 ]
 
 
@@ -82,11 +116,13 @@ def test_name_is_the_stage_label(build: Callable[..., Stage[Any, Any]], default:
 
 
 @pytest.mark.parametrize(("build", "default"), NAMED)
-@pytest.mark.parametrize(("name", "error"), [(3, TypeError), ("", ValueError), ("a\nb", ValueError)])
+@pytest.mark.parametrize(
+    ("name", "error"), [(3, TypeError), ("", ValueError), ("a\nb", ValueError)]
+)
 def test_a_bad_name_is_refused_when_the_stage_is_built(
     build: Callable[..., Stage[Any, Any]], default: str, name: object, error: type[Exception]
 ) -> None:
-    with pytest.raises(error, match="^name must be"):
+    with pytest.raises(error, match=r"^name must be"):
         build(name)
 
 
@@ -100,7 +136,7 @@ async def test_names_show_in_the_run_statistics_and_events() -> None:
     )
     run = Run(pipeline, ["1", "2", "3", "4"], hooks=Hooks(on_stage_end=ended.append))
     batches = await run.collect()
-    assert [[item for item in batch.value] for batch in batches] == [[1, 2], [4]]
+    assert [list(batch.value) for batch in batches] == [[1, 2], [4]]
     stages = run.statistics().stages
     assert [(s.key, s.label) for s in stages] == [
         ("parse", "parse"),
@@ -147,3 +183,22 @@ async def test_the_history_shows_the_names(tmp_path: Path) -> None:
     assert failures["stage"] == "validate"
     final = json.loads((folder / "final.json").read_text())
     assert [s["label"] for s in final["statistics"]["stages"]] == ["parse", "validate"]
+
+
+async def test_a_retried_stage_is_named_in_its_error_records() -> None:
+    report = ErrorReport()
+    stage = with_retry(
+        map_(fails_at_3), attempts=2, on_error="collect", report=report, name="checked"
+    )
+    assert await collect(range(5) | stage) == [0, 1, 2, 4]
+    (record,) = report.records
+    assert (record.stage, record.attempts) == ("checked", 2)
+
+
+async def test_named_stages_behave_as_unnamed_ones() -> None:
+    items = [[1, 2], [3]]
+    named = flatten(name="a") | enumerate_(name="b") | unwrap(name="c")
+    plain = flatten() | enumerate_() | unwrap()
+    assert await collect(items | envelop(name="d") | named) == await collect(
+        items | envelop() | plain
+    )
