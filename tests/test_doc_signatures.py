@@ -397,7 +397,7 @@ def test_a_right_signature_has_no_problems() -> None:
     assert (
         _problems(
             "with_retry(stage, /, *, attempts=3, backoff=exponential(), retry_on=Exception, "
-            "deadline=None, timeout=None, on_error=None, dead_letter=None, report=None)"
+            "deadline=None, timeout=None, on_error=None, dead_letter=None, report=None, name=None)"
         )
         == []
     )

@@ -8,9 +8,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from streamkit import (
+    Checkpoint,
+    CheckpointError,
     ErrorReport,
     Hooks,
     Key,
+    MemoryStore,
     Run,
     StageStatistics,
     buffer,
@@ -27,6 +30,7 @@ from streamkit import (
     map_,
     pairwise,
     reduce_point,
+    resumable,
     scan,
     scan_state,
     set_state,
@@ -202,3 +206,31 @@ async def test_named_stages_behave_as_unnamed_ones() -> None:
     assert await collect(items | envelop(name="d") | named) == await collect(
         items | envelop() | plain
     )
+
+
+async def test_renaming_a_stage_is_a_shape_change_that_migrate_can_accept() -> None:
+    # The shape of a checkpoint holds the steps' labels: a name is part of it.
+    store = MemoryStore()
+    first = Run(
+        scan(add, 0, name="total"), resumable([1, 2, 3, 4]), name="r", checkpoint=store, every=1
+    )
+    first_items: list[int] = []
+    async with first:
+        async for running in first:
+            first_items.append(running)
+            if running == 3:
+                break
+    saved = first.last_checkpoint
+    assert saved is not None
+    assert "0 total" in saved.shape
+    renamed = scan(add, 0, name="running total")
+    with pytest.raises(CheckpointError, match="another shape: it has '0 total'"):
+        await Run(renamed, resumable([1, 2, 3, 4]), name="r", checkpoint=store).collect()
+
+    def rename(old: Checkpoint) -> Checkpoint:
+        shape = tuple(line.replace("0 total", "0 running total") for line in old.shape)
+        return old.replace(shape=shape)
+
+    resumed = Run(renamed, resumable([1, 2, 3, 4]), name="r", checkpoint=store, migrate=rename)
+    rest = await resumed.collect()
+    assert first_items[: saved.items] + rest == [1, 3, 6, 10]
