@@ -42,18 +42,9 @@ from ._combine import merge as merge
 from ._combine import tee as tee
 from ._combine import zip_ as zip_
 from ._concurrency import buffer as buffer
-from ._core import EnvelopStage as EnvelopStage
-from ._core import FlattenStage as FlattenStage
 from ._core import Flow as Flow
-from ._core import IndexedStage as IndexedStage
-from ._core import ListStage as ListStage
-from ._core import PairStage as PairStage
-from ._core import Passthrough as Passthrough
 from ._core import Source as Source
 from ._core import Stage as Stage
-from ._core import StateStage as StateStage
-from ._core import TupleStage as TupleStage
-from ._core import UnwrapStage as UnwrapStage
 from ._core import pipe as pipe
 from ._core import stage as stage
 from ._create import empty as empty
@@ -65,10 +56,8 @@ from ._failures import DeadLetters as DeadLetters
 from ._failures import ErrorRecord as ErrorRecord
 from ._failures import ErrorReport as ErrorReport
 from ._failures import ExceptionInfo as ExceptionInfo
-from ._failures import FailureStage as FailureStage
 from ._failures import FailureStatistics as FailureStatistics
 from ._failures import OnError as OnError
-from ._failures import SuccessStage as SuccessStage
 from ._failures import UnhandledFailure as UnhandledFailure
 from ._failures import attempts_key as attempts_key
 from ._failures import error_report as error_report
@@ -158,25 +147,18 @@ __all__ = [
     "DeadLetterRecord",
     "DeadLetterRow",
     "DeadLetters",
-    "EnvelopStage",
     "Envelope",
     "ErrorRecord",
     "ErrorReport",
     "ExceptionInfo",
     "ExponentialBackoff",
-    "FailureStage",
     "FailureStatistics",
-    "FlattenStage",
     "Flow",
     "HookError",
     "Hooks",
-    "IndexedStage",
     "Key",
-    "ListStage",
     "MemoryStore",
     "OnError",
-    "PairStage",
-    "Passthrough",
     "PostgresStore",
     "QuantileSketch",
     "Resumable",
@@ -197,17 +179,13 @@ __all__ = [
     "State",
     "StateLimitError",
     "StateLimits",
-    "StateStage",
     "StateUpdate",
     "Stateful",
     "Store",
-    "SuccessStage",
     "TableRows",
     "TableSink",
-    "TupleStage",
     "TypedCodec",
     "UnhandledFailure",
-    "UnwrapStage",
     "Write",
     "attempts_key",
     "branch",

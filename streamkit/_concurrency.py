@@ -40,6 +40,7 @@ from ._core import (
     is_envelope,
     is_iterable,
     open_async,
+    stage_label,
     transform_stage,
 )
 from ._records import Envelope
@@ -490,6 +491,7 @@ def buffer(
     *,
     overflow: Overflow = "wait",
     on_drop: Callable[[Any], object] | None = None,
+    name: str | None = None,
 ) -> Passthrough:
     """Prefetch up to ``n`` items in a background task.
 
@@ -505,6 +507,8 @@ def buffer(
         overflow: What to do when the buffer is full.
         on_drop: Called (synchronously, in the producer task) with each
             dropped item; an exception from it fails the stream.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -526,7 +530,9 @@ def buffer(
         if on_drop is None:
             raise TypeError(f"overflow={overflow!r} needs on_drop= to report the dropped items")
         check_callable(on_drop, "on_drop")
-    label = f"buffer({n})" if overflow == "wait" else f"buffer({n}, overflow={overflow!r})"
+    label = stage_label(
+        name, f"buffer({n})" if overflow == "wait" else f"buffer({n}, overflow={overflow!r})"
+    )
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _Buffer(upstream, n, overflow, on_drop, label).results()

@@ -57,6 +57,7 @@ from ._core import (
     ConcurrentOp,
     Flow,
     ItemOp,
+    ShapeStage,
     Source,
     Stage,
     Step,
@@ -67,6 +68,7 @@ from ._core import (
     check_seconds,
     is_envelope,
     is_stage,
+    stage_label,
 )
 from ._records import Envelope, Key, Scope, State
 from ._runtime import cancel_and_wait, current_clock, signal_maker, spawn, wait_done
@@ -1246,6 +1248,7 @@ def with_retry(
     timeout: float | None = None,
     on_error: Literal["result"],
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, Result[R, ErrorRecord[T]]]: ...
 @overload
 def with_retry(
@@ -1260,6 +1263,7 @@ def with_retry(
     on_error: Literal["fail", "skip", "collect", "split"] | None = None,
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, R]: ...
 def with_retry(
     stage: Stage[Any, Any],
@@ -1273,6 +1277,7 @@ def with_retry(
     on_error: OnError | None = None,
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Retry the per-item function of an item stage, with backoff.
 
@@ -1304,6 +1309,8 @@ def with_retry(
             async callable receiving each `ErrorRecord`.
         report: The `ErrorReport` that counts (and, with ``"collect"``,
             keeps) failures; one is made if not given (see `error_report`).
+        name: The stage's label in statistics, events, errors, error records
+            and the history (``with_retry(map_(fn), attempts=3)`` by default).
 
     Raises:
         TypeError: ``stage`` has no single per-item function, or an option
@@ -1338,7 +1345,7 @@ def with_retry(
         if merged_report is not None and merged_report is not report:
             raise TypeError("the wrapped stage already has a report=; give report in one place")
         merged_report = report
-    label = f"with_retry({step.label}, attempts={attempts})"
+    label = stage_label(name, f"with_retry({step.label}, attempts={attempts})")
     guard = make_guard(
         label,
         attempts=attempts,
@@ -1439,11 +1446,12 @@ def _check_result(value: object, label: str) -> Result[Any, Any]:
     return value
 
 
-class SuccessStage(Stage[Any, Any]):
+class SuccessStage(ShapeStage):
     """The stage `successes` returns: ``Result[S, ...]`` items in, ``S`` out.
 
-    Its ``__ror__`` keeps the value type when a flow is piped into it (with
-    mypy also when a stage is); at run time it is an ordinary stage.
+    Like the other shape stages (`streamkit.typing`) it keeps the value type
+    after a source or a stage, and after ``Envelope[Result[S, ...]]`` items
+    gives ``Envelope[S]``; at run time it is an ordinary stage.
 
     Examples:
         >>> import asyncio
@@ -1455,25 +1463,31 @@ class SuccessStage(Stage[Any, Any]):
 
     __slots__ = ()
 
-    def __call__(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
-        self, source: Source[Result[S, Any]], /
-    ) -> Flow[S]:
+    @overload
+    def __call__(self, source: Source[Envelope[Result[S, Any]]], /) -> Flow[Envelope[S]]: ...
+    @overload
+    def __call__(self, source: Source[Result[S, Any]], /) -> Flow[S]: ...
+    def __call__(self, source: Source[Any], /) -> Flow[Any]:
         """Apply the stage to ``source``."""
-        return cast("Flow[S]", super().__call__(source))
+        return super().__call__(source)
 
-    @overload  # type: ignore[override]
-    def __ror__(self, source: Stage[A, Result[S, Any]], /) -> Stage[A, S]: ...
+    @overload
+    def __ror__(self, source: Stage[A, Envelope[Result[S, Any]]], /) -> Stage[A, Envelope[S]]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
+    def __ror__(self, source: Stage[A, Result[S, Any]], /) -> Stage[A, S]: ...  # type: ignore[misc]  # mypy: as above
+    @overload
+    def __ror__(self, source: Source[Envelope[Result[S, Any]]], /) -> Flow[Envelope[S]]: ...
     @overload
     def __ror__(self, source: Source[Result[S, Any]], /) -> Flow[S]: ...
     def __ror__(self, source: Any, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
         return super().__ror__(source)
 
 
-class FailureStage(Stage[Any, Any]):
+class FailureStage(ShapeStage):
     """The stage `failures` returns: ``Result[..., E]`` items in, ``E`` out.
 
-    Its ``__ror__`` keeps the error type when a flow is piped into it (with
-    mypy also when a stage is); at run time it is an ordinary stage.
+    Like `SuccessStage` it keeps the error type after a source or a stage,
+    envelopes included; at run time it is an ordinary stage.
 
     Examples:
         >>> import asyncio
@@ -1485,21 +1499,29 @@ class FailureStage(Stage[Any, Any]):
 
     __slots__ = ()
 
-    def __call__(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
-        self, source: Source[Result[Any, E]], /
-    ) -> Flow[E]:
+    @overload
+    def __call__(self, source: Source[Envelope[Result[Any, E]]], /) -> Flow[Envelope[E]]: ...
+    @overload
+    def __call__(self, source: Source[Result[Any, E]], /) -> Flow[E]: ...
+    def __call__(self, source: Source[Any], /) -> Flow[Any]:
         """Apply the stage to ``source``."""
-        return cast("Flow[E]", super().__call__(source))
+        return super().__call__(source)
 
-    @overload  # type: ignore[override]
-    def __ror__(self, source: Stage[A, Result[Any, E]], /) -> Stage[A, E]: ...
+    @overload
+    def __ror__(self, source: Stage[A, Envelope[Result[Any, E]]], /) -> Stage[A, Envelope[E]]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
+    def __ror__(self, source: Stage[A, Result[Any, E]], /) -> Stage[A, E]: ...  # type: ignore[misc]  # mypy: as above
+    @overload
+    def __ror__(self, source: Source[Envelope[Result[Any, E]]], /) -> Flow[Envelope[E]]: ...
     @overload
     def __ror__(self, source: Source[Result[Any, E]], /) -> Flow[E]: ...
     def __ror__(self, source: Any, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
         return super().__ror__(source)
 
 
-def successes(*, on_failure: DeadLetterSink | ErrorReport | None = None) -> SuccessStage:
+def successes(
+    *, on_failure: DeadLetterSink | ErrorReport | None = None, name: str | None = None
+) -> SuccessStage:
     """Unwrap ``Success`` values; send each ``Failure`` somewhere, never nowhere.
 
     For the ``Result`` items of ``on_error="result"`` (or any
@@ -1510,6 +1532,11 @@ def successes(*, on_failure: DeadLetterSink | ErrorReport | None = None) -> Succ
       exception payload itself, or `UnhandledFailure`;
     * an `ErrorReport`: the record is collected (`ErrorReport.add`);
     * a `DeadLetters`, a queue or a callable: the payload is delivered.
+
+    Args:
+        on_failure: Where each failure goes (see above).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -1523,7 +1550,7 @@ def successes(*, on_failure: DeadLetterSink | ErrorReport | None = None) -> Succ
         ['boom']
     """
     handle, may_await = _failure_handler(on_failure)
-    label = "successes()"
+    label = stage_label(name, "successes()")
     success = _result_types()[0]
 
     def unwrap(value: Any) -> Any:
@@ -1546,12 +1573,19 @@ def successes(*, on_failure: DeadLetterSink | ErrorReport | None = None) -> Succ
     return SuccessStage((ItemOp("map", fn, label, is_async=may_await, may_drop=True),))
 
 
-def failures(*, on_success: Callable[[Any], object] | SupportsPut | None = None) -> FailureStage:
+def failures(
+    *, on_success: Callable[[Any], object] | SupportsPut | None = None, name: str | None = None
+) -> FailureStage:
     """Yield the payloads of ``Failure`` items (`ErrorRecord` for streamkit's own).
 
     The ``Success`` items are the other branch: they go to ``on_success`` (a
     sync or async callable, or a channel with ``put``) or, without it, are
     dropped on purpose.
+
+    Args:
+        on_success: Where each success goes; dropped when omitted.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -1561,7 +1595,7 @@ def failures(*, on_success: Callable[[Any], object] | SupportsPut | None = None)
         >>> asyncio.run(collect(items | failures()))
         ['boom']
     """
-    label = "failures()"
+    label = stage_label(name, "failures()")
     deliver = None if on_success is None else _sink_function(on_success, "on_success")
     success = _result_types()[0]
 

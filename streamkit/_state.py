@@ -37,6 +37,7 @@ from ._core import (
     is_async_callable,
     is_stage,
     open_async,
+    stage_label,
     transform_stage,
 )
 from ._records import (
@@ -159,6 +160,7 @@ def envelop(
     /,
     *,
     limits: StateLimits | None = None,
+    name: str | None = None,
 ) -> EnvelopStage:
     """Put every item into an `Envelope` with an initial state.
 
@@ -172,6 +174,8 @@ def envelop(
         limits: The `StateLimits` of the items' states (16 KiB of JSON and 256
             keys by default); they carry over to every state derived from
             them downstream.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -189,7 +193,7 @@ def envelop(
             )
         return Envelope(item, initial)
 
-    return EnvelopStage(_raw_map("envelop()", lambda: wrap).steps)
+    return EnvelopStage(_raw_map(stage_label(name, "envelop()"), lambda: wrap).steps)
 
 
 def _unwrap(item: Any) -> Any:
@@ -202,10 +206,14 @@ def _unwrap(item: Any) -> Any:
 _unwrap_steps = _raw_map("unwrap()", lambda: _unwrap).steps
 
 
-def unwrap() -> UnwrapStage:
+def unwrap(*, name: str | None = None) -> UnwrapStage:
     """Take the values out of `Envelope` items, dropping their state.
 
     A plain item raises `TypeError`.
+
+    Args:
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -213,7 +221,9 @@ def unwrap() -> UnwrapStage:
         >>> asyncio.run(collect(range(3) | envelop() | unwrap()))
         [0, 1, 2]
     """
-    return UnwrapStage(_unwrap_steps)
+    if name is None:
+        return UnwrapStage(_unwrap_steps)
+    return UnwrapStage(_raw_map(stage_label(name, "unwrap()"), lambda: _unwrap).steps)
 
 
 # --------------------------------------------------------------------------- set_state
@@ -239,6 +249,7 @@ def set_state(
     /,
     *,
     with_state: Literal[False] = False,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def set_state(
@@ -247,6 +258,7 @@ def set_state(
     /,
     *,
     with_state: Literal[False] = False,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def set_state(
@@ -255,6 +267,7 @@ def set_state(
     /,
     *,
     with_state: Literal[True],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def set_state(
@@ -263,6 +276,7 @@ def set_state(
     /,
     *,
     with_state: Literal[True],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 def set_state(
     key: Key[Any] | str,
@@ -270,6 +284,7 @@ def set_state(
     /,
     *,
     with_state: bool = False,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Set ``key`` in each item's state to ``fn(value)``; the value passes on.
 
@@ -282,6 +297,8 @@ def set_state(
         key: The `Key` (or string key) to set.
         fn: Computes the key's value from the item's value.
         with_state: Also pass the item's `State` to ``fn``.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -291,7 +308,7 @@ def set_state(
         >>> [(item.value, item.state[LENGTH]) for item in items]
         [('ab', 2), ('c', 1)]
     """
-    name = _check_key(key)
+    key_name = _check_key(key)
     check_callable(fn, "fn")
     check_bool(with_state, "with_state")
     known_async = is_async_callable(fn)
@@ -310,12 +327,12 @@ def set_state(
             if awaits is None:
                 awaits = inspect.isawaitable(result)
             if awaits:
-                return _settled_envelope(value, state, name, result)
-            return Envelope(value, state._set(name, result))  # pyright: ignore[reportPrivateUsage] - the records' fast path
+                return _settled_envelope(value, state, key_name, result)
+            return Envelope(value, state._set(key_name, result))  # pyright: ignore[reportPrivateUsage] - the records' fast path
 
         return step
 
-    label = f"set_state({name!r}, {describe(fn)})"
+    label = stage_label(name, f"set_state({key_name!r}, {describe(fn)})")
     return StateStage(_raw_map(label, per_run, keys=_codec_keys(key)).steps)
 
 
@@ -330,6 +347,7 @@ def scan_state(
     /,
     *,
     with_state: Literal[False] = False,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def scan_state(
@@ -339,6 +357,7 @@ def scan_state(
     /,
     *,
     with_state: Literal[False] = False,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def scan_state(
@@ -348,6 +367,7 @@ def scan_state(
     /,
     *,
     with_state: Literal[True],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def scan_state(
@@ -357,6 +377,7 @@ def scan_state(
     /,
     *,
     with_state: Literal[True],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 def scan_state(
     key: Key[Any] | str,
@@ -365,6 +386,7 @@ def scan_state(
     /,
     *,
     with_state: bool = False,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Store the running aggregate ``acc = fn(acc, value)`` in each item's state.
 
@@ -378,6 +400,8 @@ def scan_state(
         fn: Combines the aggregate so far with the next value.
         initial: The aggregate before the first item.
         with_state: Also pass the item's `State` to ``fn``.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -387,7 +411,7 @@ def scan_state(
         >>> [item.state[RUNNING] for item in items]
         [3, 7, 12]
     """
-    name = _check_key(key)
+    key_name = _check_key(key)
     check_callable(fn, "fn")
     check_bool(with_state, "with_state")
     known_async = is_async_callable(fn)
@@ -395,9 +419,9 @@ def scan_state(
     keys = _codec_keys(key)
 
     def per_run() -> Callable[[Any], Any]:
-        return _ScanState(name, fn, initial, with_state, known_async, bool(keys))
+        return _ScanState(key_name, fn, initial, with_state, known_async, bool(keys))
 
-    label = f"scan_state({name!r}, {describe(fn)})"
+    label = stage_label(name, f"scan_state({key_name!r}, {describe(fn)})")
     return StateStage(_raw_map(label, per_run, stateful=True, keys=keys).steps)
 
 
@@ -531,6 +555,7 @@ def reduce_point(
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
@@ -543,6 +568,7 @@ def reduce_point(
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
@@ -555,6 +581,7 @@ def reduce_point(
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
@@ -567,6 +594,7 @@ def reduce_point(
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
@@ -577,6 +605,7 @@ def reduce_point(
     *,
     with_state: Literal[False] = False,
     emit: Literal["aggregate"],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 @overload
 def reduce_point(
@@ -587,6 +616,7 @@ def reduce_point(
     *,
     with_state: Literal[False] = False,
     emit: Literal["aggregate"],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 @overload
 def reduce_point(
@@ -597,6 +627,7 @@ def reduce_point(
     *,
     with_state: Literal[True],
     emit: Literal["aggregate"],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 @overload
 def reduce_point(
@@ -607,6 +638,7 @@ def reduce_point(
     *,
     with_state: Literal[True],
     emit: Literal["aggregate"],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 def reduce_point(
     key: Key[Any] | str,
@@ -618,6 +650,7 @@ def reduce_point(
     replay: Callable[[], Source[Any]] | None = None,
     emit: Literal["items", "aggregate"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """A materialisation point: fold the whole stream, then give every item the result.
 
@@ -651,6 +684,8 @@ def reduce_point(
         emit: ``"items"`` (every item) or ``"aggregate"`` (only the aggregate).
         memory_limit: The most items held in memory before spilling to disk
             (1 or more, or None for no limit).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -660,7 +695,7 @@ def reduce_point(
         >>> [(item.value, item.state[TOTAL]) for item in items]
         [(2, 10), (3, 10), (5, 10)]
     """
-    name = _check_key(key)
+    key_name = _check_key(key)
     check_callable(reducer, "reducer")
     check_bool(with_state, "with_state")
     if emit not in ("items", "aggregate"):
@@ -672,10 +707,10 @@ def reduce_point(
     if memory_limit is not None:
         check_count(memory_limit, "memory_limit", minimum=1)
     known_async = is_async_callable(reducer)
-    label = f"reduce_point({name!r}, {describe(reducer)})"
+    label = stage_label(name, f"reduce_point({key_name!r}, {describe(reducer)})")
 
     keys = _codec_keys(key)
-    spec = _Reduction(name, reducer, initial, with_state, known_async, label, bool(keys))
+    spec = _Reduction(key_name, reducer, initial, with_state, known_async, label, bool(keys))
     run = ReduceRun(spec, replay, emit, memory_limit)
     stage = transform_stage(label, run, restorable=run.restorable, keys=keys)
     return StateStage(stage.steps)

@@ -24,6 +24,7 @@ from ._core import (
     is_iterable,
     item_stage,
     open_async,
+    stage_label,
     transform_stage,
 )
 from ._records import Envelope
@@ -56,6 +57,7 @@ def item_level_stage(
     on_error: OnError,
     dead_letter: DeadLetterSink | None,
     report: ErrorReport | None,
+    name: str | None,
 ) -> Stage[Any, Any]:
     """Build `map_` or `filter_`: fused when sequential, tasks when concurrent.
 
@@ -64,14 +66,14 @@ def item_level_stage(
     """
     check_callable(fn, "fn")
     check_bool(with_state, "with_state")
-    name = f"{kind}_"
+    operator = f"{kind}_"
     if check_concurrency(concurrency, ordered, window):
-        label = f"{name}({describe(fn)})"
+        label = stage_label(name, f"{operator}({describe(fn)})")
         built = item_stage(kind, fn, label, with_state=with_state)
     else:
         from ._concurrency import concurrent_stage  # only concurrent stages need it
 
-        label = f"{name}({describe(fn)}, concurrency={concurrency})"
+        label = stage_label(name, f"{operator}({describe(fn)}, concurrency={concurrency})")
         built = concurrent_stage(
             kind,
             fn,
@@ -82,7 +84,13 @@ def item_level_stage(
             with_state=with_state,
         )
     return with_failure_options(
-        built, label, timeout=timeout, on_error=on_error, dead_letter=dead_letter, report=report
+        built,
+        label,
+        timeout=timeout,
+        on_error=on_error,
+        dead_letter=dead_letter,
+        report=report,
+        named=name is not None,
     )
 
 
@@ -94,6 +102,7 @@ def with_failure_options(
     on_error: OnError,
     dead_letter: DeadLetterSink | None,
     report: ErrorReport | None,
+    named: bool = False,
 ) -> Stage[Any, Any]:
     """Apply the per-item failure options shared by every item-level operator.
 
@@ -107,8 +116,8 @@ def with_failure_options(
     # it loads it.
     from ._failures import guard_stage, make_guard
 
-    if on_error != "fail":
-        # `map_(parse)` becomes `map_(parse, on_error='skip')`.
+    if on_error != "fail" and not named:
+        # `map_(parse)` becomes `map_(parse, on_error='skip')`; a given name stays.
         label = f"{label[:-1]}, on_error={on_error!r})"
     guard = make_guard(
         label,
@@ -133,6 +142,7 @@ def map_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Envelope[T], Envelope[R]]: ...
 @overload
 def map_(
@@ -147,6 +157,7 @@ def map_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Envelope[T], Envelope[R]]: ...
 @overload
 def map_(
@@ -161,6 +172,7 @@ def map_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Envelope[T], Envelope[R]]: ...
 @overload
 def map_(
@@ -175,6 +187,7 @@ def map_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Envelope[T], Envelope[R]]: ...
 @overload
 def map_(
@@ -188,6 +201,7 @@ def map_(
     timeout: float | None = None,
     on_error: Literal["result"],
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, Result[R, ErrorRecord[T]]]: ...
 @overload
 def map_(
@@ -201,6 +215,7 @@ def map_(
     timeout: float | None = None,
     on_error: Literal["result"],
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, Result[R, ErrorRecord[T]]]: ...
 @overload
 def map_(
@@ -215,6 +230,7 @@ def map_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, R]: ...
 @overload
 def map_(
@@ -229,6 +245,7 @@ def map_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, R]: ...
 def map_(
     fn: Callable[..., Any],
@@ -242,6 +259,7 @@ def map_(
     on_error: OnError = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Apply ``fn`` to every item.
 
@@ -275,6 +293,8 @@ def map_(
         dead_letter: Where ``on_error="split"`` sends error records.
         report: The `ErrorReport` that counts (and, for ``"collect"``,
             keeps) this stage's failures.
+        name: The stage's label in statistics, events, errors and the
+            history (``map_(fn)`` by default).
 
     Examples:
         >>> import asyncio
@@ -298,6 +318,7 @@ def map_(
         on_error=on_error,
         dead_letter=dead_letter,
         report=report,
+        name=name,
     )
 
 
@@ -311,6 +332,7 @@ def tap(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Envelope[T], Envelope[T]]: ...
 @overload
 def tap(
@@ -321,6 +343,7 @@ def tap(
     timeout: float | None = None,
     on_error: Literal["result"],
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, Result[T, ErrorRecord[T]]]: ...
 @overload
 def tap(
@@ -332,6 +355,7 @@ def tap(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, T]: ...
 def tap(
     fn: Callable[..., object],
@@ -342,6 +366,7 @@ def tap(
     on_error: OnError = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Call ``fn`` on every item for its side effect; pass the item on.
 
@@ -352,6 +377,8 @@ def tap(
         on_error: What a failed call does (see `map_`).
         dead_letter: Where ``on_error="split"`` sends error records.
         report: The `ErrorReport` that counts this stage's failures.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -364,7 +391,7 @@ def tap(
     """
     check_callable(fn, "fn")
     check_bool(with_state, "with_state")
-    label = f"tap({describe(fn)})"
+    label = stage_label(name, f"tap({describe(fn)})")
     return with_failure_options(
         item_stage("tap", fn, label, with_state=with_state),
         label,
@@ -372,6 +399,7 @@ def tap(
         on_error=on_error,
         dead_letter=dead_letter,
         report=report,
+        named=name is not None,
     )
 
 
@@ -387,6 +415,7 @@ def flat_map(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, R]: ...
 @overload
 def flat_map(
@@ -400,6 +429,7 @@ def flat_map(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, R]: ...
 @overload
 def flat_map(
@@ -413,6 +443,7 @@ def flat_map(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, R]: ...
 def flat_map(
     fn: Callable[[Any], Any],
@@ -425,6 +456,7 @@ def flat_map(
     on_error: OnError = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Apply ``fn`` to every item and yield the elements of each result.
 
@@ -450,6 +482,8 @@ def flat_map(
             call never yields part of its elements.
         dead_letter: Where ``on_error="split"`` sends error records.
         report: The `ErrorReport` that counts this stage's failures.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -464,12 +498,12 @@ def flat_map(
     if not sequential:
         from ._concurrency import concurrent_stage
 
-        label = f"flat_map({describe(fn)}, concurrency={concurrency})"
+        label = stage_label(name, f"flat_map({describe(fn)}, concurrency={concurrency})")
         built = concurrent_stage(
             "flat_map", fn, label, concurrency=concurrency, ordered=ordered, window=window
         )
     else:
-        label = f"flat_map({describe(fn)})"
+        label = stage_label(name, f"flat_map({describe(fn)})")
         known_async = is_async_callable(fn)
         op = ConcurrentOp("flat_map", fn, label, known_async, 1, True, 1)
 
@@ -478,7 +512,13 @@ def flat_map(
 
         built = transform_stage(label, run, op, barriers=True)
     return with_failure_options(
-        built, label, timeout=timeout, on_error=on_error, dead_letter=dead_letter, report=report
+        built,
+        label,
+        timeout=timeout,
+        on_error=on_error,
+        dead_letter=dead_letter,
+        report=report,
+        named=name is not None,
     )
 
 
@@ -552,11 +592,15 @@ async def _flat_map(
         await aclose(upstream)
 
 
-def flatten() -> FlattenStage:
+def flatten(*, name: str | None = None) -> FlattenStage:
     """Yield the elements of every item; items are iterables or async iterables.
 
     On a stream of `Envelope` items each value is the iterable, and every
     element comes out as ``Envelope(element, state)`` with its item's state.
+
+    Args:
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -564,7 +608,14 @@ def flatten() -> FlattenStage:
         >>> asyncio.run(collect([[1, 2], [], [3]] | flatten()))
         [1, 2, 3]
     """
-    return FlattenStage(_flatten_steps)
+    if name is None:
+        return FlattenStage(_flatten_steps)
+    label = stage_label(name, "flatten()")
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _flat_map(upstream, None, False, label)
+
+    return FlattenStage(transform_stage(label, run, barriers=True).steps)
 
 
 def _run_flatten(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -575,10 +626,14 @@ _flatten_steps = transform_stage("flatten()", _run_flatten, barriers=True).steps
 
 
 @overload
-def scan(fn: Callable[[A, T], Awaitable[A]], initial: A, /) -> Stage[T, A]: ...
+def scan(
+    fn: Callable[[A, T], Awaitable[A]], initial: A, /, *, name: str | None = None
+) -> Stage[T, A]: ...
 @overload
-def scan(fn: Callable[[A, T], A], initial: A, /) -> Stage[T, A]: ...
-def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
+def scan(fn: Callable[[A, T], A], initial: A, /, *, name: str | None = None) -> Stage[T, A]: ...
+def scan(
+    fn: Callable[[Any, Any], Any], initial: Any, /, *, name: str | None = None
+) -> Stage[Any, Any]:
     """Yield the running accumulation ``acc = fn(acc, item)`` after each item.
 
     The initial value itself is not yielded; the accumulator type may differ
@@ -589,6 +644,8 @@ def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
     Args:
         fn: Combines the accumulator with the next item (sync or async).
         initial: The accumulator before the first item.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -597,7 +654,7 @@ def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
         [1, 3, 6]
     """
     check_callable(fn, "fn")
-    label = f"scan({describe(fn)})"
+    label = stage_label(name, f"scan({describe(fn)})")
     known_async = is_async_callable(fn)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -652,7 +709,7 @@ async def _scan(
         await aclose(upstream)
 
 
-def enumerate_(start: int = 0) -> IndexedStage:
+def enumerate_(start: int = 0, *, name: str | None = None) -> IndexedStage:
     """Pair every item with its index: ``(start, a), (start + 1, b), ...``.
 
     On a stream of `Envelope` items the pairs hold the values and keep each
@@ -660,6 +717,8 @@ def enumerate_(start: int = 0) -> IndexedStage:
 
     Args:
         start: The first index.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -678,7 +737,8 @@ def enumerate_(start: int = 0) -> IndexedStage:
 
         return checkpointed
 
-    return IndexedStage(transform_stage(f"enumerate_({start})", run, restorable=restorable).steps)
+    label = stage_label(name, f"enumerate_({start})")
+    return IndexedStage(transform_stage(label, run, restorable=restorable).steps)
 
 
 async def _enumerate(upstream: AsyncIterator[Any], start: int) -> AsyncIterator[Any]:

@@ -8,6 +8,7 @@ import pytest
 
 import streamkit
 import streamkit.testing
+import streamkit.typing
 
 PUBLIC = [
     "BRANCH",
@@ -25,25 +26,18 @@ PUBLIC = [
     "DeadLetterRecord",
     "DeadLetterRow",
     "DeadLetters",
-    "EnvelopStage",
     "Envelope",
     "ErrorRecord",
     "ErrorReport",
     "ExceptionInfo",
     "ExponentialBackoff",
-    "FailureStage",
     "FailureStatistics",
-    "FlattenStage",
     "Flow",
     "HookError",
     "Hooks",
-    "IndexedStage",
     "Key",
-    "ListStage",
     "MemoryStore",
     "OnError",
-    "PairStage",
-    "Passthrough",
     "PostgresStore",
     "QuantileSketch",
     "Resumable",
@@ -64,17 +58,13 @@ PUBLIC = [
     "State",
     "StateLimitError",
     "StateLimits",
-    "StateStage",
     "StateUpdate",
     "Stateful",
     "Store",
-    "SuccessStage",
     "TableRows",
     "TableSink",
-    "TupleStage",
     "TypedCodec",
     "UnhandledFailure",
-    "UnwrapStage",
     "Write",
     "attempts_key",
     "branch",
@@ -152,6 +142,20 @@ TESTING = [
     "virtual_clock",
 ]
 
+TYPING = [
+    "EnvelopStage",
+    "FailureStage",
+    "FlattenStage",
+    "IndexedStage",
+    "ListStage",
+    "PairStage",
+    "Passthrough",
+    "StateStage",
+    "SuccessStage",
+    "TupleStage",
+    "UnwrapStage",
+]
+
 BUILTINS = {"map", "filter", "zip", "enumerate"}
 
 
@@ -163,7 +167,17 @@ def test_testing_all_is_pinned() -> None:
     assert sorted(streamkit.testing.__all__) == TESTING
 
 
-@pytest.mark.parametrize("module", [streamkit, streamkit.testing])
+def test_typing_all_is_pinned() -> None:
+    assert sorted(streamkit.typing.__all__) == TYPING
+
+
+def test_the_typing_classes_are_not_in_the_front_door() -> None:
+    # They carry static types; code names them from streamkit.typing.
+    assert not set(TYPING) & set(streamkit.__all__)
+    assert not any(hasattr(streamkit, name) for name in TYPING)
+
+
+@pytest.mark.parametrize("module", [streamkit, streamkit.testing, streamkit.typing])
 def test_every_name_in_all_exists(module: object) -> None:
     for name in getattr(module, "__all__"):  # noqa: B009 - the module is a parameter
         assert hasattr(module, name), name
