@@ -134,6 +134,16 @@ from ._transform import flatten as flatten
 from ._transform import map_ as map_
 from ._transform import scan as scan
 from ._transform import tap as tap
+from ._windows import Hopping as Hopping
+from ._windows import Late as Late
+from ._windows import LateItemError as LateItemError
+from ._windows import Session as Session
+from ._windows import Sliding as Sliding
+from ._windows import Tumbling as Tumbling
+from ._windows import Window as Window
+from ._windows import WindowKind as WindowKind
+from ._windows import chunk_until as chunk_until
+from ._windows import windowed as windowed
 from ._writes import DeadLetterRecord as DeadLetterRecord
 from ._writes import DeadLetterRow as DeadLetterRow
 from ._writes import SQLValue as SQLValue
@@ -170,8 +180,11 @@ __all__ = [
     "Flow",
     "HookError",
     "Hooks",
+    "Hopping",
     "IndexedStage",
     "Key",
+    "Late",
+    "LateItemError",
     "ListStage",
     "MemoryStore",
     "OnError",
@@ -187,7 +200,9 @@ __all__ = [
     "SQLValue",
     "SQLiteStore",
     "Scope",
+    "Session",
     "Sink",
+    "Sliding",
     "SnapshotError",
     "Source",
     "Stage",
@@ -204,16 +219,20 @@ __all__ = [
     "SuccessStage",
     "TableRows",
     "TableSink",
+    "Tumbling",
     "TupleStage",
     "TypedCodec",
     "UnhandledFailure",
     "UnwrapStage",
+    "Window",
+    "WindowKind",
     "Write",
     "attempts_key",
     "branch",
     "broadcast",
     "buffer",
     "chunk",
+    "chunk_until",
     "collect",
     "concat",
     "config_hash",
@@ -266,6 +285,7 @@ __all__ = [
     "unwrap",
     "use_clock",
     "window",
+    "windowed",
     "with_retry",
     "write_report",
     "write_to",
