@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeAlias, TypeV
 
 from ._barrier import CONTROL, Control
 from ._core import (
+    ListStage,
     Stage,
     aclose,
     annotate,
@@ -364,12 +365,15 @@ class _Sessions(_Engine):
         super().__init__(grace, aggregate, initial)
         self.gap = gap
         self.open: dict[Any, list[_Span]] = {}
+        self.pushed = 0
 
     def is_late(self, timestamp: float, watermark: float) -> bool:
         return watermark >= timestamp + self.gap + self.grace
 
     def _push(self, span: _Span) -> None:
-        heapq.heappush(self.heap, (span.end, span.start, span.items[0][0], span.key, span))
+        # A merged span may repeat a stale entry's times: the count keeps entries apart.
+        self.pushed += 1
+        heapq.heappush(self.heap, (span.end, span.start, span.items[0][0], self.pushed, span))
 
     def _result(self, span: _Span, final: bool) -> Any:
         values = [entry[2] for entry in span.items]
@@ -404,9 +408,10 @@ class _Sessions(_Engine):
         return [self._result(new, False)] if updates else []
 
     def pop(self) -> Any:
-        end, start, _, key, span = heapq.heappop(self.heap)
+        end, start, _, _, span = heapq.heappop(self.heap)
         if not span.alive or span.end != end or span.start != start:
             return None
+        key = span.key
         span.alive = False
         spans = [each for each in self.open[key] if each is not span]
         if spans:
@@ -909,12 +914,12 @@ async def _late(
 
 
 def chunk_until(
-    predicate: Callable[[T], bool],
+    predicate: Callable[[Any], bool],
     /,
     *,
     max_size: int | None = None,
     within: float | None = None,
-) -> Stage[T, list[T]]:
+) -> ListStage:
     """Group items into lists; a list closes after an item for which ``predicate`` is true.
 
     The item that closes a list is its last. ``max_size`` also closes a list
@@ -945,18 +950,17 @@ def chunk_until(
     if seconds is not None:
         parts.append(f"within={seconds:g}")
     label = f"chunk_until({', '.join(parts)})"
-    ends: Callable[[Any], bool] = predicate
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _chunk_until(upstream, ends, size, seconds, label, None)
+        return _chunk_until(upstream, predicate, size, seconds, label, None)
 
     def restorable(slot: Slot) -> RunFunction:
         def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-            return _chunk_until(upstream, ends, size, seconds, label, slot)
+            return _chunk_until(upstream, predicate, size, seconds, label, slot)
 
         return checkpointed
 
-    return Stage(transform_stage(label, run, restorable=restorable).steps)
+    return ListStage(transform_stage(label, run, restorable=restorable).steps)
 
 
 def _grouped(batch: list[Any], enveloped: bool) -> Any:
