@@ -481,21 +481,31 @@ class _Slides(_Engine):
     def pop(self) -> Any:
         end, _, _, key, _ = heapq.heappop(self.heap)
         result = self._result(key, end, True)
-        ends = self.ends[key]
-        del ends[end]
-        if ends:
-            # Items no open or future window of this key can hold any more.
-            floor = min(ends) - self.size
-            self.items[key] = [entry for entry in self.items[key] if entry[1] > floor]
-        else:
-            del self.ends[key]
-            del self.items[key]
+        del self.ends[key][end]
         return result
+
+    def close(self, watermark: float, *, timer: bool = False) -> list[Any]:
+        out: list[Any] = []
+        keys: set[Any] = set()
+        while self.due(watermark, timer=timer):
+            keys.add(self.heap[0][3])
+            out.append(self.pop())
+        # An item on time from now on has a time >= watermark - grace: its window
+        # holds no item older than that minus size, so those can go.
+        floor = watermark - self.grace - self.size
+        for key in keys:
+            kept = [entry for entry in self.items[key] if entry[1] > floor]
+            if kept or self.ends[key]:
+                self.items[key] = kept
+            else:
+                del self.items[key]
+                del self.ends[key]
+        return out
 
     def dump(self) -> list[Any]:
         return [
-            [key, [list(entry) for entry in self.items[key]], [[e, i] for e, i in ends.items()]]
-            for key, ends in self.ends.items()
+            [key, [list(entry) for entry in items], [[e, i] for e, i in self.ends[key].items()]]
+            for key, items in self.items.items()
         ]
 
     def load(self, data: list[Any]) -> None:
