@@ -21,6 +21,7 @@ from benchmarks.harness import (
     case,
     describe_error,
     format_bytes,
+    format_ratio,
     partial_result,
     streamkit_over,
     time_competitors,
@@ -200,6 +201,7 @@ def windows(settings: Settings) -> CaseResult:
     rows = timing_rows(time_competitors(competitors, n, settings, verify))
     lists.clear()
     # Memory: the same stream generated on the fly, at N/10 and N events over the same keys.
+    first_peak: float | None = None
     for key, size in (("memory_small", max(n // 10, 1)), ("memory_large", n)):
         label = f"streamkit peak memory, {size:,} generated events"
         try:
@@ -210,8 +212,16 @@ def windows(settings: Settings) -> CaseResult:
         except Exception as exc:
             rows.append(Row(key, label, ("-",) * 3, note=f"error: {describe_error(exc)}"))
             continue
+        first_peak = first_peak or float(max(peak, 1))
+        ratio = peak / first_peak
         rows.append(
-            Row(key, label, (format_bytes(peak), "-", "-"), values={"peak_bytes": float(peak)})
+            Row(
+                key,
+                label,
+                (format_bytes(peak), "-", f"{format_ratio(ratio)} the peak at N/10"),
+                values={"peak_bytes": float(peak)},
+                ratio=ratio,
+            )
         )
     windows_open = keys * (1 + LAG / WINDOW)
     return partial_result(
