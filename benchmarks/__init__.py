@@ -16,6 +16,7 @@ from benchmarks import (
     cases_pipeline,
     cases_run,
     cases_state,
+    cases_windows,
 )
 from benchmarks.harness import CASES, Case, CaseResult, Competitor, Row, Settings, Target, case
 from benchmarks.report import render_markdown, render_table, render_text
@@ -38,6 +39,7 @@ __all__ = [
     "cases_pipeline",
     "cases_run",
     "cases_state",
+    "cases_windows",
     "render_markdown",
     "render_table",
     "render_text",

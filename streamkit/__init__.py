@@ -123,6 +123,16 @@ from ._transform import flatten as flatten
 from ._transform import map_ as map_
 from ._transform import scan as scan
 from ._transform import tap as tap
+from ._windows import Hopping as Hopping
+from ._windows import Late as Late
+from ._windows import LateItemError as LateItemError
+from ._windows import Session as Session
+from ._windows import Sliding as Sliding
+from ._windows import Tumbling as Tumbling
+from ._windows import Window as Window
+from ._windows import WindowKind as WindowKind
+from ._windows import chunk_until as chunk_until
+from ._windows import windowed as windowed
 from ._writes import DeadLetterRecord as DeadLetterRecord
 from ._writes import DeadLetterRow as DeadLetterRow
 from ._writes import SQLValue as SQLValue
@@ -156,7 +166,10 @@ __all__ = [
     "Flow",
     "HookError",
     "Hooks",
+    "Hopping",
     "Key",
+    "Late",
+    "LateItemError",
     "MemoryStore",
     "OnError",
     "PostgresStore",
@@ -169,7 +182,9 @@ __all__ = [
     "SQLValue",
     "SQLiteStore",
     "Scope",
+    "Session",
     "Sink",
+    "Sliding",
     "SnapshotError",
     "Source",
     "Stage",
@@ -184,14 +199,18 @@ __all__ = [
     "Store",
     "TableRows",
     "TableSink",
+    "Tumbling",
     "TypedCodec",
     "UnhandledFailure",
+    "Window",
+    "WindowKind",
     "Write",
     "attempts_key",
     "branch",
     "broadcast",
     "buffer",
     "chunk",
+    "chunk_until",
     "collect",
     "concat",
     "config_hash",
@@ -244,6 +263,7 @@ __all__ = [
     "unwrap",
     "use_clock",
     "window",
+    "windowed",
     "with_retry",
     "write_report",
     "write_to",

@@ -74,6 +74,7 @@ EXPECTED_ROWS = {
         "run_final_only",
         "run_difference",
     },
+    "w": {"streamkit", "bytewax", "memory_small", "memory_large"},
 }
 MEASURED_ONLY = {"l"}
 """Cases that report figures without a target."""
