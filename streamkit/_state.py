@@ -1022,9 +1022,12 @@ def _branches_stage(
     combine: str,
     buffer: int,
     as_dict: bool,
+    *,
+    name: str | None,
 ) -> Stage[Any, Any]:
     names = list(stages)
-    label = f"{function}({', '.join(f'{n}={s.label}' for n, s in stages.items())})"
+    default = f"{function}({', '.join(f'{n}={s.label}' for n, s in stages.items())})"
+    label = stage_label(name, default)
     wrap = _raw_map(f"{function}()", lambda: _as_envelope)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -1114,14 +1117,23 @@ async def _branches(
 
 @overload
 def fork(
-    *stages: Stage[Any, Any], combine: Literal["merge"] = "merge", buffer: int = 64
+    *stages: Stage[Any, Any],
+    combine: Literal["merge"] = "merge",
+    buffer: int = 64,
+    name: str | None = None,
 ) -> Stage[Any, Envelope[Any]]: ...
 @overload
 def fork(
-    *stages: Stage[Any, Any], combine: Literal["zip"], buffer: int = 64
+    *stages: Stage[Any, Any],
+    combine: Literal["zip"],
+    buffer: int = 64,
+    name: str | None = None,
 ) -> Stage[Any, Envelope[tuple[Any, ...]]]: ...
 def fork(
-    *stages: Stage[Any, Any], combine: Literal["merge", "zip"] = "merge", buffer: int = 64
+    *stages: Stage[Any, Any],
+    combine: Literal["merge", "zip"] = "merge",
+    buffer: int = 64,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Send every item through several sub-pipelines, each with its own state.
 
@@ -1148,6 +1160,8 @@ def fork(
         *stages: The branches (one or more).
         combine: ``"merge"`` or ``"zip"``.
         buffer: How far the fastest branch may run ahead of the slowest.
+        name: The stage's label in a run's statistics, events, errors and
+            history (by default ``fork(0=..., 1=...)``).
 
     Examples:
         >>> import asyncio
@@ -1164,7 +1178,7 @@ def fork(
     _check_combine(combine)
     check_count(buffer, "buffer", minimum=1)
     named = {str(position): each for position, each in enumerate(stages)}
-    return _branches_stage("fork", named, combine, buffer, as_dict=False)
+    return _branches_stage("fork", named, combine, buffer, as_dict=False, name=name)
 
 
 @overload
@@ -1174,6 +1188,7 @@ def branch(
     *,
     combine: Literal["merge"] = "merge",
     buffer: int = 64,
+    name: str | None = None,
     **named: Stage[Any, Any],
 ) -> Stage[Any, Envelope[Any]]: ...
 @overload
@@ -1183,6 +1198,7 @@ def branch(
     *,
     combine: Literal["zip"],
     buffer: int = 64,
+    name: str | None = None,
     **named: Stage[Any, Any],
 ) -> Stage[Any, Envelope[dict[str, Any]]]: ...
 def branch(
@@ -1191,12 +1207,13 @@ def branch(
     *,
     combine: Literal["merge", "zip"] = "merge",
     buffer: int = 64,
+    name: str | None = None,
     **named: Stage[Any, Any],
 ) -> Stage[Any, Any]:
     """`fork` with named branches: ``branch(totals=..., sample=...)``.
 
     The branches are given as keyword arguments and/or a mapping (for names
-    that are not identifiers, or are ``combine`` or ``buffer``). Merged
+    that are not identifiers, or are ``combine``, ``buffer`` or ``name``). Merged
     items carry their branch name under `BRANCH`; with ``combine="zip"``
     the value of each output envelope is a dict of branch name to value.
 
@@ -1204,6 +1221,8 @@ def branch(
         stages: Branches by name.
         combine: ``"merge"`` or ``"zip"``.
         buffer: How far the fastest branch may run ahead of the slowest.
+        name: The stage's label in a run's statistics, events, errors and
+            history (by default ``branch(totals=..., ...)``).
         **named: More branches by name.
 
     Examples:
@@ -1219,13 +1238,13 @@ def branch(
         if not isinstance(stages, Mapping):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(f"stages must be a mapping, got {type(stages).__name__}")
         every.update(stages)
-    for name in named:
-        if name in every:
-            raise TypeError(f"branch() got branch {name!r} twice")
+    for branch_name in named:
+        if branch_name in every:
+            raise TypeError(f"branch() got branch {branch_name!r} twice")
     every.update(named)
-    for name in every:
-        _check_branch_name(name)
+    for branch_name in every:
+        _check_branch_name(branch_name)
     _check_stages(every, "branch")
     _check_combine(combine)
     check_count(buffer, "buffer", minimum=1)
-    return _branches_stage("branch", every, combine, buffer, as_dict=True)
+    return _branches_stage("branch", every, combine, buffer, as_dict=True, name=name)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from streamkit import (
+    BRANCH,
     Checkpoint,
     CheckpointError,
     ErrorReport,
@@ -16,6 +17,7 @@ from streamkit import (
     MemoryStore,
     Run,
     StageStatistics,
+    branch,
     buffer,
     chunk,
     collect,
@@ -27,6 +29,7 @@ from streamkit import (
     filter_,
     flat_map,
     flatten,
+    fork,
     map_,
     pairwise,
     reduce_point,
@@ -109,7 +112,19 @@ NAMED: list[tuple[Callable[..., Stage[Any, Any]], str]] = [
     (lambda name: with_retry(map_(parse), name=name), "with_retry(map_(parse), attempts=3)"),
     (lambda name: successes(name=name), "successes()"),
     (lambda name: failures(name=name), "failures()"),
+    (lambda name: fork(map_(parse), take(2), name=name), "fork(0=map_(parse), 1=take(2))"),
+    (
+        lambda name: branch(totals=scan(add, 0), name=name, combine="zip"),
+        "branch(totals=scan(add))",
+    ),
 ]
+
+
+async def test_a_branch_called_name_is_given_in_the_mapping() -> None:
+    split = branch({"name": map_(parse)}, other=map_(parse), name="split")
+    assert split.label == "split"
+    items = await collect(["1"] | split)
+    assert sorted(item.state[BRANCH] for item in items) == ["name", "other"]
 
 
 @pytest.mark.parametrize(("build", "default"), NAMED)
