@@ -74,6 +74,7 @@ from ._failures import error_report as error_report
 from ._failures import failures as failures
 from ._failures import successes as successes
 from ._failures import with_retry as with_retry
+from ._initial import Factory as Factory
 from ._metrics import QuantileSketch as QuantileSketch
 from ._metrics import RunStatistics as RunStatistics
 from ._metrics import StageStatistics as StageStatistics
@@ -164,6 +165,7 @@ __all__ = [
     "ErrorReport",
     "ExceptionInfo",
     "ExponentialBackoff",
+    "Factory",
     "FailureStage",
     "FailureStatistics",
     "FlattenStage",

@@ -39,6 +39,7 @@ from ._core import (
     open_async,
     transform_stage,
 )
+from ._initial import Factory, initial_maker
 from ._records import (
     EMPTY,
     Envelope,
@@ -314,7 +315,7 @@ def set_state(
 def scan_state(
     key: Key[A] | str,
     fn: Callable[[A, T], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
@@ -323,7 +324,7 @@ def scan_state(
 def scan_state(
     key: Key[A] | str,
     fn: Callable[[A, T], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
@@ -332,7 +333,7 @@ def scan_state(
 def scan_state(
     key: Key[A] | str,
     fn: Callable[[A, T, State], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
@@ -341,7 +342,7 @@ def scan_state(
 def scan_state(
     key: Key[A] | str,
     fn: Callable[[A, T, State], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
@@ -364,7 +365,9 @@ def scan_state(
     Args:
         key: The `Key` (or string key) to set.
         fn: Combines the aggregate so far with the next value.
-        initial: The aggregate before the first item.
+        initial: The aggregate before the first item: an immutable value, or a
+            `Factory` that makes a new one for each run (``Factory(dict)``); a
+            mutable value such as ``{}`` raises `ValueError`.
         with_state: Also pass the item's `State` to ``fn``.
 
     Examples:
@@ -379,9 +382,10 @@ def scan_state(
     check_callable(fn, "fn")
     check_bool(with_state, "with_state")
     known_async = is_async_callable(fn)
+    make = initial_maker(initial, f"scan_state({name!r}, {describe(fn)})")
 
     def per_run() -> Callable[[Any], Any]:
-        return _ScanState(name, fn, initial, with_state, known_async)
+        return _ScanState(name, fn, make(), with_state, known_async)
 
     return StateStage(
         _raw_map(f"scan_state({name!r}, {describe(fn)})", per_run, stateful=True).steps
@@ -496,7 +500,7 @@ class _Spill:
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
@@ -508,7 +512,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
@@ -520,7 +524,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T, State], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
@@ -532,7 +536,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T, State], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
@@ -544,7 +548,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
@@ -554,7 +558,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
@@ -564,7 +568,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T, State], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
@@ -574,7 +578,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T, State], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
@@ -616,7 +620,10 @@ def reduce_point(
     Args:
         key: The `Key` (or string key) under which to store the aggregate.
         reducer: Combines the aggregate so far with the next value.
-        initial: The aggregate of an empty stream.
+        initial: The aggregate of an empty stream: an immutable value, or a
+            `Factory` that makes a new one for each run (``Factory(dict)``),
+            which ``reducer`` may then update in place; a mutable value such
+            as ``{}`` raises `ValueError`, since every run would share it.
         with_state: Also pass the item's `State` to ``reducer``.
         replay: Returns a fresh source of the same items, read after the fold
             instead of buffering.
@@ -646,7 +653,7 @@ def reduce_point(
     known_async = is_async_callable(reducer)
     label = f"reduce_point({name!r}, {describe(reducer)})"
 
-    spec = _Reduction(name, reducer, initial, with_state, known_async, label)
+    spec = _Reduction(name, reducer, initial_maker(initial, label), with_state, known_async, label)
     run = ReduceRun(spec, replay, emit, memory_limit)
     return StateStage(transform_stage(label, run, restorable=run.restorable).steps)
 
@@ -692,14 +699,14 @@ class _Reduction:
         self,
         name: str,
         reducer: Callable[..., Any],
-        initial: Any,
+        initial: Callable[[], Any],
         with_state: bool,
         known_async: bool,
         label: str,
     ) -> None:
         self.name = name
         self.reducer = reducer
-        self.initial = initial
+        self.initial = initial  # makes the initial aggregate, once per run
         self.with_state = with_state
         self.known_async = known_async
         self.label = label
@@ -714,7 +721,6 @@ async def _reduce(
     slot: Slot | None,
 ) -> AsyncIterator[Any]:
     reducer, with_state, label = spec.reducer, spec.with_state, spec.label
-    accumulator = spec.initial
     last_state = EMPTY
     # A checkpoint keeps ["emitting", aggregate] once the fold is done, or
     # ["folding", aggregate so far, last state] with emit="aggregate".
@@ -725,6 +731,8 @@ async def _reduce(
         return
     if restored is not None:
         _, accumulator, last_state = restored
+    else:
+        accumulator = spec.initial()
     awaits: bool | None = True if spec.known_async else None
     buffering = emit == "items" and replay is None
     buffer: list[Any] = []

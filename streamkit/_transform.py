@@ -26,6 +26,7 @@ from ._core import (
     open_async,
     transform_stage,
 )
+from ._initial import Factory, initial_maker
 from ._records import Envelope
 
 if TYPE_CHECKING:
@@ -575,9 +576,9 @@ _flatten_steps = transform_stage("flatten()", _run_flatten, barriers=True).steps
 
 
 @overload
-def scan(fn: Callable[[A, T], Awaitable[A]], initial: A, /) -> Stage[T, A]: ...
+def scan(fn: Callable[[A, T], Awaitable[A]], initial: A | Factory[A], /) -> Stage[T, A]: ...
 @overload
-def scan(fn: Callable[[A, T], A], initial: A, /) -> Stage[T, A]: ...
+def scan(fn: Callable[[A, T], A], initial: A | Factory[A], /) -> Stage[T, A]: ...
 def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
     """Yield the running accumulation ``acc = fn(acc, item)`` after each item.
 
@@ -588,7 +589,9 @@ def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
 
     Args:
         fn: Combines the accumulator with the next item (sync or async).
-        initial: The accumulator before the first item.
+        initial: The accumulator before the first item: an immutable value, or
+            a `Factory` that makes a new one for each run (``Factory(list)``);
+            a mutable value such as ``[]`` raises `ValueError`.
 
     Examples:
         >>> import asyncio
@@ -599,13 +602,14 @@ def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
     check_callable(fn, "fn")
     label = f"scan({describe(fn)})"
     known_async = is_async_callable(fn)
+    make = initial_maker(initial, label)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _scan(upstream, fn, initial, known_async, label, None)
+        return _scan(upstream, fn, make(), known_async, label, None)
 
     def restorable(slot: Slot) -> RunFunction:
         def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-            return _scan(upstream, fn, slot.restore(initial), known_async, label, slot)
+            return _scan(upstream, fn, slot.restore(make()), known_async, label, slot)
 
         return checkpointed
 

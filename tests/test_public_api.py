@@ -31,6 +31,7 @@ PUBLIC = [
     "ErrorReport",
     "ExceptionInfo",
     "ExponentialBackoff",
+    "Factory",
     "FailureStage",
     "FailureStatistics",
     "FlattenStage",
