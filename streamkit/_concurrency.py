@@ -39,6 +39,7 @@ from ._core import (
     is_async_iterable,
     is_envelope,
     is_iterable,
+    mixed_items,
     open_async,
     transform_stage,
 )
@@ -253,7 +254,8 @@ class _Calls:
                     result = item if keep else SKIP
                 else:
                     result = await flat_elements(result, self.label)
-        except Exception as error:
+        except Exception as raised:
+            error = mixed_items(raised, item, self.enveloped, self.label, index)
             annotate(error, self.label, index)
             if self.stopping:
                 # It raised instead of stopping when cancelled: a bug to surface.

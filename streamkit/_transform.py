@@ -12,7 +12,6 @@ from ._core import (
     IndexedStage,
     Stage,
     aclose,
-    annotate,
     check_bool,
     check_callable,
     check_concurrency,
@@ -22,6 +21,7 @@ from ._core import (
     is_async_iterable,
     is_envelope,
     is_iterable,
+    item_error,
     item_stage,
     open_async,
     transform_stage,
@@ -501,7 +501,10 @@ async def _flat_map(
                 if enveloped is None:
                     enveloped = bool(is_envelope(item))
                 if enveloped:
-                    value = item.value
+                    try:
+                        value = item.value
+                    except AttributeError as exc:
+                        raise item_error(exc, item, enveloped, label, index) from exc
             try:
                 if fn is None:
                     result = value
@@ -526,7 +529,9 @@ async def _flat_map(
                             f"got {type(result).__name__}"
                         )
             except Exception as exc:
-                annotate(exc, label, index)
+                raised = item_error(exc, item, enveloped, label, index)
+                if raised is not exc:
+                    raise raised from exc
                 raise
             # Inlined rather than delegated to a helper generator, so that an
             # early stop closes the inner iterator at once.
@@ -640,7 +645,10 @@ async def _scan(
                 if enveloped is None:
                     enveloped = bool(is_envelope(item))
                 if enveloped:
-                    value = item.value
+                    try:
+                        value = item.value
+                    except AttributeError as exc:
+                        raise item_error(exc, item, enveloped, label, index) from exc
             try:
                 result = fn(accumulator, value)
                 if awaits is None:
@@ -648,7 +656,9 @@ async def _scan(
                 if awaits:
                     result = await result
             except Exception as exc:
-                annotate(exc, label, index)
+                raised = item_error(exc, item, enveloped, label, index)
+                if raised is not exc:
+                    raise raised from exc
                 raise
             accumulator = result
             yield Envelope(accumulator, item.state) if enveloped else accumulator
