@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypedDict, Typ
 
 from ._aggregate import collect as _collect
 from ._barrier import CONTROL
+from ._checkpointing import DEFAULT_CODEC as RUN_CODEC
 from ._checkpointing import DEFAULT_EVERY, Checkpointing, check_every, check_store
 from ._concurrency import concurrent_transform
 from ._core import (
@@ -1433,6 +1434,8 @@ class Run(AsyncIterable[T_co]):
         if self.history_path is None:
             return
         files: list[tuple[str, Any]] = []
+        layer = self._checkpointing
+        codec = RUN_CODEC if layer is None else layer.codec  # items can be replayed
         for index, live in enumerate(self._lives):
             records = live.new_records()
             fatal = error if live is failed_stage else None
@@ -1444,7 +1447,7 @@ class Run(AsyncIterable[T_co]):
                     {
                         "stage": live.key,
                         "records": [
-                            json.loads(record.to_json())
+                            record.to_encoded(codec=codec)
                             for record in records[:_FAILURE_RECORDS_CAP]
                         ],
                         "omitted": max(0, len(records) - _FAILURE_RECORDS_CAP),
