@@ -432,10 +432,11 @@ def flat_map(
     ``fn`` may return an iterable, an async iterable, or an awaitable of an
     iterable. An inner async iterator is closed if the flow stops part way.
 
-    With ``concurrency=N > 1``, up to ``N`` calls run at once, each
-    collecting its elements into a list (see docs/concurrency.md); the lists
-    come out whole, in input order or, with ``ordered=False``, in completion
-    order.
+    With ``concurrency=N > 1``, up to ``N`` calls (inner streams) run at
+    once, and their elements stream out as they arrive (see
+    docs/concurrency.md): with ``ordered=True`` every element of item ``i``
+    before any of item ``i + 1``, the later inner streams running ahead into
+    bounded buffers meanwhile; with ``ordered=False`` in arrival order.
 
     On a stream of `Envelope` items ``fn`` receives each value, and every
     element comes out as ``Envelope(element, state)`` with its item's state.
@@ -444,8 +445,9 @@ def flat_map(
         fn: Maps one item to an iterable of output items.
         concurrency: The most calls in flight at once.
         ordered: Keep the input order (with ``concurrency > 1``).
-        window: How many finished results may wait for an earlier, slower
-            call; ``16 * concurrency`` by default.
+        window: How many elements may wait: those of the inner stream at the
+            head, and those of all the others (ordered), or of all of them
+            (unordered); ``16 * concurrency`` by default.
         timeout: Seconds one call may take (see `map_`).
         on_error: What a failed call does (see `map_`); a retried or failed
             call never yields part of its elements.
