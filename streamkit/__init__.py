@@ -67,6 +67,7 @@ from ._failures import with_retry as with_retry
 from ._hooks import HookError as HookError
 from ._hooks import Hooks as Hooks
 from ._hooks import RetryEvent as RetryEvent
+from ._initial import Factory as Factory
 from ._metrics import QuantileSketch as QuantileSketch
 from ._metrics import RunStatistics as RunStatistics
 from ._metrics import StageStatistics as StageStatistics
@@ -162,6 +163,7 @@ __all__ = [
     "ErrorReport",
     "ExceptionInfo",
     "ExponentialBackoff",
+    "Factory",
     "FailureStatistics",
     "Flow",
     "HookError",

@@ -280,6 +280,11 @@ class Checkpointing:
         """The last checkpoint this run saved."""
         self._source = self._prepare_source(source, _SOURCE)
 
+    @property
+    def codec(self) -> Encoder:
+        """The run's codec: snapshots, writes and dead letters go through it."""
+        return self._codec
+
     # -- preparing the pipeline ------------------------------------------
 
     def _slot(self, key: str, label: str) -> Slot:

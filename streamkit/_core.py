@@ -241,6 +241,38 @@ def is_envelope(value: object) -> TypeGuard[Envelope[Any]]:
     return isinstance(value, Envelope)
 
 
+def mixed_items(
+    error: BaseException, item: object, enveloped: bool | None, label: str, index: int
+) -> BaseException:
+    """``error``, or a `TypeError` caused by it when ``item`` is not of the stream's kind.
+
+    A stream carries `Envelope` items throughout, or none: its first item
+    decides. Nothing checks the later items on the way (that would cost every
+    item a test); an item of the other kind makes a function fail, and this,
+    called only then, says why, naming the stage and the item's position.
+    """
+    if enveloped is None or isinstance(item, Envelope) is enveloped:
+        return error
+    got = f"a plain {type(item).__name__}" if enveloped else "an Envelope"
+    first = "an Envelope" if enveloped else "a plain item"
+    mixed = TypeError(
+        f"{label} got {got} as item {index} of its input, in a stream whose first item was "
+        f"{first}: a stream carries Envelope items throughout or none (put every item into "
+        "an envelope with envelop(), or take them all out with unwrap())"
+    )
+    mixed.__cause__ = error
+    return mixed
+
+
+def item_error(
+    error: BaseException, item: object, enveloped: bool | None, label: str, index: int
+) -> BaseException:
+    """The exception to raise when a stage fails on ``item``: `mixed_items`, with the note."""
+    raised = mixed_items(error, item, enveloped, label, index)
+    annotate(raised, label, index)
+    return raised
+
+
 def is_sync_source(source: object) -> bool:
     """True for plain iterables that are not also async iterables."""
     return not hasattr(source, "__aiter__") and isinstance(source, Iterable)
@@ -443,10 +475,20 @@ class SegmentRun:
         """Whether every function's call mode, and the stream's kind, are known."""
         return self.enveloped is not None and None not in self.modes
 
-    def annotate(self, exc: BaseException, index: int) -> None:
-        """Note which operation failed, and on which item of *its* input."""
+    def annotate(self, exc: BaseException, index: int, item: object = SKIP) -> None:
+        """Note which operation failed, and on which item of *its* input.
+
+        When ``item`` (the segment's input) is not of the stream's kind, raise
+        the `TypeError` that says so instead, from ``exc``.
+        """
         k = len(self.ops) - 1 if self.failed is None else self.failed
         self.failed = k
+        if item is not SKIP:
+            mixed = mixed_items(exc, item, self.enveloped, self.ops[0].label, index)
+            if mixed is not exc:
+                self.error = mixed
+                annotate(mixed, self.ops[0].label, index)
+                raise mixed
         self.error = exc
         annotate(exc, self.ops[k].label, index - sum(self.drops[:k]))
 
@@ -802,7 +844,7 @@ async def _segment(
                 try:
                     result = await run.probe(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     yield result
@@ -817,7 +859,7 @@ async def _segment(
                 try:
                     result = await step(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     yield result
@@ -827,7 +869,7 @@ async def _segment(
                 try:
                     result = step(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     yield result
@@ -881,7 +923,7 @@ async def _barrier_segment(
                 else:
                     result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
             except Exception as exc:
-                run.annotate(exc, n - 1)
+                run.annotate(exc, n - 1, item)
                 raise
             if result is not SKIP:
                 yield result
@@ -924,7 +966,7 @@ async def _segment_sync(
                 try:
                     result = await run.probe(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     yield result
@@ -939,7 +981,7 @@ async def _segment_sync(
                 try:
                     result = await step(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     yield result
@@ -949,7 +991,7 @@ async def _segment_sync(
                 try:
                     result = step(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     yield result
@@ -992,7 +1034,7 @@ async def run_segment_to_list(
                 try:
                     result = await run.probe(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     append(result)
@@ -1007,7 +1049,7 @@ async def run_segment_to_list(
                 try:
                     result = await step(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     append(result)
@@ -1017,7 +1059,7 @@ async def run_segment_to_list(
                 try:
                     result = step(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     append(result)
@@ -1063,7 +1105,7 @@ async def _watched_segment(
                 else:
                     result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
             except Exception as exc:
-                run.annotate(exc, n - 1)
+                run.annotate(exc, n - 1, item)
                 raise
             if result is not SKIP:
                 yield result
@@ -1110,7 +1152,7 @@ async def _watched_segment_sync(
                 else:
                     result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
             except Exception as exc:
-                run.annotate(exc, n - 1)
+                run.annotate(exc, n - 1, item)
                 raise
             if result is not SKIP:
                 yield result
@@ -1154,7 +1196,7 @@ async def _watched_to_list(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> 
                 else:
                     result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
             except Exception as exc:
-                run.annotate(exc, n - 1)
+                run.annotate(exc, n - 1, item)
                 raise
             if result is not SKIP:
                 append(result)

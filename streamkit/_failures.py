@@ -51,6 +51,7 @@ from typing import (
 
 from ._backoff import Backoff, check_backoff, constant, exponential, schedule_maker
 from ._barrier import CONTROL, Control, DeadLetterWrite
+from ._codec import DEFAULT_CODEC
 from ._concurrency import concurrent_transform, flat_elements
 from ._core import (
     SKIP,
@@ -70,7 +71,7 @@ from ._core import (
     is_stage,
     stage_label,
 )
-from ._records import Envelope, Key, Scope, State
+from ._records import Envelope, Key, Scope, State, StateLimits
 from ._runtime import cancel_and_wait, current_clock, signal_maker, spawn, wait_done
 
 if TYPE_CHECKING:
@@ -80,6 +81,7 @@ if TYPE_CHECKING:
     from returns.result import Failure, Result, Success
 
     from ._barrier import Slot
+    from ._codec import Codec
     from ._runtime import Clock
 
 T = TypeVar("T")
@@ -243,15 +245,40 @@ class ErrorRecord(Generic[T_co]):
             "elapsed": self.elapsed,
         }
 
-    def to_json(self, *, default: Callable[[Any], Any] | None = repr) -> str:
-        """Serialize to JSON.
+    def to_json(
+        self, *, codec: Codec[Any] = DEFAULT_CODEC, default: Callable[[Any], Any] | None = repr
+    ) -> str:
+        """Serialize to JSON, the item and state through ``codec``.
+
+        The item and state are encoded as a checkpointed run encodes its
+        state and dead letters, so `from_json` (with the same codec) gives
+        the item back, of its own type, ready to replay.
 
         Args:
-            default: Turns what JSON cannot hold (in the item or state) into
-                something it can; `repr` by default. None makes such values
-                raise `TypeError` instead.
+            codec: Encodes the item and the state (a state as a dict of its
+                keys); `DEFAULT_CODEC` by default.
+            default: Turns an item or state the codec cannot encode into
+                something JSON can hold; `repr` by default (such an item
+                cannot be replayed). None makes them raise `TypeError`.
         """
-        return json.dumps(self.to_dict(), default=default, sort_keys=True)
+        return json.dumps(self.to_encoded(codec=codec, default=default), sort_keys=True)
+
+    def to_encoded(
+        self, *, codec: Codec[Any] = DEFAULT_CODEC, default: Callable[[Any], Any] | None = repr
+    ) -> dict[str, Any]:
+        """`to_dict`'s form in plain JSON values: the item and state through ``codec``.
+
+        This is the form `to_json` writes and a checkpointed run's store
+        keeps as a dead letter's `DeadLetterRecord.record`; `from_encoded`
+        reads it back. ``codec`` and ``default`` are as for `to_json`.
+        """
+        data = self.to_dict()
+        data["item"] = _encode_with(codec, self.item, default, f"the item of {self.stage}")
+        state = self.state
+        if state is not None:
+            plain: object = dict(state.items()) if isinstance(state, State) else state
+            data["state"] = _encode_with(codec, plain, default, f"the state of {self.stage}")
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ErrorRecord[Any]:
@@ -282,9 +309,53 @@ class ErrorRecord(Generic[T_co]):
         )
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> ErrorRecord[Any]:
-        """Rebuild a record from `to_json`'s output."""
-        return cls.from_dict(json.loads(text))
+    def from_encoded(
+        cls, data: dict[str, Any], *, codec: Codec[Any] = DEFAULT_CODEC
+    ) -> ErrorRecord[Any]:
+        """Rebuild a record from `to_encoded`'s form, decoding the item and state.
+
+        A dead letter a checkpointed run saved (`DeadLetterRecord.record`) is
+        in this form, encoded with the run's codec: pass that codec to get
+        the item back, of its own type, to replay it. The state comes back as
+        a `State`. Raise `ValueError` if ``data`` is malformed, `CodecError`
+        if the codec cannot decode it.
+        """
+        if not _has_keys(data, _RECORD_KEYS):
+            raise ValueError(f"an error record needs the keys {sorted(_RECORD_KEYS)}: {data!r}")
+        decoded = dict(data)
+        decoded["item"] = codec.decode(data["item"])
+        if data["state"] is not None:
+            state: object = codec.decode(data["state"])
+            if isinstance(state, dict):
+                keys = cast("dict[object, Any]", state)
+                if all(isinstance(key, str) for key in keys):
+                    state = State(cast("dict[str, Any]", keys), limits=StateLimits.UNLIMITED)
+            decoded["state"] = state
+        return cls.from_dict(decoded)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, codec: Codec[Any] = DEFAULT_CODEC) -> ErrorRecord[Any]:
+        """Rebuild a record from `to_json`'s output (`from_encoded` of its JSON)."""
+        data: object = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"an error record is a JSON object, got {type(data).__name__}")
+        return cls.from_encoded(cast("dict[str, Any]", data), codec=codec)
+
+
+def _encode_with(
+    codec: Codec[Any], value: object, default: Callable[[Any], Any] | None, what: str
+) -> Any:
+    """``value`` through ``codec``, else through ``default`` (None: a `TypeError`)."""
+    try:
+        return codec.encode(value)
+    except (TypeError, ValueError) as exc:
+        if default is None:
+            raise TypeError(f"{what} cannot be encoded: {exc}") from exc
+    fallback = default(value)
+    try:
+        return codec.encode(fallback)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} cannot be encoded, even as {fallback!r}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- statistics
@@ -1070,13 +1141,17 @@ class _GuardRun:
 
 def _dead_letter_write(slot: Slot, record: ErrorRecord[Any]) -> DeadLetterWrite:
     """A dead-lettered item as a write of a checkpointed run (encoded with its codec)."""
+    state: Any = record.state
     data = {
         "stage": record.stage,
         "index": record.index,
         "item": slot.encode(record.item, f"the dead-lettered item {record.index}"),
         "state": None
-        if record.state is None
-        else slot.encode(record.state, f"the state of dead-lettered item {record.index}"),
+        if state is None
+        else slot.encode(
+            dict(state) if isinstance(state, State) else state,  # a State as its keys, as to_json
+            f"the state of dead-lettered item {record.index}",
+        ),
         "exception": record.info.to_dict(),
         "attempts": record.attempts,
         "elapsed": record.elapsed,

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
     from pathlib import Path
 
+    from ._barrier import Encoder
     from ._metrics import RunStatistics
 
 FAILURE_RECORDS_CAP: Final = 100
@@ -63,6 +64,7 @@ class History:
         stats: RunStatistics,
         error: BaseException | None,
         failures: Sequence[tuple[Sequence[ErrorRecord[Any]], BaseException | None]],
+        codec: Encoder,
     ) -> None:
         """Write the failures of each step and ``final.json``.
 
@@ -71,6 +73,7 @@ class History:
             error: What ended the run, if anything.
             failures: Per step, in order: the error records it made during
                 the run, and the error that failed the run if it raised it.
+            codec: Encodes the records' items and states (so they can be replayed).
         """
         files: list[tuple[str, Any]] = []
         for index, ((records, fatal), stage) in enumerate(zip(failures, stats.stages, strict=True)):
@@ -82,7 +85,7 @@ class History:
                     f"stage_{index}_failures.json",
                     {
                         "stage": stage.key,
-                        "records": [json.loads(record.to_json()) for record in kept],
+                        "records": [record.to_encoded(codec=codec) for record in kept],
                         "omitted": len(records) - len(kept),
                         "fatal": None
                         if fatal is None

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 
 from ._aggregate import collect as _collect
 from ._barrier import CONTROL
+from ._checkpointing import DEFAULT_CODEC as RUN_CODEC
 from ._checkpointing import DEFAULT_EVERY, Checkpointing, check_every, check_store
 from ._concurrency import concurrent_transform
 from ._core import (
@@ -1293,7 +1294,9 @@ class Run(AsyncIterable[T_co]):
                 (live.new_records(), error if live is failed_stage else None)
                 for live in self._lives
             ]
-            await self._history.ended(stats, error, failures)
+            layer = self._checkpointing
+            codec = RUN_CODEC if layer is None else layer.codec  # items can be replayed
+            await self._history.ended(stats, error, failures, codec)
 
     async def _call_hook(self, name: str, hook: Callable[..., object], *args: Any) -> None:
         await call_hook(name, hook, args, self._record_hook_error)

@@ -10,12 +10,12 @@ from ._core import (
     Passthrough,
     Stage,
     aclose,
-    annotate,
     check_callable,
     check_count,
     describe,
     is_async_callable,
     is_envelope,
+    item_error,
     stage_label,
     transform_stage,
 )
@@ -342,7 +342,10 @@ async def _while(
                 if enveloped is None:
                     enveloped = bool(is_envelope(item))
                 if enveloped:
-                    value = item.value
+                    try:
+                        value = item.value
+                    except AttributeError as exc:
+                        raise item_error(exc, item, enveloped, label, index) from exc
             try:
                 holds = fn(value)
                 if awaits is None:
@@ -350,7 +353,9 @@ async def _while(
                 if awaits:
                     holds = await holds
             except Exception as exc:
-                annotate(exc, label, index)
+                raised = item_error(exc, item, enveloped, label, index)
+                if raised is not exc:
+                    raise raised from exc
                 raise
             if holds:
                 if taking:
@@ -438,14 +443,19 @@ async def _distinct(
                 if enveloped is None:
                     enveloped = bool(is_envelope(item))
                 if enveloped:
-                    value = item.value
+                    try:
+                        value = item.value
+                    except AttributeError as exc:
+                        raise item_error(exc, item, enveloped, label, index) from exc
             try:
                 marker = value if key is None else key(value)
                 if marker in seen:
                     continue
                 add(marker)
             except Exception as exc:
-                annotate(exc, label, index)
+                raised = item_error(exc, item, enveloped, label, index)
+                if raised is not exc:
+                    raise raised from exc
                 raise
             yield item
     finally:

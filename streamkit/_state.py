@@ -40,6 +40,7 @@ from ._core import (
     stage_label,
     transform_stage,
 )
+from ._initial import Factory, initial_maker
 from ._records import (
     EMPTY,
     Envelope,
@@ -343,7 +344,7 @@ def set_state(
 def scan_state(
     key: Key[A] | str,
     fn: Callable[[A, T], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
@@ -353,7 +354,7 @@ def scan_state(
 def scan_state(
     key: Key[A] | str,
     fn: Callable[[A, T], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
@@ -363,7 +364,7 @@ def scan_state(
 def scan_state(
     key: Key[A] | str,
     fn: Callable[[A, T, State], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
@@ -373,7 +374,7 @@ def scan_state(
 def scan_state(
     key: Key[A] | str,
     fn: Callable[[A, T, State], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
@@ -398,7 +399,9 @@ def scan_state(
     Args:
         key: The `Key` (or string key) to set.
         fn: Combines the aggregate so far with the next value.
-        initial: The aggregate before the first item.
+        initial: The aggregate before the first item: an immutable value, or a
+            `Factory` that makes a new one for each run (``Factory(dict)``); a
+            mutable value such as ``{}`` raises `ValueError`.
         with_state: Also pass the item's `State` to ``fn``.
         name: The stage's label in statistics, events, errors and the
             history (see `map_`).
@@ -415,13 +418,13 @@ def scan_state(
     check_callable(fn, "fn")
     check_bool(with_state, "with_state")
     known_async = is_async_callable(fn)
-
+    label = stage_label(name, f"scan_state({key_name!r}, {describe(fn)})")
+    make = initial_maker(initial, label)
     keys = _codec_keys(key)
 
     def per_run() -> Callable[[Any], Any]:
-        return _ScanState(key_name, fn, initial, with_state, known_async, bool(keys))
+        return _ScanState(key_name, fn, make(), with_state, known_async, bool(keys))
 
-    label = stage_label(name, f"scan_state({key_name!r}, {describe(fn)})")
     return StateStage(_raw_map(label, per_run, stateful=True, keys=keys).steps)
 
 
@@ -548,7 +551,7 @@ class _Spill:
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
@@ -561,7 +564,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
@@ -574,7 +577,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T, State], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
@@ -587,7 +590,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T, State], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
@@ -600,7 +603,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
@@ -611,7 +614,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
@@ -622,7 +625,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T, State], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
@@ -633,7 +636,7 @@ def reduce_point(
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T, State], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
@@ -677,7 +680,10 @@ def reduce_point(
     Args:
         key: The `Key` (or string key) under which to store the aggregate.
         reducer: Combines the aggregate so far with the next value.
-        initial: The aggregate of an empty stream.
+        initial: The aggregate of an empty stream: an immutable value, or a
+            `Factory` that makes a new one for each run (``Factory(dict)``),
+            which ``reducer`` may then update in place; a mutable value such
+            as ``{}`` raises `ValueError`, since every run would share it.
         with_state: Also pass the item's `State` to ``reducer``.
         replay: Returns a fresh source of the same items, read after the fold
             instead of buffering.
@@ -710,7 +716,8 @@ def reduce_point(
     label = stage_label(name, f"reduce_point({key_name!r}, {describe(reducer)})")
 
     keys = _codec_keys(key)
-    spec = _Reduction(key_name, reducer, initial, with_state, known_async, label, bool(keys))
+    make = initial_maker(initial, label)
+    spec = _Reduction(key_name, reducer, make, with_state, known_async, label, bool(keys))
     run = ReduceRun(spec, replay, emit, memory_limit)
     stage = transform_stage(label, run, restorable=run.restorable, keys=keys)
     return StateStage(stage.steps)
@@ -757,7 +764,7 @@ class _Reduction:
         self,
         name: str,
         reducer: Callable[..., Any],
-        initial: Any,
+        initial: Callable[[], Any],
         with_state: bool,
         known_async: bool,
         label: str,
@@ -766,7 +773,7 @@ class _Reduction:
         self.name = name
         self.keyed = keyed
         self.reducer = reducer
-        self.initial = initial
+        self.initial = initial  # makes the initial aggregate, once per run
         self.with_state = with_state
         self.known_async = known_async
         self.label = label
@@ -781,7 +788,6 @@ async def _reduce(
     slot: Slot | None,
 ) -> AsyncIterator[Any]:
     reducer, with_state, label = spec.reducer, spec.with_state, spec.label
-    accumulator = spec.initial
     last_state = EMPTY
     # A checkpoint keeps ["emitting", aggregate] once the fold is done, or
     # ["folding", aggregate so far, last state] with emit="aggregate".
@@ -794,6 +800,8 @@ async def _reduce(
     if restored is not None:
         _, kept, last_state = restored
         accumulator = _unkept(spec.name, kept, spec.keyed)
+    else:
+        accumulator = spec.initial()
     awaits: bool | None = True if spec.known_async else None
     buffering = emit == "items" and replay is None
     buffer: list[Any] = []

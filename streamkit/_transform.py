@@ -12,7 +12,6 @@ from ._core import (
     IndexedStage,
     Stage,
     aclose,
-    annotate,
     check_bool,
     check_callable,
     check_concurrency,
@@ -22,11 +21,13 @@ from ._core import (
     is_async_iterable,
     is_envelope,
     is_iterable,
+    item_error,
     item_stage,
     open_async,
     stage_label,
     transform_stage,
 )
+from ._initial import Factory, initial_maker
 from ._records import Envelope
 
 if TYPE_CHECKING:
@@ -463,10 +464,11 @@ def flat_map(
     ``fn`` may return an iterable, an async iterable, or an awaitable of an
     iterable. An inner async iterator is closed if the flow stops part way.
 
-    With ``concurrency=N > 1``, up to ``N`` calls run at once, each
-    collecting its elements into a list (see docs/concurrency.md); the lists
-    come out whole, in input order or, with ``ordered=False``, in completion
-    order.
+    With ``concurrency=N > 1``, up to ``N`` calls (inner streams) run at
+    once, and their elements stream out as they arrive (see
+    docs/concurrency.md): with ``ordered=True`` every element of item ``i``
+    before any of item ``i + 1``, the later inner streams running ahead into
+    bounded buffers meanwhile; with ``ordered=False`` in arrival order.
 
     On a stream of `Envelope` items ``fn`` receives each value, and every
     element comes out as ``Envelope(element, state)`` with its item's state.
@@ -475,8 +477,9 @@ def flat_map(
         fn: Maps one item to an iterable of output items.
         concurrency: The most calls in flight at once.
         ordered: Keep the input order (with ``concurrency > 1``).
-        window: How many finished results may wait for an earlier, slower
-            call; ``16 * concurrency`` by default.
+        window: How many elements may wait: those of the inner stream at the
+            head, and those of all the others (ordered), or of all of them
+            (unordered); ``16 * concurrency`` by default.
         timeout: Seconds one call may take (see `map_`).
         on_error: What a failed call does (see `map_`); a retried or failed
             call never yields part of its elements.
@@ -540,7 +543,10 @@ async def _flat_map(
                 if enveloped is None:
                     enveloped = bool(is_envelope(item))
                 if enveloped:
-                    value = item.value
+                    try:
+                        value = item.value
+                    except AttributeError as exc:
+                        raise item_error(exc, item, enveloped, label, index) from exc
             try:
                 if fn is None:
                     result = value
@@ -565,7 +571,9 @@ async def _flat_map(
                             f"got {type(result).__name__}"
                         )
             except Exception as exc:
-                annotate(exc, label, index)
+                raised = item_error(exc, item, enveloped, label, index)
+                if raised is not exc:
+                    raise raised from exc
                 raise
             # Inlined rather than delegated to a helper generator, so that an
             # early stop closes the inner iterator at once.
@@ -627,10 +635,12 @@ _flatten_steps = transform_stage("flatten()", _run_flatten, barriers=True).steps
 
 @overload
 def scan(
-    fn: Callable[[A, T], Awaitable[A]], initial: A, /, *, name: str | None = None
+    fn: Callable[[A, T], Awaitable[A]], initial: A | Factory[A], /, *, name: str | None = None
 ) -> Stage[T, A]: ...
 @overload
-def scan(fn: Callable[[A, T], A], initial: A, /, *, name: str | None = None) -> Stage[T, A]: ...
+def scan(
+    fn: Callable[[A, T], A], initial: A | Factory[A], /, *, name: str | None = None
+) -> Stage[T, A]: ...
 def scan(
     fn: Callable[[Any, Any], Any], initial: Any, /, *, name: str | None = None
 ) -> Stage[Any, Any]:
@@ -643,7 +653,9 @@ def scan(
 
     Args:
         fn: Combines the accumulator with the next item (sync or async).
-        initial: The accumulator before the first item.
+        initial: The accumulator before the first item: an immutable value, or
+            a `Factory` that makes a new one for each run (``Factory(list)``);
+            a mutable value such as ``[]`` raises `ValueError`.
         name: The stage's label in statistics, events, errors and the
             history (see `map_`).
 
@@ -656,13 +668,14 @@ def scan(
     check_callable(fn, "fn")
     label = stage_label(name, f"scan({describe(fn)})")
     known_async = is_async_callable(fn)
+    make = initial_maker(initial, label)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _scan(upstream, fn, initial, known_async, label, None)
+        return _scan(upstream, fn, make(), known_async, label, None)
 
     def restorable(slot: Slot) -> RunFunction:
         def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-            return _scan(upstream, fn, slot.restore(initial), known_async, label, slot)
+            return _scan(upstream, fn, slot.restore(make()), known_async, label, slot)
 
         return checkpointed
 
@@ -693,7 +706,10 @@ async def _scan(
                 if enveloped is None:
                     enveloped = bool(is_envelope(item))
                 if enveloped:
-                    value = item.value
+                    try:
+                        value = item.value
+                    except AttributeError as exc:
+                        raise item_error(exc, item, enveloped, label, index) from exc
             try:
                 result = fn(accumulator, value)
                 if awaits is None:
@@ -701,7 +717,9 @@ async def _scan(
                 if awaits:
                     result = await result
             except Exception as exc:
-                annotate(exc, label, index)
+                raised = item_error(exc, item, enveloped, label, index)
+                if raised is not exc:
+                    raise raised from exc
                 raise
             accumulator = result
             yield Envelope(accumulator, item.state) if enveloped else accumulator

@@ -31,6 +31,7 @@ PUBLIC = [
     "ErrorReport",
     "ExceptionInfo",
     "ExponentialBackoff",
+    "Factory",
     "FailureStatistics",
     "Flow",
     "HookError",
