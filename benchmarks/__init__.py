@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from benchmarks import (
     cases_checkpoint,
+    cases_combine,
     cases_concurrency,
     cases_memory,
     cases_pipeline,
@@ -34,6 +35,7 @@ __all__ = [
     "Target",
     "case",
     "cases_checkpoint",
+    "cases_combine",
     "cases_concurrency",
     "cases_memory",
     "cases_pipeline",

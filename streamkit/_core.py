@@ -18,16 +18,19 @@ import collections
 import functools
 import inspect
 import time
+import types
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
+    Generator,
     Iterable,
     Iterator,
 )
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -186,10 +189,32 @@ async def _entered(context_iterator: Any) -> AsyncGenerator[Any, None]:
             yield item
 
 
+COOPERATE_EVERY = 1024
+"""Items a loop over in-memory data handles between two yields to the event loop."""
+
+
+@types.coroutine
+def cooperate() -> Generator[None, None, None]:
+    """Let other tasks run: one bare yield to the event loop, as ``asyncio.sleep(0)`` does.
+
+    A loop over in-memory data never waits for anything, so without this it
+    would hold the event loop until it ends (a timeout could never fire).
+    """
+    yield
+
+
+_NOTHING: Any = object()
+
+
 async def _from_sync(iterator: Iterator[T]) -> AsyncGenerator[T, None]:
     try:
-        for item in iterator:
-            yield item
+        while True:
+            item: Any = _NOTHING
+            for item in islice(iterator, COOPERATE_EVERY):
+                yield item
+            if item is _NOTHING:
+                return
+            await cooperate()
     finally:
         close = getattr(iterator, "close", None)
         if close is not None:
@@ -963,6 +988,8 @@ async def _segment_sync(
         if not run.decided():
             for item in upstream:
                 index += 1
+                if index and not index % COOPERATE_EVERY:
+                    await cooperate()
                 try:
                     result = await run.probe(item)
                 except Exception as exc:
@@ -975,26 +1002,38 @@ async def _segment_sync(
             else:
                 return
         step, is_async = run.compile()
+        # In chunks, with a yield to the event loop between two.
+        chunk = COOPERATE_EVERY
         if is_async:
-            for item in upstream:
-                index += 1
-                try:
-                    result = await step(item)
-                except Exception as exc:
-                    run.annotate(exc, index, item)
-                    raise
-                if result is not SKIP:
-                    yield result
+            while True:
+                start = index
+                for item in islice(upstream, chunk):
+                    index += 1
+                    try:
+                        result = await step(item)
+                    except Exception as exc:
+                        run.annotate(exc, index, item)
+                        raise
+                    if result is not SKIP:
+                        yield result
+                if index - start < chunk:
+                    break
+                await cooperate()
         else:
-            for item in upstream:
-                index += 1
-                try:
-                    result = step(item)
-                except Exception as exc:
-                    run.annotate(exc, index, item)
-                    raise
-                if result is not SKIP:
-                    yield result
+            while True:
+                start = index
+                for item in islice(upstream, chunk):
+                    index += 1
+                    try:
+                        result = step(item)
+                    except Exception as exc:
+                        run.annotate(exc, index, item)
+                        raise
+                    if result is not SKIP:
+                        yield result
+                if index - start < chunk:
+                    break
+                await cooperate()
     except BaseException as exc:
         error = exc
         raise
@@ -1031,6 +1070,8 @@ async def run_segment_to_list(
         if not run.decided():
             for item in upstream:
                 index += 1
+                if index and not index % COOPERATE_EVERY:
+                    await cooperate()
                 try:
                     result = await run.probe(item)
                 except Exception as exc:
@@ -1043,26 +1084,37 @@ async def run_segment_to_list(
             else:
                 return out
         step, is_async = run.compile()
+        # In chunks, with a yield to the event loop between two.
+        chunk = COOPERATE_EVERY
         if is_async:
-            for item in upstream:
-                index += 1
-                try:
-                    result = await step(item)
-                except Exception as exc:
-                    run.annotate(exc, index, item)
-                    raise
-                if result is not SKIP:
-                    append(result)
+            while True:
+                start = index
+                for item in islice(upstream, chunk):
+                    index += 1
+                    try:
+                        result = await step(item)
+                    except Exception as exc:
+                        run.annotate(exc, index, item)
+                        raise
+                    if result is not SKIP:
+                        append(result)
+                if index - start < chunk:
+                    break
+                await cooperate()
         else:
-            start = index + 1
-            for index, item in enumerate(upstream, start):
-                try:
-                    result = step(item)
-                except Exception as exc:
-                    run.annotate(exc, index, item)
-                    raise
-                if result is not SKIP:
-                    append(result)
+            while True:
+                start = index
+                for index, item in enumerate(islice(upstream, chunk), start + 1):
+                    try:
+                        result = step(item)
+                    except Exception as exc:
+                        run.annotate(exc, index, item)
+                        raise
+                    if result is not SKIP:
+                        append(result)
+                if index - start < chunk:
+                    break
+                await cooperate()
         return out
     finally:
         _close_sync(upstream)
@@ -1138,26 +1190,32 @@ async def _watched_segment_sync(
             await ends.started()
         if watch.paused:
             await watch.wait()
-        for item in upstream:
-            n += 1
-            run.entered = n
-            try:
-                if n == sample_at:
-                    result = await run.probe(item)
-                    sample_at = run.next_sample(n)
-                    if step is None and run.decided():
-                        step, is_async = run.compile()
-                elif is_async:
-                    result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
-                else:
-                    result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
-            except Exception as exc:
-                run.annotate(exc, n - 1, item)
-                raise
-            if result is not SKIP:
-                yield result
-            if watch.paused:
-                await watch.wait()
+        # In chunks, with a yield to the event loop between two.
+        while True:
+            start = n
+            for item in islice(upstream, COOPERATE_EVERY):
+                n += 1
+                run.entered = n
+                try:
+                    if n == sample_at:
+                        result = await run.probe(item)
+                        sample_at = run.next_sample(n)
+                        if step is None and run.decided():
+                            step, is_async = run.compile()
+                    elif is_async:
+                        result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                    else:
+                        result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                except Exception as exc:
+                    run.annotate(exc, n - 1, item)
+                    raise
+                if result is not SKIP:
+                    yield result
+                if watch.paused:
+                    await watch.wait()
+            if n - start < COOPERATE_EVERY:
+                break
+            await cooperate()
     except BaseException as exc:
         error = exc
         raise
@@ -1182,26 +1240,32 @@ async def _watched_to_list(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> 
     try:
         if watch.paused:
             await watch.wait()
-        for item in upstream:
-            n += 1
-            run.entered = n
-            try:
-                if n == sample_at:
-                    result = await run.probe(item)
-                    sample_at = run.next_sample(n)
-                    if step is None and run.decided():
-                        step, is_async = run.compile()
-                elif is_async:
-                    result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
-                else:
-                    result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
-            except Exception as exc:
-                run.annotate(exc, n - 1, item)
-                raise
-            if result is not SKIP:
-                append(result)
-            if watch.paused:
-                await watch.wait()
+        # In chunks, with a yield to the event loop between two.
+        while True:
+            start = n
+            for item in islice(upstream, COOPERATE_EVERY):
+                n += 1
+                run.entered = n
+                try:
+                    if n == sample_at:
+                        result = await run.probe(item)
+                        sample_at = run.next_sample(n)
+                        if step is None and run.decided():
+                            step, is_async = run.compile()
+                    elif is_async:
+                        result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                    else:
+                        result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                except Exception as exc:
+                    run.annotate(exc, n - 1, item)
+                    raise
+                if result is not SKIP:
+                    append(result)
+                if watch.paused:
+                    await watch.wait()
+            if n - start < COOPERATE_EVERY:
+                break
+            await cooperate()
         return out
     finally:
         _close_sync(upstream)

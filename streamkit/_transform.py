@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, cast, overlo
 
 from ._barrier import CONTROL
 from ._core import (
+    COOPERATE_EVERY,
     ConcurrentOp,
     FlattenStage,
     IndexedStage,
@@ -16,6 +17,7 @@ from ._core import (
     check_callable,
     check_concurrency,
     check_int,
+    cooperate,
     describe,
     is_async_callable,
     is_async_iterable,
@@ -591,11 +593,17 @@ async def _flat_map(
                     await aclose(inner)
             elif enveloped:
                 state = item.state
-                for element in cast("Iterable[Any]", result):
+                for count, element in enumerate(cast("Iterable[Any]", result), 1):
                     yield Envelope(element, state)
+                    if not count % COOPERATE_EVERY:
+                        await cooperate()
             else:
-                for element in cast("Iterable[Any]", result):
+                for count, element in enumerate(cast("Iterable[Any]", result), 1):
                     yield element
+                    if not count % COOPERATE_EVERY:
+                        await cooperate()
+            if not (index + 1) % COOPERATE_EVERY:  # (an upstream of empty iterables)
+                await cooperate()
     finally:
         await aclose(upstream)
 
