@@ -74,6 +74,8 @@ from ._failures import error_report as error_report
 from ._failures import failures as failures
 from ._failures import successes as successes
 from ._failures import with_retry as with_retry
+from ._keyed import scan_by as scan_by
+from ._keyed import throttle_by as throttle_by
 from ._metrics import QuantileSketch as QuantileSketch
 from ._metrics import RunStatistics as RunStatistics
 from ._metrics import StageStatistics as StageStatistics
@@ -249,6 +251,7 @@ __all__ = [
     "repeat",
     "resumable",
     "scan",
+    "scan_by",
     "scan_state",
     "set_state",
     "skip",
@@ -261,6 +264,7 @@ __all__ = [
     "tap",
     "tee",
     "throttle",
+    "throttle_by",
     "timeout",
     "to_prometheus",
     "unwrap",
