@@ -19,6 +19,7 @@ from ._core import (
     annotate,
     check_callable,
     check_count,
+    check_seconds,
     describe,
     is_async_callable,
     is_envelope,
@@ -26,7 +27,6 @@ from ._core import (
 )
 from ._records import Envelope
 from ._runtime import current_clock
-from ._time import _check_rate
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
@@ -38,19 +38,30 @@ T = TypeVar("T")
 A = TypeVar("A")
 
 
+def _check_rate(rate: object, per: object) -> float:
+    if not isinstance(rate, int | float) or isinstance(rate, bool):
+        raise TypeError(f"rate must be a number, got {type(rate).__name__}")
+    if not 0 < rate < float("inf"):
+        raise ValueError(f"rate must be positive and finite, got {rate}")
+    return float(rate) / check_seconds(per, "per")
+
+
 def _pairs(states: dict[Any, Any]) -> list[list[Any]]:
     return [[key, value] for key, value in states.items()]
 
 
-def _restored(pairs: object) -> dict[Any, Any]:
-    if not isinstance(pairs, list):
+def _restored(pairs: Any) -> dict[Any, Any]:
+    if pairs is None:  # a fresh start
         return {}
     return {_hashable(key): value for key, value in pairs}
 
 
 def _hashable(key: Any) -> Any:
     # A codec may decode a tuple key as a list; a list key cannot be hashed.
-    return tuple(key) if isinstance(key, list) else key
+    if isinstance(key, list):
+        items: list[Any] = key  # pyright: ignore[reportUnknownVariableType]
+        return tuple(items)
+    return key
 
 
 # --------------------------------------------------------------------------- scan_by
