@@ -68,6 +68,8 @@ from ._hooks import HookError as HookError
 from ._hooks import Hooks as Hooks
 from ._hooks import RetryEvent as RetryEvent
 from ._initial import Factory as Factory
+from ._keyed import scan_by as scan_by
+from ._keyed import throttle_by as throttle_by
 from ._metrics import QuantileSketch as QuantileSketch
 from ._metrics import RunStatistics as RunStatistics
 from ._metrics import StageStatistics as StageStatistics
@@ -248,6 +250,7 @@ __all__ = [
     "repeat",
     "resumable",
     "scan",
+    "scan_by",
     "scan_state",
     "set_state",
     "skip",
@@ -260,6 +263,7 @@ __all__ = [
     "tap",
     "tee",
     "throttle",
+    "throttle_by",
     "timeout",
     "to_prometheus",
     "unwrap",
