@@ -134,7 +134,7 @@ def test_counts_add_up_for_every_step(
     stage = build(flaky, kind, concurrency, ordered, strategy)
     if fused_after:
         # A fused step behind it, failing on its own items.
-        stage = stage | map_(Flaky({x: 1 for x in failures}).double)
+        stage = stage | map_(Flaky(dict.fromkeys(failures, 1)).double)
     stages = asyncio.run(drive(stage, list(range(n)), stop_after))
     for stats in stages:
         assert_consistent(stats)
