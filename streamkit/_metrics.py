@@ -239,6 +239,7 @@ _STAGE_COUNTERS: Final = (
     ("skipped", "Failed items skipped."),
     ("collected", "Failed items collected."),
     ("dead_lettered", "Failed items dead-lettered."),
+    ("abandoned", "Items left unfinished when the stage stopped."),
 )
 
 

@@ -461,8 +461,10 @@ async def _count_out(results: AsyncIterator[Any], live: _Live) -> AsyncIterator[
                 return
             except Exception as exc:
                 if exc is not live.upstream_error:
-                    if live.guard is None and exc not in live.raised:
-                        live.errors += 1  # not raised by a call (counted there)
+                    if exc in live.raised:
+                        live.raised.discard(exc)  # raised by a call, counted there
+                    elif live.guard is None:
+                        live.errors += 1
                     live.failure = exc  # several calls may fail: this one propagates
                 raise
             if type(item) is not CONTROL:

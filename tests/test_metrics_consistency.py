@@ -22,7 +22,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamkit import Run, constant, filter_, flat_map, map_, with_retry
+from streamkit import Run, constant, filter_, flat_map, map_, to_prometheus, with_retry
 
 if TYPE_CHECKING:
     from streamkit import Stage, StageStatistics
@@ -179,3 +179,21 @@ async def test_items_left_unfinished_by_a_failure_are_abandoned() -> None:
     assert stats.items_out == 0
     assert stats.errors == 1
     assert stats.abandoned == stats.items_in - 1 > 0
+
+
+async def test_abandoned_items_are_exported() -> None:
+    flaky = Flaky({0: 99})
+    run = Run(map_(flaky.double, concurrency=3, name="double"), list(range(10)))
+    with pytest.raises(Boom):
+        await run.collect()
+    stats = run.statistics()
+    abandoned = stats.stages[0].abandoned
+    assert abandoned > 0
+    lines = to_prometheus(stats).splitlines()
+    assert any(
+        line.startswith("streamkit_stage_abandoned_total{")
+        and 'stage="double"' in line
+        and line.endswith(f" {abandoned}")
+        for line in lines
+    ), lines
+    assert stats.to_dict()["stages"][0]["abandoned"] == abandoned
