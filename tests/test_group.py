@@ -13,6 +13,7 @@ from streamkit import (
     Envelope,
     MemoryStore,
     Run,
+    State,
     chunk,
     collect,
     current_clock,
@@ -409,7 +410,7 @@ async def test_an_error_in_an_inner_stream_names_the_key_and_closes_the_others()
 
 
 async def test_switch_map_takes_sync_iterables_and_envelopes() -> None:
-    items = [Envelope(3, {"i": 0})]
+    items = [Envelope(3, State({"i": 0}))]
     out = await collect(items | switch_map(lambda x: x, range))
     assert [(e.value, e.state["i"]) for e in out] == [(0, 0), (1, 0), (2, 0)]
 
