@@ -1,4 +1,4 @@
-"""Keyed operators: scan_by, scan_state_by (an aggregate per key), throttle_by (a bucket per key)."""
+"""Keyed operators: scan_by, scan_state_by (an aggregate per key), throttle_by (per-key rates)."""
 
 from __future__ import annotations
 
