@@ -211,10 +211,12 @@ def group_by(
 
     Examples:
         >>> import asyncio
-        >>> from streamkit import collect, group_by, map_, scan
-        >>> totals = group_by(len, scan(lambda n, w: n + 1, 0) | map_(str))
-        >>> asyncio.run(collect(["a", "bb", "c", "dd", "e"] | totals))
-        ['1', '1', '2', '2', '3']
+        >>> from streamkit import collect, group_by, scan
+        >>> def joined(seen: str, word: str) -> str:
+        ...     return seen + word
+        >>> words = ["a", "bb", "c", "dd", "e"]
+        >>> sorted(asyncio.run(collect(words | group_by(len, scan(joined, "")))))
+        ['a', 'ac', 'ace', 'bb', 'bbdd']
     """
     check_callable(key, "key")
     if not is_stage(stage):
