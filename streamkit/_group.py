@@ -16,7 +16,7 @@ already handed over.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from ._barrier import CONTROL, Control
 from ._core import (
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterable, AsyncIterator, Callable, Hashable
 
     from ._barrier import RunFunction, Slot
-    from ._core import Stage
+    from ._core import IndexedStage, ListStage, Passthrough, Stage
     from ._runtime import Clock
 
 T = TypeVar("T")
@@ -166,16 +166,60 @@ class _Keyed:
 # --------------------------------------------------------------------------- group_by
 
 
+@overload
+def group_by(
+    key: Callable[[T], Hashable],
+    stage: Passthrough,
+    /,
+    *,
+    concurrency: int = ...,
+    idle: float | None = ...,
+    max_keys: int | None = ...,
+    name: str | None = ...,
+) -> Stage[T, T]: ...
+@overload
+def group_by(
+    key: Callable[[T], Hashable],
+    stage: ListStage,
+    /,
+    *,
+    concurrency: int = ...,
+    idle: float | None = ...,
+    max_keys: int | None = ...,
+    name: str | None = ...,
+) -> Stage[T, list[T]]: ...
+@overload
+def group_by(
+    key: Callable[[T], Hashable],
+    stage: IndexedStage,
+    /,
+    *,
+    concurrency: int = ...,
+    idle: float | None = ...,
+    max_keys: int | None = ...,
+    name: str | None = ...,
+) -> Stage[T, tuple[int, T]]: ...
+@overload
 def group_by(
     key: Callable[[T], Hashable],
     stage: Stage[T, R],
+    /,
+    *,
+    concurrency: int = ...,
+    idle: float | None = ...,
+    max_keys: int | None = ...,
+    name: str | None = ...,
+) -> Stage[T, R]: ...
+def group_by(
+    key: Callable[[Any], Hashable],
+    stage: Stage[Any, Any],
     /,
     *,
     concurrency: int = 16,
     idle: float | None = None,
     max_keys: int | None = None,
     name: str | None = None,
-) -> Stage[T, R]:
+) -> Stage[Any, Any]:
     """Run ``stage`` once per key, each key's items through its own sub-pipeline.
 
     The first item of a key opens a new run of ``stage`` for that key (its own
@@ -241,8 +285,7 @@ def group_by(
 
         return checkpointed
 
-    built: Stage[Any, Any] = transform_stage(label, run, restorable=restorable)
-    return built
+    return transform_stage(label, run, restorable=restorable)
 
 
 class _Permits:

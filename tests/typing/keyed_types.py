@@ -10,12 +10,15 @@ from streamkit import (
     Key,
     Stage,
     State,
+    chunk,
+    enumerate_,
     envelop,
     group_by,
     map_,
     scan_by,
     scan_state_by,
     switch_map,
+    take,
     throttle_by,
 )
 from streamkit.typing import StateStage
@@ -60,6 +63,9 @@ def check_group_by(orders: list[tuple[str, int]]) -> None:
     assert_type(totals, Stage[tuple[str, int], str])
     assert_type(orders | totals, Flow[str])
     assert_type(orders | group_by(key, map_(spend_async_one)) | map_(label), Flow[str])
+    assert_type(orders | group_by(key, chunk(2)), Flow[list[tuple[str, int]]])
+    assert_type(orders | group_by(key, take(1)), Flow[tuple[str, int]])
+    assert_type(group_by(key, enumerate_()), Stage[tuple[str, int], tuple[int, tuple[str, int]]])
     enveloped = orders | envelop() | group_by(key, map_(amount))
     assert_type(enveloped, Flow[Envelope[int]])
 
