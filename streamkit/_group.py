@@ -110,9 +110,13 @@ class _Keyed:
         self.outputs.append(element)
         wake(self.consumer)
 
-    async def results(self, main: Any) -> AsyncIterator[Any]:
+    async def feed(self) -> None:
+        """Read the upstream, start the work per key (in a task)."""
+        raise NotImplementedError
+
+    async def results(self) -> AsyncIterator[Any]:
         """Yield the outputs; stop every task and close the upstream however it ends."""
-        self.start(main)
+        self.start(self.feed())
         outputs = self.outputs
         reason: BaseException | None = None
         try:
@@ -274,14 +278,14 @@ def group_by(
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         grouping = _Grouping(upstream, key, stage, options, label, None)
-        return grouping.results(grouping.feed())
+        return grouping.results()
 
     def restorable(slot: Slot) -> RunFunction:
         slot.bind(stage, "stage")  # checks every step of the sub-pipeline now
 
         def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
             grouping = _Grouping(upstream, key, stage, options, label, slot)
-            return grouping.results(grouping.feed())
+            return grouping.results()
 
         return checkpointed
 
@@ -439,7 +443,10 @@ class _Grouping(_Keyed):
             while True:
                 if group.holding:
                     group.holding = False
-                    permits.release()
+                    if permits.waiters:
+                        permits.release()
+                    else:
+                        permits.free += 1
                 while not inbox:
                     if group.closed:
                         return
@@ -450,8 +457,13 @@ class _Grouping(_Keyed):
                         group.signal = None
                 element = inbox.popleft()
                 if type(element) is not CONTROL:
-                    self.taken(1)
-                    await permits.acquire()
+                    self.pending -= 1
+                    if self.feeder_room is not None:
+                        self.taken(0)
+                    if permits.free > 0 and not permits.waiters:
+                        permits.free -= 1
+                    else:
+                        await permits.acquire()
                     group.holding = True
                 yield element
         finally:
@@ -657,12 +669,12 @@ def switch_map(
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         switching = _Switching(upstream, key, fn, label, None)
-        return switching.results(switching.feed())
+        return switching.results()
 
     def restorable(slot: Slot) -> RunFunction:
         def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
             switching = _Switching(upstream, key, fn, label, slot)
-            return switching.results(switching.feed())
+            return switching.results()
 
         return checkpointed
 
