@@ -464,3 +464,28 @@ async def test_switch_map_resumes_inner_streams_in_flight(stop: int) -> None:
     assert len(set(rest)) == len(rest)
     assert set(out) | set(rest) == set(whole)
     assert len(rest) < len(whole)  # it resumed
+
+
+async def test_idle_keys_close_under_a_checkpointed_run() -> None:
+    # Items a second apart; a key idle for 2.5 s is closed and flushes its chunk, also
+    # while barriers go through the open keys.
+    items = [(k, n) for n, k in enumerate([0, 1, 0, 2, 2, 2, 1, 1, 0])]
+
+    async def arrive_pair(pair: tuple[int, int]) -> tuple[int, int]:
+        await current_clock().sleep(1.0)
+        return pair
+
+    pipeline = map_(arrive_pair) | group_by(first, chunk(3), idle=2.5)
+    with virtual_clock():
+        plain = await collect(items | pipeline)
+        checkpointed = await Run(
+            pipeline, items, name="i", checkpoint=MemoryStore(), every=1
+        ).collect()
+    assert by_key([[c[0][0], *c] for c in checkpointed]) == by_key([[c[0][0], *c] for c in plain])
+    assert sorted(plain) == [
+        [(0, 0), (0, 2)],
+        [(0, 8)],
+        [(1, 1)],
+        [(1, 6), (1, 7)],
+        [(2, 3), (2, 4), (2, 5)],
+    ]
