@@ -390,6 +390,8 @@ class _Grouping(_Keyed):
         self.groups: OrderedDict[Any, _Group] = OrderedDict()
         """The open keys, least recently fed first."""
         self.closing: set[_Group] = set()
+        self.flushing: dict[Any, asyncio.Task[Any]] = {}
+        """The task of each key's latest closed run, until it has flushed."""
         self.clock: Clock = current_clock()
         self.owed = 0
         self.aligned: asyncio.Future[Any] | None = None
@@ -416,9 +418,7 @@ class _Grouping(_Keyed):
             _, oldest = groups.popitem(last=False)
             self.close(oldest)
         group = groups[key] = _Group(key, self.now())
-        for other in self.closing:
-            if other.key == key and other.task is not None:
-                group.previous = other.task
+        group.previous = self.flushing.get(key)
         slot = self.slot
         if slot is None:
             flow = self.stage(self.inbox(group))
@@ -433,6 +433,8 @@ class _Grouping(_Keyed):
         group.closed = True
         if not group.ended:
             self.closing.add(group)
+            if group.task is not None:
+                self.flushing[group.key] = group.task
             wake(group.signal)
 
     async def inbox(self, group: _Group) -> AsyncIterator[Any]:
@@ -498,6 +500,8 @@ class _Grouping(_Keyed):
             group.inbox.clear()
             self.taken(left)
             self.closing.discard(group)
+            if self.flushing.get(group.key) is group.task:
+                del self.flushing[group.key]
             self.passed(group)
             try:
                 await aclose(flow)
@@ -719,10 +723,13 @@ class _Switching(_Keyed):
         enveloped = is_envelope(item)
         elements: Any = None
         try:
+            made = self.fn(item.value if enveloped else item)
             try:
-                elements = open_async(self.fn(item.value if enveloped else item))
+                elements = open_async(made)
             except TypeError as exc:
-                raise TypeError(f"fn must return an iterable or an async iterable: {exc}") from exc
+                raise TypeError(
+                    f"fn must return an iterable or an async iterable, got {type(made).__name__}"
+                ) from exc
             seen = 0
             async for element in elements:
                 seen += 1

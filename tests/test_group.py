@@ -489,3 +489,19 @@ async def test_idle_keys_close_under_a_checkpointed_run() -> None:
         [(1, 6), (1, 7)],
         [(2, 3), (2, 4), (2, 5)],
     ]
+
+
+async def test_a_key_reopened_while_its_runs_flush_keeps_its_order() -> None:
+    # max_keys=1: every item closes the other key, whose run is still flushing a chunk
+    # through a slow step; the runs of one key come out one after the other.
+    async def slow(words: list[str]) -> list[str]:
+        await current_clock().sleep(1.0 if words[0].endswith("1") else 0.1)
+        return words
+
+    words = ["a1", "b1", "a2", "b2", "a3", "b3", "a4"]
+    with virtual_clock():
+        out = await collect(words | group_by(lambda w: w[0], chunk(2) | map_(slow), max_keys=1))
+    assert by_key([[c[0][0], *c] for c in out]) == {
+        "a": [["a", "a1"], ["a", "a2"], ["a", "a3"], ["a", "a4"]],
+        "b": [["b", "b1"], ["b", "b2"], ["b", "b3"]],
+    }
