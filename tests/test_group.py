@@ -505,3 +505,28 @@ async def test_a_key_reopened_while_its_runs_flush_keeps_its_order() -> None:
         "a": [["a", "a1"], ["a", "a2"], ["a", "a3"], ["a", "a4"]],
         "b": [["b", "b1"], ["b", "b2"], ["b", "b3"]],
     }
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 2), st.integers(0, 3)), min_size=1, max_size=10),
+    st.integers(1, 3),
+)
+async def test_switch_map_under_a_checkpoint_yields_what_it_yields_without(
+    gaps: list[tuple[int, int]], length: int
+) -> None:
+    # The barriers pass without waiting for the inner streams: switching is unchanged.
+    items = [(k, n) for n, (k, _) in enumerate(gaps)]
+
+    async def delayed(item: tuple[int, int]) -> tuple[int, int]:
+        gap = gaps[item[1]][1]
+        if gap:
+            await current_clock().sleep(gap)
+        return item
+
+    pipeline = map_(delayed) | switch_map(first, Inners(length))
+    with virtual_clock():
+        out = await Run(pipeline, items, name="s", checkpoint=MemoryStore(), every=1).collect()
+    expected = switch_model(gaps, length)
+    assert by_key(out) == by_key(expected)
+    assert sorted(out) == sorted(expected)
