@@ -86,10 +86,10 @@ def _handwritten() -> Runner:
     "y",
     f"`group_by` over {KEYS:,} keys with a per-key `scan` sub-pipeline",
     Target(
-        f"streamkit `group_by` within 25{TIMES} of a hand-written dict-of-states loop",
+        f"streamkit `group_by` within 20{TIMES} of a hand-written dict-of-states loop",
         f"streamkit {DIVIDE} dict of states",
         streamkit_over("handwritten"),
-        25.0,
+        20.0,
     ),
 )
 def keyed_group_by(settings: Settings) -> CaseResult:

@@ -16,7 +16,7 @@ already handed over.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, TypeVar, overload
 
 from ._barrier import CONTROL, Control
 from ._core import (
@@ -52,6 +52,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+ENVELOPE: Final[type[Any]] = Envelope
+"""`Envelope`, typed so that ``isinstance(item, ENVELOPE)`` leaves an ``Any`` item ``Any``."""
 
 _OUTPUTS = 64
 """Outputs waiting for the consumer before the tasks that make them wait."""
@@ -540,6 +543,7 @@ class _Grouping(_Keyed):
         groups = self.groups
         idle = self.idle
         clock = self.clock
+        limit = self.limit
         index = -1
         async for item in self.upstream:
             if type(item) is CONTROL:
@@ -550,7 +554,7 @@ class _Grouping(_Keyed):
                 continue
             index += 1
             try:
-                k = key(_value(item))
+                k = key(item.value if isinstance(item, ENVELOPE) else item)
                 found = groups.get(k)
             except Exception as exc:
                 annotate(exc, self.label, index)
@@ -566,8 +570,10 @@ class _Grouping(_Keyed):
                 continue
             group.inbox.append(item)
             self.pending += 1
-            wake(group.signal)
-            while self.pending >= self.limit:
+            signal = group.signal
+            if signal is not None and not signal.done():
+                signal.set_result(None)
+            while self.pending >= limit:
                 room = self.feeder_room = self.new_signal()
                 await wait_for_signal(room)
         for group in list(groups.values()):
