@@ -80,7 +80,8 @@ class _Keyed:
         self.label = label
         self.new_signal = signal_maker()
         self.outputs: deque[Any] = deque()
-        self.room: asyncio.Future[Any] | None = None
+        self.room: list[asyncio.Future[Any]] = []
+        """The tasks waiting for room in ``outputs``."""
         self.consumer: asyncio.Future[Any] | None = None
         self.failure: BaseException | None = None
         self.done = False
@@ -103,9 +104,9 @@ class _Keyed:
 
     async def wait_for_room(self) -> None:
         while len(self.outputs) >= _OUTPUTS:
-            if self.room is None:
-                self.room = self.new_signal()
-            await wait_for_signal(self.room)
+            signal = self.new_signal()
+            self.room.append(signal)
+            await signal
 
     async def put(self, element: Any) -> None:
         if len(self.outputs) >= _OUTPUTS:
@@ -128,10 +129,10 @@ class _Keyed:
                     raise self.failure
                 if outputs:
                     element = outputs.popleft()
-                    room = self.room
-                    if room is not None:
-                        self.room = None
-                        wake(room)
+                    if self.room:
+                        waiting, self.room = self.room, []
+                        for signal in waiting:
+                            wake(signal)
                     yield element
                     continue
                 if self.done:
@@ -335,6 +336,7 @@ class _Group:
 
     __slots__ = (
         "closed",
+        "dirty",
         "ended",
         "holding",
         "inbox",
@@ -342,6 +344,7 @@ class _Group:
         "last",
         "owes",
         "previous",
+        "reused",
         "signal",
         "snapshots",
         "stopped",
@@ -365,6 +368,11 @@ class _Group:
         self.previous: asyncio.Task[Any] | None = None
         """The task of the key's closed run, still flushing: this one waits for it."""
         self.snapshots: dict[str, Any] = {}
+        """Its sub-pipeline's snapshots at the last barrier (or as restored)."""
+        self.dirty = True
+        """It has taken or yielded something since ``snapshots`` was taken."""
+        self.reused = False
+        """The barrier being aligned keeps ``snapshots`` without going through it."""
         self.task: asyncio.Task[Any] | None = None
 
 
@@ -398,7 +406,9 @@ class _Grouping(_Keyed):
         self.clock: Clock = current_clock()
         self.owed = 0
         self.aligned: asyncio.Future[Any] | None = None
-        self.released: asyncio.Future[Any] | None = None
+        self.aligning = False
+        self.released: list[asyncio.Future[Any]] = []
+        """The keys' tasks waiting for the barrier being aligned to go out."""
         self.reaper: asyncio.Future[Any] | None = None
 
     # -- keys ----------------------------------------------------------------
@@ -485,11 +495,15 @@ class _Grouping(_Keyed):
             async for element in flow:
                 if type(element) is CONTROL and element.kind == "barrier":
                     group.snapshots = element.snapshots
+                    group.dirty = False
                     self.passed(group)
-                    released = self.released
-                    if released is not None:  # wait until the run's barrier is out
-                        await wait_for_signal(released)
+                    if self.aligning:  # wait until the run's barrier is out
+                        await self.until_released()
                     continue
+                if group.reused and self.aligning:
+                    # Its last snapshot goes in the barrier: what it yields now goes after.
+                    await self.until_released()
+                group.dirty = True
                 await self.put(element)
             group.stopped = not group.closed
         except Exception as exc:
@@ -510,6 +524,11 @@ class _Grouping(_Keyed):
                 await aclose(flow)
             except Exception as exc:
                 self.fail(exc)
+
+    async def until_released(self) -> None:
+        signal = self.new_signal()
+        self.released.append(signal)
+        await signal
 
     def passed(self, group: _Group) -> None:
         if group.owes:
@@ -535,7 +554,9 @@ class _Grouping(_Keyed):
                     stopped = self.groups[_hashable(k)] = _Group(_hashable(k), self.now())
                     stopped.ended = stopped.stopped = True
                 else:
-                    self.open(_hashable(k), snapshots)
+                    restored = self.open(_hashable(k), snapshots)
+                    restored.snapshots = snapshots
+                    restored.dirty = False
         if self.idle is not None:
             self.reaper = self.new_signal()
             self.start(self.reap())
@@ -569,13 +590,14 @@ class _Grouping(_Keyed):
             if group.ended:  # its sub-pipeline has ended: it takes nothing more
                 continue
             group.inbox.append(item)
+            group.dirty = True
             self.pending += 1
             signal = group.signal
             if signal is not None and not signal.done():
                 signal.set_result(None)
             while self.pending >= limit:
                 room = self.feeder_room = self.new_signal()
-                await wait_for_signal(room)
+                await room
         for group in list(groups.values()):
             self.close(group)
         waiting = [group.task for group in [*groups.values(), *self.closing] if group.task]
@@ -585,27 +607,35 @@ class _Grouping(_Keyed):
 
     async def align(self, barrier: Control, slot: Slot) -> None:
         """Send the barrier through every open key; forward it once all have passed it."""
-        self.released = self.new_signal()
+        self.aligning = True
         self.aligned = self.new_signal()
         # The keys open now, in their order (least recently fed first), are the
         # snapshot's keys, even if one of them is closed (idle) meanwhile.
         keys = list(self.groups.values())
         for group in keys:
-            if not group.ended:
+            if group.ended:
+                continue
+            if not group.dirty:  # nothing in or out since its last snapshot: that one holds
+                group.reused = True
+            else:
                 group.owes = True
                 self.owed += 1
                 group.inbox.append(Control("barrier", barrier.sequence))
                 wake(group.signal)
         closing = [group.task for group in self.closing if group.task is not None]
         if self.owed:
-            await wait_for_signal(self.aligned)
+            await self.aligned
         for task in closing:  # keys closed before the barrier flush everything first
             await wait_for_signal(task)
         saved = [[group.key, None if group.stopped else group.snapshots] for group in keys]
         slot.save(barrier, saved)
         await self.put(barrier)
-        released, self.released = self.released, None
-        wake(released)
+        for group in keys:
+            group.reused = False
+        self.aligning = False
+        released, self.released = self.released, []
+        for signal in released:
+            wake(signal)
 
     async def reap(self) -> None:
         """Close the keys that have been idle for ``idle`` seconds."""
@@ -616,7 +646,7 @@ class _Grouping(_Keyed):
         while True:
             if not groups:
                 signal = self.reaper = self.new_signal()
-                await wait_for_signal(signal)
+                await signal
                 continue
             now = clock.now()
             while groups:
