@@ -530,3 +530,21 @@ async def test_switch_map_under_a_checkpoint_yields_what_it_yields_without(
     expected = switch_model(gaps, length)
     assert by_key(out) == by_key(expected)
     assert sorted(out) == sorted(expected)
+
+
+async def test_time_driven_outputs_of_quiet_keys_under_a_checkpointed_run() -> None:
+    # chunk(within=) emits on its own timer, also from keys that took nothing since the
+    # last barrier: their snapshot is kept, and what they emit goes after the barrier.
+    items = [(k, n) for n, k in enumerate([0, 1, 2, 0, 0, 1, 2, 2, 2, 1])]
+
+    async def arrive_pair(pair: tuple[int, int]) -> tuple[int, int]:
+        await current_clock().sleep(0.75)
+        return pair
+
+    pipeline = map_(arrive_pair) | group_by(first, chunk(3, within=1.0))
+    with virtual_clock():
+        plain = await collect(items | pipeline)
+        whole, out, rest = await _stopped_and_resumed(pipeline, items, 3)
+    assert by_key([[c[0][0], *c] for c in whole]) == by_key([[c[0][0], *c] for c in plain])
+    assert sorted(x for c in plain for x in c) == sorted(items)
+    assert_resumed(whole, out, rest, lambda c: c[0][0])
