@@ -64,11 +64,14 @@ from ._failures import error_report as error_report
 from ._failures import failures as failures
 from ._failures import successes as successes
 from ._failures import with_retry as with_retry
+from ._group import group_by as group_by
+from ._group import switch_map as switch_map
 from ._hooks import HookError as HookError
 from ._hooks import Hooks as Hooks
 from ._hooks import RetryEvent as RetryEvent
 from ._initial import Factory as Factory
 from ._keyed import scan_by as scan_by
+from ._keyed import scan_state_by as scan_state_by
 from ._keyed import throttle_by as throttle_by
 from ._metrics import QuantileSketch as QuantileSketch
 from ._metrics import RunStatistics as RunStatistics
@@ -238,6 +241,7 @@ __all__ = [
     "flatten",
     "fold",
     "fork",
+    "group_by",
     "iterate",
     "last",
     "lines",
@@ -252,12 +256,14 @@ __all__ = [
     "scan",
     "scan_by",
     "scan_state",
+    "scan_state_by",
     "set_state",
     "skip",
     "skip_while",
     "spaced",
     "stage",
     "successes",
+    "switch_map",
     "take",
     "take_while",
     "tap",

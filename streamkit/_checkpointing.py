@@ -214,6 +214,7 @@ class Checkpointing:
     __slots__ = (
         "_barrier",
         "_base_items",
+        "_bound",
         "_clock",
         "_codec",
         "_due",
@@ -261,6 +262,7 @@ class Checkpointing:
         self._restored: dict[str, Any] = {}
         """The snapshots of the checkpoint resumed from (filled by `start`)."""
         self._shape: list[str] = []
+        self._bound: set[str] = set()
         self._leaves: list[_Leaf] = []
         self._positions: dict[str, Any] = {}
         self._pulled = 0
@@ -287,11 +289,12 @@ class Checkpointing:
 
     # -- preparing the pipeline ------------------------------------------
 
-    def _slot(self, key: str, label: str) -> Slot:
-        return Slot(key, label, self._restored, self._codec, self._bind)
+    def _slot(self, key: str, label: str, restored: dict[str, Any] | None = None) -> Slot:
+        restored = self._restored if restored is None else restored
+        return Slot(key, label, restored, self._codec, self._bind)
 
     def _bind(self, stage: Stage[Any, Any], slot: Slot) -> Stage[Any, Any]:
-        return Stage(self._steps(stage.steps, f"{slot.key}/"))
+        return Stage(self._steps(stage.steps, f"{slot.key}/", slot.snapshots))
 
     def prepare(self, steps: tuple[Step, ...]) -> tuple[Step, ...]:
         """The pipeline's steps as this run runs them (keys ``"0"``, ``"1"``, ...).
@@ -299,28 +302,36 @@ class Checkpointing:
         Raises:
             ValueError: A step cannot take part in a checkpoint.
         """
-        return self._steps(steps, "")
+        return self._steps(steps, "", self._restored)
 
-    def _steps(self, steps: tuple[Step, ...], prefix: str) -> tuple[Step, ...]:
-        return tuple(self._step(step, f"{prefix}{n}") for n, step in enumerate(steps))
+    def _steps(
+        self, steps: tuple[Step, ...], prefix: str, restored: dict[str, Any]
+    ) -> tuple[Step, ...]:
+        return tuple(self._step(step, f"{prefix}{n}", restored) for n, step in enumerate(steps))
 
-    def _step(self, step: Step, key: str) -> Step:
-        self._shape.append(f"{key} {step.label}")
+    def _step(self, step: Step, key: str, restored: dict[str, Any]) -> Step:
+        if key not in self._bound:  # a step bound again (group_by's keys) is one step
+            self._bound.add(key)
+            self._shape.append(f"{key} {step.label}")
         if isinstance(step, Transform):
             for state_key in step.keys:
                 self._key_codec(state_key, key, step.label)
         if isinstance(step, ItemOp):
             per_run = step.per_run
             if isinstance(per_run, GuardedItem):
-                guard = dataclasses.replace(per_run.guard, staging=self._slot(key, step.label))
+                guard = dataclasses.replace(
+                    per_run.guard, staging=self._slot(key, step.label, restored)
+                )
                 per_run = GuardedItem(guard, per_run.base)
             return dataclasses.replace(step, barriers=True, per_run=per_run)
         run = step.run
         if isinstance(run, GuardedTransform):
-            guard = dataclasses.replace(run.guard, staging=self._slot(key, step.label))
+            guard = dataclasses.replace(run.guard, staging=self._slot(key, step.label, restored))
             return dataclasses.replace(step, run=GuardedTransform(guard, run.base))
         if step.restorable is not None:
-            return dataclasses.replace(step, run=step.restorable(self._slot(key, step.label)))
+            return dataclasses.replace(
+                step, run=step.restorable(self._slot(key, step.label, restored))
+            )
         if step.barriers:
             return step
         raise ValueError(

@@ -76,6 +76,7 @@ EXPECTED_ROWS = {
         "run_difference",
     },
     "w": {"streamkit", "bytewax", "memory_small", "memory_large"},
+    "y": {"streamkit", "scan_by", "handwritten"},
 }
 MEASURED_ONLY = {"l"}
 """Cases that report figures without a target."""
