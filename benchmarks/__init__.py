@@ -11,11 +11,13 @@ from typing import TYPE_CHECKING
 
 from benchmarks import (
     cases_checkpoint,
+    cases_combine,
     cases_concurrency,
     cases_memory,
     cases_pipeline,
     cases_run,
     cases_state,
+    cases_windows,
 )
 from benchmarks.harness import CASES, Case, CaseResult, Competitor, Row, Settings, Target, case
 from benchmarks.report import render_markdown, render_table, render_text
@@ -33,11 +35,13 @@ __all__ = [
     "Target",
     "case",
     "cases_checkpoint",
+    "cases_combine",
     "cases_concurrency",
     "cases_memory",
     "cases_pipeline",
     "cases_run",
     "cases_state",
+    "cases_windows",
     "render_markdown",
     "render_table",
     "render_text",

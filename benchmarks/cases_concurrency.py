@@ -171,16 +171,16 @@ def _verify_c(n: int, result: object) -> str | None:
     "c",
     f"concurrent map, {LIMIT} at a time, over trivial coroutines",
     Target(
-        f"ordered: streamkit within 1.5{TIMES} of the hand-rolled deque of tasks",
+        f"ordered: streamkit within 1.2{TIMES} of the hand-rolled deque of tasks",
         f"streamkit {DIVIDE} deque of tasks",
         streamkit_over("deque", reference="streamkit_ordered"),
-        1.5,
+        1.2,
     ),
     Target(
-        f"unordered: streamkit within 1.5{TIMES} of the hand-rolled asyncio.wait loop",
+        f"unordered: streamkit within 1.2{TIMES} of the hand-rolled asyncio.wait loop",
         f"streamkit {DIVIDE} asyncio.wait loop",
         streamkit_over("wait", reference="streamkit_unordered"),
-        1.5,
+        1.2,
     ),
     Target(
         f"ordered: streamkit at least 10{TIMES} faster than aiostream",

@@ -233,10 +233,10 @@ def _over_plain(key: str) -> Callable[[CaseResult], float | None]:
     "f",
     "envelope mode versus plain mode on map → filter → map",
     Target(
-        f"envelope mode within 1.5{TIMES} of plain mode (envelope source, no envelop/unwrap)",
+        f"envelope mode within 1.3{TIMES} of plain mode (envelope source, no envelop/unwrap)",
         f"envelope {DIVIDE} plain",
         _over_plain("streamkit_envelope"),
-        1.5,
+        1.3,
     ),
 )
 def envelope_mode(settings: Settings) -> CaseResult:
@@ -648,13 +648,13 @@ def _h_runner(kind: str) -> Runner:
     "h",
     "a reduction point versus collecting into a list",
     Target(
-        f"`reduce_point` over the stream within 2{TIMES} of collecting it into a list",
+        f"`reduce_point` over the stream within 3{TIMES} of collecting it into a list",
         f"reduce_point drained {DIVIDE} collect()",
         lambda result: _ratio_or_none(
             _value(result, "streamkit_reduce_drain", "median_ms"),
             _value(result, "list_collect", "median_ms"),
         ),
-        2.0,
+        3.0,
     ),
 )
 def reduction_point(settings: Settings) -> CaseResult:

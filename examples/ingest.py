@@ -119,7 +119,7 @@ async def main() -> None:
         pipeline = (
             sk.envelop(limits=sk.StateLimits.UNLIMITED)  # the corpus statistics exceed 16 KiB
             | sk.flat_map(ingest.split, concurrency=4)  # reads 4 files at once
-            | sk.reduce_point(DF, ingest.count, {})  # its totals: in each checkpoint
+            | sk.reduce_point(DF, ingest.count, sk.Factory(dict))  # its totals: in each checkpoint
             | sk.map_(ingest.weigh, with_state=True)
             | sk.unwrap()
             | sk.chunk(BATCH)

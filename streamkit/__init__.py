@@ -42,38 +42,34 @@ from ._combine import merge as merge
 from ._combine import tee as tee
 from ._combine import zip_ as zip_
 from ._concurrency import buffer as buffer
-from ._core import EnvelopStage as EnvelopStage
-from ._core import FlattenStage as FlattenStage
 from ._core import Flow as Flow
-from ._core import IndexedStage as IndexedStage
-from ._core import ListStage as ListStage
-from ._core import PairStage as PairStage
-from ._core import Passthrough as Passthrough
 from ._core import Source as Source
 from ._core import Stage as Stage
-from ._core import StateStage as StateStage
-from ._core import TupleStage as TupleStage
-from ._core import UnwrapStage as UnwrapStage
 from ._core import pipe as pipe
 from ._core import stage as stage
 from ._create import empty as empty
 from ._create import iterate as iterate
 from ._create import repeat as repeat
 from ._dashboard import Dashboard as Dashboard
+from ._events import StateUpdate as StateUpdate
 from ._failures import DeadLetters as DeadLetters
 from ._failures import ErrorRecord as ErrorRecord
 from ._failures import ErrorReport as ErrorReport
 from ._failures import ExceptionInfo as ExceptionInfo
-from ._failures import FailureStage as FailureStage
 from ._failures import FailureStatistics as FailureStatistics
 from ._failures import OnError as OnError
-from ._failures import SuccessStage as SuccessStage
 from ._failures import UnhandledFailure as UnhandledFailure
 from ._failures import attempts_key as attempts_key
 from ._failures import error_report as error_report
 from ._failures import failures as failures
 from ._failures import successes as successes
 from ._failures import with_retry as with_retry
+from ._hooks import HookError as HookError
+from ._hooks import Hooks as Hooks
+from ._hooks import RetryEvent as RetryEvent
+from ._initial import Factory as Factory
+from ._keyed import scan_by as scan_by
+from ._keyed import throttle_by as throttle_by
 from ._metrics import QuantileSketch as QuantileSketch
 from ._metrics import RunStatistics as RunStatistics
 from ._metrics import StageStatistics as StageStatistics
@@ -89,13 +85,9 @@ from ._report import write_report as write_report
 from ._resumable import Resumable as Resumable
 from ._resumable import lines as lines
 from ._resumable import resumable as resumable
-from ._run import HookError as HookError
-from ._run import Hooks as Hooks
-from ._run import RetryEvent as RetryEvent
 from ._run import Run as Run
 from ._run import RunStatus as RunStatus
 from ._run import StageStatus as StageStatus
-from ._run import StateUpdate as StateUpdate
 from ._run import config_hash as config_hash
 from ._runtime import Clock as Clock
 from ._runtime import current_clock as current_clock
@@ -134,6 +126,16 @@ from ._transform import flatten as flatten
 from ._transform import map_ as map_
 from ._transform import scan as scan
 from ._transform import tap as tap
+from ._windows import Hopping as Hopping
+from ._windows import Late as Late
+from ._windows import LateItemError as LateItemError
+from ._windows import Session as Session
+from ._windows import Sliding as Sliding
+from ._windows import Tumbling as Tumbling
+from ._windows import Window as Window
+from ._windows import WindowKind as WindowKind
+from ._windows import chunk_until as chunk_until
+from ._windows import windowed as windowed
 from ._writes import DeadLetterRecord as DeadLetterRecord
 from ._writes import DeadLetterRow as DeadLetterRow
 from ._writes import SQLValue as SQLValue
@@ -158,25 +160,22 @@ __all__ = [
     "DeadLetterRecord",
     "DeadLetterRow",
     "DeadLetters",
-    "EnvelopStage",
     "Envelope",
     "ErrorRecord",
     "ErrorReport",
     "ExceptionInfo",
     "ExponentialBackoff",
-    "FailureStage",
+    "Factory",
     "FailureStatistics",
-    "FlattenStage",
     "Flow",
     "HookError",
     "Hooks",
-    "IndexedStage",
+    "Hopping",
     "Key",
-    "ListStage",
+    "Late",
+    "LateItemError",
     "MemoryStore",
     "OnError",
-    "PairStage",
-    "Passthrough",
     "PostgresStore",
     "QuantileSketch",
     "Resumable",
@@ -187,7 +186,9 @@ __all__ = [
     "SQLValue",
     "SQLiteStore",
     "Scope",
+    "Session",
     "Sink",
+    "Sliding",
     "SnapshotError",
     "Source",
     "Stage",
@@ -197,23 +198,23 @@ __all__ = [
     "State",
     "StateLimitError",
     "StateLimits",
-    "StateStage",
     "StateUpdate",
     "Stateful",
     "Store",
-    "SuccessStage",
     "TableRows",
     "TableSink",
-    "TupleStage",
+    "Tumbling",
     "TypedCodec",
     "UnhandledFailure",
-    "UnwrapStage",
+    "Window",
+    "WindowKind",
     "Write",
     "attempts_key",
     "branch",
     "broadcast",
     "buffer",
     "chunk",
+    "chunk_until",
     "collect",
     "concat",
     "config_hash",
@@ -249,6 +250,7 @@ __all__ = [
     "repeat",
     "resumable",
     "scan",
+    "scan_by",
     "scan_state",
     "set_state",
     "skip",
@@ -261,11 +263,13 @@ __all__ = [
     "tap",
     "tee",
     "throttle",
+    "throttle_by",
     "timeout",
     "to_prometheus",
     "unwrap",
     "use_clock",
     "window",
+    "windowed",
     "with_retry",
     "write_report",
     "write_to",

@@ -26,6 +26,7 @@ from ._core import (
     is_sync_source,
     open_async,
     run_segment_to_list,
+    stage_label,
     transform_stage,
 )
 from ._records import Envelope
@@ -77,7 +78,7 @@ def enveloped_list(batch: Sequence[Envelope[Any]]) -> Envelope[list[Any]]:
     return Envelope([envelope.value for envelope in batch], merged_state(batch))
 
 
-def chunk(size: int, /, *, within: float | None = None) -> ListStage:
+def chunk(size: int, /, *, within: float | None = None, name: str | None = None) -> ListStage:
     """Group items into lists of up to ``size`` items.
 
     Without ``within``, every list has ``size`` items except possibly the
@@ -92,6 +93,8 @@ def chunk(size: int, /, *, within: float | None = None) -> ListStage:
     Args:
         size: The largest number of items in a list (1 or more).
         within: The longest an item may wait in a partial list, in seconds.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -111,7 +114,9 @@ def chunk(size: int, /, *, within: float | None = None) -> ListStage:
 
             return checkpointed
 
-        return ListStage(transform_stage(f"chunk({size})", run, restorable=restorable).steps)
+        return ListStage(
+            transform_stage(stage_label(name, f"chunk({size})"), run, restorable=restorable).steps
+        )
 
     seconds = check_seconds(within, "within")
 
@@ -130,7 +135,9 @@ def chunk(size: int, /, *, within: float | None = None) -> ListStage:
 
     return ListStage(
         transform_stage(
-            f"chunk({size}, within={seconds:g})", run_within, restorable=restorable_within
+            stage_label(name, f"chunk({size}, within={seconds:g})"),
+            run_within,
+            restorable=restorable_within,
         ).steps
     )
 
@@ -163,7 +170,7 @@ async def _chunk(
         await aclose(upstream)
 
 
-def window(size: int, /, *, step: int = 1) -> TupleStage:
+def window(size: int, /, *, step: int = 1, name: str | None = None) -> TupleStage:
     """Yield sliding windows: tuples of ``size`` consecutive items.
 
     A window starts every ``step`` items. Only full windows are yielded: a
@@ -174,6 +181,8 @@ def window(size: int, /, *, step: int = 1) -> TupleStage:
     Args:
         size: Items per window (1 or more).
         step: Items between the starts of two windows (1 or more).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -196,7 +205,9 @@ def window(size: int, /, *, step: int = 1) -> TupleStage:
         return checkpointed
 
     return TupleStage(
-        transform_stage(f"window({size}, step={step})", run, restorable=restorable).steps
+        transform_stage(
+            stage_label(name, f"window({size}, step={step})"), run, restorable=restorable
+        ).steps
     )
 
 
@@ -244,12 +255,16 @@ async def _window(
         await aclose(upstream)
 
 
-def pairwise() -> PairStage:
+def pairwise(*, name: str | None = None) -> PairStage:
     """Yield each item paired with the next: ``(a, b), (b, c), ...``.
 
     On a stream of `Envelope` items each pair comes out as one envelope: the
     pair of values, with the two states merged (the later item wins on a
     conflicting key).
+
+    Args:
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -257,7 +272,10 @@ def pairwise() -> PairStage:
         >>> asyncio.run(collect("abc" | pairwise()))
         [('a', 'b'), ('b', 'c')]
     """
-    return PairStage(_pairwise_steps)
+    if name is None:
+        return PairStage(_pairwise_steps)
+    label = stage_label(name, "pairwise()")
+    return PairStage(transform_stage(label, _run_pairwise, restorable=_restorable_pairwise).steps)
 
 
 def _run_pairwise(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:

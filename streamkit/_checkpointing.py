@@ -30,22 +30,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ._barrier import CONTROL, Control, DeadLetterWrite, Encoder, Slot
 from ._codec import DEFAULT_CODEC as TYPED_DEFAULT
 from ._codec import TypedCodec
 from ._combine import Combined
-from ._core import Flow, ItemOp, Stage, Step, aclose
+from ._core import Flow, ItemOp, Stage, Step, Transform, aclose
 from ._failures import GuardedItem, GuardedTransform
-from ._records import Envelope, State, StateLimits
+from ._records import Envelope, Key, State, StateLimits
 from ._resumable import Resumable, Suspending, resumable
 from ._runtime import shielded, start_awaitable
 from ._store import Checkpoint, CheckpointError, Store
 from ._writes import DeadLetterRow, TableRows
 
 if TYPE_CHECKING:
+    from ._codec import Codec
     from ._runtime import Clock, Handle
     from ._sinks import SinkWrite
 
@@ -100,18 +101,69 @@ def check_every(every: object, interval: object) -> tuple[int | None, float | No
     return every, seconds
 
 
-def _envelope_form(envelope: Envelope[Any]) -> list[Any]:
-    return [envelope.value, dict(envelope.state)]
+def run_codec(codec: Encoder | None, keyed: Mapping[str, Codec[Any]]) -> Encoder:
+    """The codec of a run's snapshots and writes: ``codec`` that also knows states and envelopes.
+
+    ``codec`` (`streamkit.DEFAULT_CODEC` when None), if it is a `TypedCodec`
+    that does not encode `Envelope` itself, gets the forms of a `State`,
+    ``[entries]`` or ``[entries, keyed]``, and of an `Envelope`, ``[value,
+    entries]`` or ``[value, entries, keyed]``: ``keyed`` holds the entries
+    whose names are in ``keyed``, each encoded by its key's codec (the mapping
+    is read when encoding, so it may be filled after the codec is made). Any
+    other codec is used as it is: it must encode states and envelopes itself.
+    """
+    base = TYPED_DEFAULT if codec is None else codec
+    if not isinstance(base, TypedCodec) or Envelope in base.types:
+        return base
+
+    def entries(state: State) -> list[Any]:
+        if not keyed or keyed.keys().isdisjoint(state):
+            return [dict(state)]
+        plain: dict[str, Any] = {}
+        encoded: dict[str, Any] = {}
+        for name, value in state.items():
+            key_codec = keyed.get(name)
+            if key_codec is None:
+                plain[name] = value
+                continue
+            try:
+                encoded[name] = key_codec.encode(value)
+            except Exception as exc:
+                message = f"the codec of state key {name!r} cannot encode it: {exc}"
+                raise ValueError(message) from exc
+        return [plain, encoded]
+
+    def state_back(data: list[Any]) -> State:
+        plain: dict[str, Any] = data[0]
+        saved: dict[str, Any] = data[1] if len(data) > 1 else {}
+        for name, encoded in saved.items():
+            key_codec = keyed.get(name)
+            if key_codec is None:
+                raise ValueError(
+                    f"state key {name!r} was saved with a codec of its own, and no step of "
+                    "this pipeline sets that key with a codec"
+                )
+            try:
+                plain[name] = key_codec.decode(encoded)
+            except Exception as exc:
+                message = f"the codec of state key {name!r} cannot decode it: {exc}"
+                raise ValueError(message) from exc
+        return State(plain, limits=StateLimits.UNLIMITED)
+
+    def envelope_back(data: list[Any]) -> Envelope[Any]:
+        return Envelope(data[0], state_back(data[1:]))
+
+    return base.with_type(
+        State, encode=entries, decode=state_back, name="streamkit:State"
+    ).with_type(
+        Envelope,
+        encode=lambda envelope: [envelope.value, *entries(envelope.state)],
+        decode=envelope_back,
+        name="streamkit:Envelope",
+    )
 
 
-def _envelope_back(form: list[Any]) -> Envelope[Any]:
-    value, state = form
-    return Envelope(value, State(state, limits=StateLimits.UNLIMITED))
-
-
-DEFAULT_CODEC: Final[TypedCodec] = TYPED_DEFAULT.with_type(
-    Envelope, encode=_envelope_form, decode=_envelope_back, name="streamkit:Envelope"
-)
+DEFAULT_CODEC: Final = run_codec(None, {})
 """The codec of checkpointed state: the types of `streamkit.DEFAULT_CODEC`, and envelopes."""
 
 
@@ -168,6 +220,7 @@ class Checkpointing:
         "_every_items",
         "_every_seconds",
         "_failed",
+        "_keyed",
         "_leaves",
         "_migrate",
         "_next_at",
@@ -203,7 +256,9 @@ class Checkpointing:
         self.name = name
         self.version = version
         self._every_items, self._every_seconds = every
-        self._codec = DEFAULT_CODEC if codec is None else codec
+        self._keyed: dict[str, Codec[Any]] = {}
+        """The codecs of the state keys the pipeline's steps set (filled by `prepare`)."""
+        self._codec = run_codec(codec, self._keyed)
         self._migrate = migrate
         self._restored: dict[str, Any] = {}
         """The snapshots of the checkpoint resumed from (filled by `start`)."""
@@ -231,6 +286,11 @@ class Checkpointing:
         """The sequence of the barrier a suspended source sent last (see `Suspending`)."""
         self._source = self._prepare_source(source, _SOURCE)
 
+    @property
+    def codec(self) -> Encoder:
+        """The run's codec: snapshots, writes and dead letters go through it."""
+        return self._codec
+
     # -- preparing the pipeline ------------------------------------------
 
     def _slot(self, key: str, label: str) -> Slot:
@@ -252,6 +312,9 @@ class Checkpointing:
 
     def _step(self, step: Step, key: str) -> Step:
         self._shape.append(f"{key} {step.label}")
+        if isinstance(step, Transform):
+            for state_key in step.keys:
+                self._key_codec(state_key, key, step.label)
         if isinstance(step, ItemOp):
             per_run = step.per_run
             if isinstance(per_run, GuardedItem):
@@ -271,6 +334,16 @@ class Checkpointing:
             "resumed run could not restore it: declare a custom stage @stage(stateless=True) "
             "if it keeps nothing between items, or @stage(state=...) to have its state saved"
         )
+
+    def _key_codec(self, state_key: Key[Any], step: str, label: str) -> None:
+        codec = state_key.codec
+        assert codec is not None
+        known = self._keyed.setdefault(state_key.qualified, codec)
+        if known is not codec:
+            raise ValueError(
+                f"checkpoint=: step {step}, {label}, sets state key {state_key.qualified!r} "
+                "with another codec than an earlier step: give both the same Key"
+            )
 
     def _prepare_source(self, source: object, key: str) -> Any:
         if isinstance(source, Flow):

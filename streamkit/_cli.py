@@ -35,11 +35,12 @@ from typing import IO, TYPE_CHECKING, Any, Final, NoReturn, cast
 
 from ._core import is_stage
 from ._dashboard import Dashboard
+from ._hooks import Hooks
 from ._metrics import RunStatistics, StageStatistics
 from ._records import Envelope
 from ._report import write_report
 from ._resumable import lines
-from ._run import Hooks, Run
+from ._run import Run
 from ._store import CheckpointError, SQLiteStore
 
 if TYPE_CHECKING:

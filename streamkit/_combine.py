@@ -158,30 +158,76 @@ def _merge_sources(sources: Sequence[Source[Any]], slot: Slot | None) -> AsyncIt
     return merge_flows(sources)
 
 
+class _Failed:
+    """What a merge source's pull raised, handed to the merge by its producer."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+_SOURCE_ENDED: Any = object()
+
+
 async def merge_flows(sources: Sequence[Source[Any]]) -> AsyncIterator[Any]:
     """`merge` over given sources, aligning checkpoint barriers.
 
-    Each source has a queue of what it yielded and the merge has not passed
-    on yet: at most one item, pulled again once it is passed on, while the
-    merge is not aligning a barrier. A source whose barrier has come is
-    *blocked*: its barrier waits for the others', and what it yields after
-    it keeps being pulled (so that no upstream waits on the merge) and waits
-    in its queue. Once every open source has given the barrier, the barrier
-    goes on, then the sources' queues.
+    Each source has a producer task, which pulls one item whenever the merge
+    asks for it and hands it over in ``arrived`` (waking the merge); there is
+    no task per item. Each source also has a queue of what it yielded and the
+    merge has not passed on yet: at most one item, pulled again once it is
+    passed on, while the merge is not aligning a barrier. A source whose
+    barrier has come is *blocked*: its barrier waits for the others', and
+    what it yields after it keeps being pulled (so that no upstream waits on
+    the merge) and waits in its queue. Once every open source has given the
+    barrier, the barrier goes on, then the sources' queues.
     """
+    loop = asyncio.get_running_loop()
     iterators = [open_async(source) for source in sources]
     count = len(iterators)
     queues: list[deque[Any]] = [deque() for _ in range(count)]
     ended = [False] * count
     blocked = [False] * count
     busy = [False] * count
-    pending: dict[asyncio.Task[Any], int] = {}
+    arrived: deque[tuple[int, Any]] = deque()
+    gates: list[asyncio.Future[None] | None] = [None] * count
+    wake: list[asyncio.Future[None] | None] = [None]
     aligning: Any = None
     reason: Exception | None = None
 
+    def hand_over(position: int, outcome: Any) -> None:
+        arrived.append((position, outcome))
+        waiter = wake[0]
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def produce(position: int) -> None:
+        iterator = iterators[position]
+        while True:
+            try:
+                item = await anext(iterator)
+            except StopAsyncIteration:
+                hand_over(position, _SOURCE_ENDED)
+                return
+            except Exception as exc:
+                hand_over(position, _Failed(exc))
+                return
+            gate = gates[position] = loop.create_future()
+            hand_over(position, item)
+            await gate
+
+    producers: list[asyncio.Task[None]] = []
+
     def pull(position: int) -> None:
         busy[position] = True
-        pending[spawn(_pull(iterators[position]))] = position
+        if len(producers) == position:  # its first pull starts it (in source order)
+            producers.append(spawn(produce(position)))
+            return
+        gate = gates[position]
+        assert gate is not None
+        gates[position] = None
+        gate.set_result(None)
 
     try:
         for position in range(count):
@@ -214,20 +260,27 @@ async def merge_flows(sources: Sequence[Source[Any]]) -> AsyncIterator[Any]:
                         if not queues[position] and not busy[position] and not ended[position]:
                             pull(position)
                     moved = True
-            if not pending:
+            if not any(busy):
                 return
-            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            if not arrived:
+                waiter = wake[0] = loop.create_future()
+                try:
+                    await waiter
+                finally:
+                    wake[0] = None
             # Among the items ready together, yield in source order, so that a
             # run whose sources are all ready is reproducible.
-            for task in sorted(done, key=pending.__getitem__):
-                position = pending.pop(task)
+            ready = sorted(arrived, key=_position) if len(arrived) > 1 else list(arrived)
+            arrived.clear()
+            for index, (position, outcome) in enumerate(ready):
                 busy[position] = False
-                try:
-                    item = task.result()
-                except StopAsyncIteration:
+                if outcome is _SOURCE_ENDED:
                     ended[position] = True
                     continue
-                queues[position].append(item)
+                if type(outcome) is _Failed:
+                    arrived.extend(ready[index + 1 :])  # (their failures are noted)
+                    raise outcome.error
+                queues[position].append(outcome)
                 if blocked[position]:
                     pull(position)
     except Exception as exc:
@@ -236,15 +289,20 @@ async def merge_flows(sources: Sequence[Source[Any]]) -> AsyncIterator[Any]:
     finally:
         try:
             # Waits for every pull, even if cancelled again.
-            others = await stop_all(list(pending))
+            others = await stop_all(producers)
         finally:
             await close_all(iterators)
         if reason is not None:
             # Never lost: other sources that failed too. (After the consumer
             # stops, pulls it never asked for are discarded, failed or not.)
+            others += [o.error for _, o in arrived if type(o) is _Failed]
             for error in others:
                 if not isinstance(error, StopAsyncIteration):
                     reason.add_note(f"streamkit: another merge() source also failed: {error!r}")
+
+
+def _position(arrival: tuple[int, Any]) -> int:
+    return arrival[0]
 
 
 # --------------------------------------------------------------------------- zip

@@ -39,7 +39,9 @@ from ._core import (
     is_async_iterable,
     is_envelope,
     is_iterable,
+    mixed_items,
     open_async,
+    stage_label,
     transform_stage,
 )
 from ._records import Envelope
@@ -138,6 +140,23 @@ _FAILED: Final = _Failed()
 """What a call that failed returns: its error was recorded on the run."""
 
 
+class _Inner:
+    """The elements of one ordered `flat_map` call, held until their turn comes.
+
+    The call's task puts each element here as its inner stream yields it;
+    the consumer takes them out, in order, once the call is at the head of
+    the output order (``position == next_out``), while later calls run
+    ahead into their own `_Inner`.
+    """
+
+    __slots__ = ("elements", "ended", "position")
+
+    def __init__(self, position: int) -> None:
+        self.elements: deque[Any] = deque()
+        self.ended = False
+        self.position = position
+
+
 class _Calls:
     """The state of one run of a concurrent item stage.
 
@@ -157,6 +176,7 @@ class _Calls:
         "feeder_signal",
         "finished",
         "fn",
+        "held",
         "kind",
         "label",
         "limit",
@@ -165,6 +185,7 @@ class _Calls:
         "ordered",
         "others",
         "queue",
+        "room_waiters",
         "sees_envelope",
         "source_error",
         "start",
@@ -187,7 +208,7 @@ class _Calls:
         self.sees_envelope = op.sees_envelope
         self.enveloped: bool | None = None
         self.tasks: dict[int, Future[Any]] = {}
-        self.queue: deque[Future[Any]] = deque()
+        self.queue: deque[Future[Any] | _Inner] = deque()
         self.finished: deque[Any] = deque()
         self.next_out = 0
         self.failure: BaseException | None = None
@@ -200,6 +221,10 @@ class _Calls:
         self.consumer_signal: Future[Any] | None = None
         self.start: Callable[[Any], Future[Any]] = task_starter()
         self.new_signal = signal_maker()
+        self.held = 0
+        """Elements of ordered `flat_map` calls waiting in their `_Inner`."""
+        self.room_waiters: list[Future[Any]] = []
+        """`flat_map` calls waiting for room to put an element."""
 
     # -- signals -----------------------------------------------------------
 
@@ -224,19 +249,24 @@ class _Calls:
 
     # -- one call ------------------------------------------------------------
 
-    async def call(self, item: Any, index: int, position: int) -> Any:
+    async def call(self, item: Any, index: int, position: int, inner: _Inner | None = None) -> Any:
         """Run ``fn`` on one item in its own task; record how it ended.
 
         ``index`` is the item's index in the input, ``position`` its place in
-        the output order (control elements take places too).
+        the output order (control elements take places too). A `flat_map`
+        call streams its elements out as they come (into ``inner`` in
+        ordered mode) and returns nothing.
         """
         try:
             enveloped = self.enveloped
             if enveloped is None:
                 # The first item tells whether the stream carries envelopes.
                 enveloped = self.enveloped = is_envelope(item)
-            if enveloped:
-                result: Any = await self._call_enveloped(item)
+            if self.kind == "flat_map":
+                await self._flat(item, enveloped, inner)
+                result: Any = None
+            elif enveloped:
+                result = await self._call_enveloped(item)
             else:
                 if self.with_state:
                     raise TypeError(
@@ -251,9 +281,8 @@ class _Calls:
                 elif kind == "filter":
                     keep = (await result) if inspect.isawaitable(result) else result
                     result = item if keep else SKIP
-                else:
-                    result = await flat_elements(result, self.label)
-        except Exception as error:
+        except Exception as raised:
+            error = mixed_items(raised, item, self.enveloped, self.label, index)
             annotate(error, self.label, index)
             if self.stopping:
                 # It raised instead of stopping when cancelled: a bug to surface.
@@ -272,11 +301,13 @@ class _Calls:
             raise
         finally:
             del self.tasks[index]
+            if inner is not None:
+                inner.ended = True
         if not self.stopping:
             if self.ordered:
                 if position == self.next_out:
                     self._wake_consumer()
-            elif result is not _FAILED:
+            elif result is not _FAILED and self.kind != "flat_map":
                 self.finished.append(result)
                 self._wake_consumer()
             if self.feeder_signal is not None:
@@ -293,17 +324,8 @@ class _Calls:
             result = call(value, state) if self.with_state else call(value)
         if _awaitable_not_iterable(result):
             result = await result
-        kind = self.kind
-        if kind == "filter":
+        if self.kind == "filter":
             return envelope if result else SKIP
-        if kind == "flat_map":
-            elements = await flat_elements(result, self.label)
-            if self.sees_envelope:  # already wrapped, with the state it recorded
-                return [
-                    e if is_envelope(e) or type(e) is CONTROL else Envelope(e, state)
-                    for e in elements
-                ]
-            return [Envelope(element, state) for element in elements]
         if (
             result is SKIP
             or type(result) is CONTROL
@@ -311,6 +333,98 @@ class _Calls:
         ):
             return result
         return Envelope(result, state)
+
+    async def _flat(self, item: Any, enveloped: bool, inner: _Inner | None) -> None:
+        """One `flat_map` call: put each element out as its inner stream yields it."""
+        call: Callable[..., Any] = self.fn
+        state: Any = None
+        if enveloped:
+            state = item.state
+            if self.sees_envelope:
+                result: Any = call(item)
+            else:
+                result = call(item.value, state) if self.with_state else call(item.value)
+        else:
+            if self.with_state:
+                raise TypeError(
+                    f"{self.label} was built with with_state=True, which needs a stream "
+                    f"of Envelope items; got {type(item).__name__} (use envelop() first)"
+                )
+            result = call(item)
+        if _awaitable_not_iterable(result):
+            # Some async iterables are awaitable too (aiostream's streams):
+            # iterate those, never await them.
+            result = await result
+        # Envelopes: a function that sees them returns elements already wrapped
+        # with the state it recorded (or control elements); others get the item's.
+        wrapped = enveloped and not self.sees_envelope
+        put = self._put
+        if is_async_iterable(result):
+            elements = open_async(result)
+            try:
+                async for element in elements:
+                    if wrapped or (
+                        enveloped and not is_envelope(element) and type(element) is not CONTROL
+                    ):
+                        element = Envelope(element, state)
+                    await put(element, inner)
+            finally:
+                await aclose(elements)
+            return
+        if not is_iterable(result):
+            raise TypeError(
+                f"{self.label} must return an iterable or an async iterable, "
+                f"got {type(result).__name__}"
+            )
+        try:
+            for element in result:
+                if wrapped or (
+                    enveloped and not is_envelope(element) and type(element) is not CONTROL
+                ):
+                    element = Envelope(element, state)
+                await put(element, inner)
+        finally:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+
+    async def _put(self, element: Any, inner: _Inner | None) -> None:
+        """Hand one element out, waiting while the held elements reach ``window``.
+
+        Unordered, every call's elements go into ``finished``, at most
+        ``window`` of them. Ordered, they wait in their call's `_Inner`: the
+        call at the head holds at most ``window``, and the others run ahead
+        while fewer than ``window`` elements are held in all.
+        """
+        window = self.window
+        if inner is None:
+            finished = self.finished
+            while len(finished) >= window:
+                await self._wait_for_room()
+            finished.append(element)
+            self._wake_consumer()
+            return
+        elements = inner.elements
+        while len(elements) >= window or (self.held >= window and inner.position != self.next_out):
+            await self._wait_for_room()
+        elements.append(element)
+        self.held += 1
+        if inner.position == self.next_out:
+            self._wake_consumer()
+
+    async def _wait_for_room(self) -> None:
+        signal = self.new_signal()
+        self.room_waiters.append(signal)
+        await signal
+
+    def _wake_room(self) -> None:
+        """Let every `flat_map` call waiting for room look again."""
+        waiters = self.room_waiters
+        if waiters:
+            self.room_waiters = []
+            for signal in waiters:
+                if not signal.done():
+                    signal.set_result(None)
 
     def _failed(self) -> bool:
         """Whether a call failed (read anew: calls fail while the feeder waits)."""
@@ -329,6 +443,7 @@ class _Calls:
         window = self.window
         start = self.start
         call = self.call
+        flat = self.kind == "flat_map"
         index = 0
         position = 0
         try:
@@ -368,9 +483,14 @@ class _Calls:
                     finished.append(item)
                     self._wake_consumer()
                     continue
-                task = tasks[index] = start(call(item, index, position))
-                if ordered:
-                    queue.append(task)
+                if flat and ordered:
+                    inner = _Inner(position)
+                    tasks[index] = start(call(item, index, position, inner))
+                    queue.append(inner)
+                else:
+                    task = tasks[index] = start(call(item, index, position))
+                    if ordered:
+                        queue.append(task)
                 index += 1
                 position += 1
         finally:
@@ -396,36 +516,40 @@ class _Calls:
                     raise failure
                 if ordered:
                     if queue:
-                        task = queue[0]
-                        if task.done():
+                        head = queue[0]
+                        if isinstance(head, _Inner):  # a flat_map call: its elements as they come
+                            elements = head.elements
+                            if elements:
+                                self.held -= 1
+                                self._wake_room()
+                                yield elements.popleft()
+                                continue
+                            if head.ended:
+                                queue.popleft()
+                                self.next_out += 1
+                                self._wake_room()  # the next call is the head now
+                                if self.feeder_signal is not None:
+                                    self._wake_feeder()
+                                continue
+                        elif head.done():
                             queue.popleft()
                             self.next_out += 1
                             if self.feeder_signal is not None:
                                 self._wake_feeder()
-                            result = task.result()
-                            if kind == "map" or type(result) is CONTROL:
+                            result = head.result()
+                            if kind != "filter" or result is not SKIP:
                                 yield result
-                            elif kind == "filter":
-                                if result is not SKIP:
-                                    yield result
-                            else:
-                                for element in result:
-                                    yield element
                             continue
                     elif self.fed:
                         break
                 elif finished:
                     result = finished.popleft()
+                    if kind == "flat_map":
+                        self._wake_room()
                     if self.feeder_signal is not None:
                         self._wake_feeder()
-                    if kind == "map" or type(result) is CONTROL:
+                    if kind != "filter" or result is not SKIP:
                         yield result
-                    elif kind == "filter":
-                        if result is not SKIP:
-                            yield result
-                    else:
-                        for element in result:
-                            yield element
                     continue
                 elif self.fed and not tasks:
                     break
@@ -490,6 +614,7 @@ def buffer(
     *,
     overflow: Overflow = "wait",
     on_drop: Callable[[Any], object] | None = None,
+    name: str | None = None,
 ) -> Passthrough:
     """Prefetch up to ``n`` items in a background task.
 
@@ -505,6 +630,8 @@ def buffer(
         overflow: What to do when the buffer is full.
         on_drop: Called (synchronously, in the producer task) with each
             dropped item; an exception from it fails the stream.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -526,7 +653,9 @@ def buffer(
         if on_drop is None:
             raise TypeError(f"overflow={overflow!r} needs on_drop= to report the dropped items")
         check_callable(on_drop, "on_drop")
-    label = f"buffer({n})" if overflow == "wait" else f"buffer({n}, overflow={overflow!r})"
+    label = stage_label(
+        name, f"buffer({n})" if overflow == "wait" else f"buffer({n}, overflow={overflow!r})"
+    )
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _Buffer(upstream, n, overflow, on_drop, label).results()

@@ -18,16 +18,19 @@ import collections
 import functools
 import inspect
 import time
+import types
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
     Callable,
+    Generator,
     Iterable,
     Iterator,
 )
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -35,6 +38,7 @@ from typing import (
     Final,
     Generic,
     Literal,
+    Never,
     ParamSpec,
     TypeAlias,
     TypeGuard,
@@ -44,7 +48,7 @@ from typing import (
 )
 
 from ._barrier import CONTROL, Control, RunFunction, Slot, Stateful
-from ._records import Envelope
+from ._records import Envelope, Key
 
 if TYPE_CHECKING:
     from types import TracebackType
@@ -116,6 +120,25 @@ def check_callable(value: object, parameter: str) -> None:
         raise TypeError(f"{parameter} must be callable, got {type(value).__name__}: {value!r}")
 
 
+def stage_label(name: object, default: str) -> str:
+    """The label of an operator's stage: its ``name=`` when given, else ``default``.
+
+    The label names the stage wherever a run shows it: statistics, events,
+    error notes and records, the command line's table and the history.
+
+    Raises:
+        TypeError: ``name`` is not a string.
+        ValueError: ``name`` is empty or spans several lines.
+    """
+    if name is None:
+        return default
+    if not isinstance(name, str):
+        raise TypeError(f"name must be a string or None, got {type(name).__name__}: {name!r}")
+    if not name.strip() or "\n" in name:
+        raise ValueError(f"name must be a non-empty, single-line string, got {name!r}")
+    return name
+
+
 def annotate(exc: BaseException, label: str, index: int) -> None:
     """Add the note that names the stage and the item index to ``exc``."""
     exc.add_note(f"streamkit: raised by {label} on item {index} of its input")
@@ -166,10 +189,32 @@ async def _entered(context_iterator: Any) -> AsyncGenerator[Any, None]:
             yield item
 
 
+COOPERATE_EVERY = 1024
+"""Items a loop over in-memory data handles between two yields to the event loop."""
+
+
+@types.coroutine
+def cooperate() -> Generator[None, None, None]:
+    """Let other tasks run: one bare yield to the event loop, as ``asyncio.sleep(0)`` does.
+
+    A loop over in-memory data never waits for anything, so without this it
+    would hold the event loop until it ends (a timeout could never fire).
+    """
+    yield
+
+
+_NOTHING: Any = object()
+
+
 async def _from_sync(iterator: Iterator[T]) -> AsyncGenerator[T, None]:
     try:
-        for item in iterator:
-            yield item
+        while True:
+            item: Any = _NOTHING
+            for item in islice(iterator, COOPERATE_EVERY):
+                yield item
+            if item is _NOTHING:
+                return
+            await cooperate()
     finally:
         close = getattr(iterator, "close", None)
         if close is not None:
@@ -219,6 +264,38 @@ def is_iterable(value: object) -> bool:
 def is_envelope(value: object) -> TypeGuard[Envelope[Any]]:
     """True for envelopes (of any value type)."""
     return isinstance(value, Envelope)
+
+
+def mixed_items(
+    error: BaseException, item: object, enveloped: bool | None, label: str, index: int
+) -> BaseException:
+    """``error``, or a `TypeError` caused by it when ``item`` is not of the stream's kind.
+
+    A stream carries `Envelope` items throughout, or none: its first item
+    decides. Nothing checks the later items on the way (that would cost every
+    item a test); an item of the other kind makes a function fail, and this,
+    called only then, says why, naming the stage and the item's position.
+    """
+    if enveloped is None or isinstance(item, Envelope) is enveloped:
+        return error
+    got = f"a plain {type(item).__name__}" if enveloped else "an Envelope"
+    first = "an Envelope" if enveloped else "a plain item"
+    mixed = TypeError(
+        f"{label} got {got} as item {index} of its input, in a stream whose first item was "
+        f"{first}: a stream carries Envelope items throughout or none (put every item into "
+        "an envelope with envelop(), or take them all out with unwrap())"
+    )
+    mixed.__cause__ = error
+    return mixed
+
+
+def item_error(
+    error: BaseException, item: object, enveloped: bool | None, label: str, index: int
+) -> BaseException:
+    """The exception to raise when a stage fails on ``item``: `mixed_items`, with the note."""
+    raised = mixed_items(error, item, enveloped, label, index)
+    annotate(raised, label, index)
+    return raised
 
 
 def is_sync_source(source: object) -> bool:
@@ -312,6 +389,9 @@ class Transform:
     restorable: Callable[[Slot], RunFunction] | None = None
     """For a step that keeps state: its ``run`` in a checkpointed run, given its `Slot`
     (it restores its state from the slot and saves a snapshot in every barrier)."""
+    keys: tuple[Key[Any], ...] = ()
+    """The state keys with a codec that the step sets: a checkpointed run encodes
+    their values in envelopes with that codec."""
 
 
 Step: TypeAlias = ItemOp | Transform
@@ -420,10 +500,20 @@ class SegmentRun:
         """Whether every function's call mode, and the stream's kind, are known."""
         return self.enveloped is not None and None not in self.modes
 
-    def annotate(self, exc: BaseException, index: int) -> None:
-        """Note which operation failed, and on which item of *its* input."""
+    def annotate(self, exc: BaseException, index: int, item: object = SKIP) -> None:
+        """Note which operation failed, and on which item of *its* input.
+
+        When ``item`` (the segment's input) is not of the stream's kind, raise
+        the `TypeError` that says so instead, from ``exc``.
+        """
         k = len(self.ops) - 1 if self.failed is None else self.failed
         self.failed = k
+        if item is not SKIP:
+            mixed = mixed_items(exc, item, self.enveloped, self.ops[0].label, index)
+            if mixed is not exc:
+                self.error = mixed
+                annotate(mixed, self.ops[0].label, index)
+                raise mixed
         self.error = exc
         annotate(exc, self.ops[k].label, index - sum(self.drops[:k]))
 
@@ -779,7 +869,7 @@ async def _segment(
                 try:
                     result = await run.probe(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     yield result
@@ -794,7 +884,7 @@ async def _segment(
                 try:
                     result = await step(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     yield result
@@ -804,7 +894,7 @@ async def _segment(
                 try:
                     result = step(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     yield result
@@ -858,7 +948,7 @@ async def _barrier_segment(
                 else:
                     result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
             except Exception as exc:
-                run.annotate(exc, n - 1)
+                run.annotate(exc, n - 1, item)
                 raise
             if result is not SKIP:
                 yield result
@@ -898,10 +988,12 @@ async def _segment_sync(
         if not run.decided():
             for item in upstream:
                 index += 1
+                if index and not index % COOPERATE_EVERY:
+                    await cooperate()
                 try:
                     result = await run.probe(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     yield result
@@ -910,26 +1002,38 @@ async def _segment_sync(
             else:
                 return
         step, is_async = run.compile()
+        # In chunks, with a yield to the event loop between two.
+        chunk = COOPERATE_EVERY
         if is_async:
-            for item in upstream:
-                index += 1
-                try:
-                    result = await step(item)
-                except Exception as exc:
-                    run.annotate(exc, index)
-                    raise
-                if result is not SKIP:
-                    yield result
+            while True:
+                start = index
+                for item in islice(upstream, chunk):
+                    index += 1
+                    try:
+                        result = await step(item)
+                    except Exception as exc:
+                        run.annotate(exc, index, item)
+                        raise
+                    if result is not SKIP:
+                        yield result
+                if index - start < chunk:
+                    break
+                await cooperate()
         else:
-            for item in upstream:
-                index += 1
-                try:
-                    result = step(item)
-                except Exception as exc:
-                    run.annotate(exc, index)
-                    raise
-                if result is not SKIP:
-                    yield result
+            while True:
+                start = index
+                for item in islice(upstream, chunk):
+                    index += 1
+                    try:
+                        result = step(item)
+                    except Exception as exc:
+                        run.annotate(exc, index, item)
+                        raise
+                    if result is not SKIP:
+                        yield result
+                if index - start < chunk:
+                    break
+                await cooperate()
     except BaseException as exc:
         error = exc
         raise
@@ -966,10 +1070,12 @@ async def run_segment_to_list(
         if not run.decided():
             for item in upstream:
                 index += 1
+                if index and not index % COOPERATE_EVERY:
+                    await cooperate()
                 try:
                     result = await run.probe(item)
                 except Exception as exc:
-                    run.annotate(exc, index)
+                    run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     append(result)
@@ -978,26 +1084,37 @@ async def run_segment_to_list(
             else:
                 return out
         step, is_async = run.compile()
+        # In chunks, with a yield to the event loop between two.
+        chunk = COOPERATE_EVERY
         if is_async:
-            for item in upstream:
-                index += 1
-                try:
-                    result = await step(item)
-                except Exception as exc:
-                    run.annotate(exc, index)
-                    raise
-                if result is not SKIP:
-                    append(result)
+            while True:
+                start = index
+                for item in islice(upstream, chunk):
+                    index += 1
+                    try:
+                        result = await step(item)
+                    except Exception as exc:
+                        run.annotate(exc, index, item)
+                        raise
+                    if result is not SKIP:
+                        append(result)
+                if index - start < chunk:
+                    break
+                await cooperate()
         else:
-            start = index + 1
-            for index, item in enumerate(upstream, start):
-                try:
-                    result = step(item)
-                except Exception as exc:
-                    run.annotate(exc, index)
-                    raise
-                if result is not SKIP:
-                    append(result)
+            while True:
+                start = index
+                for index, item in enumerate(islice(upstream, chunk), start + 1):
+                    try:
+                        result = step(item)
+                    except Exception as exc:
+                        run.annotate(exc, index, item)
+                        raise
+                    if result is not SKIP:
+                        append(result)
+                if index - start < chunk:
+                    break
+                await cooperate()
         return out
     finally:
         _close_sync(upstream)
@@ -1040,7 +1157,7 @@ async def _watched_segment(
                 else:
                     result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
             except Exception as exc:
-                run.annotate(exc, n - 1)
+                run.annotate(exc, n - 1, item)
                 raise
             if result is not SKIP:
                 yield result
@@ -1073,26 +1190,32 @@ async def _watched_segment_sync(
             await ends.started()
         if watch.paused:
             await watch.wait()
-        for item in upstream:
-            n += 1
-            run.entered = n
-            try:
-                if n == sample_at:
-                    result = await run.probe(item)
-                    sample_at = run.next_sample(n)
-                    if step is None and run.decided():
-                        step, is_async = run.compile()
-                elif is_async:
-                    result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
-                else:
-                    result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
-            except Exception as exc:
-                run.annotate(exc, n - 1)
-                raise
-            if result is not SKIP:
-                yield result
-            if watch.paused:
-                await watch.wait()
+        # In chunks, with a yield to the event loop between two.
+        while True:
+            start = n
+            for item in islice(upstream, COOPERATE_EVERY):
+                n += 1
+                run.entered = n
+                try:
+                    if n == sample_at:
+                        result = await run.probe(item)
+                        sample_at = run.next_sample(n)
+                        if step is None and run.decided():
+                            step, is_async = run.compile()
+                    elif is_async:
+                        result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                    else:
+                        result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                except Exception as exc:
+                    run.annotate(exc, n - 1, item)
+                    raise
+                if result is not SKIP:
+                    yield result
+                if watch.paused:
+                    await watch.wait()
+            if n - start < COOPERATE_EVERY:
+                break
+            await cooperate()
     except BaseException as exc:
         error = exc
         raise
@@ -1117,26 +1240,32 @@ async def _watched_to_list(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> 
     try:
         if watch.paused:
             await watch.wait()
-        for item in upstream:
-            n += 1
-            run.entered = n
-            try:
-                if n == sample_at:
-                    result = await run.probe(item)
-                    sample_at = run.next_sample(n)
-                    if step is None and run.decided():
-                        step, is_async = run.compile()
-                elif is_async:
-                    result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
-                else:
-                    result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
-            except Exception as exc:
-                run.annotate(exc, n - 1)
-                raise
-            if result is not SKIP:
-                append(result)
-            if watch.paused:
-                await watch.wait()
+        # In chunks, with a yield to the event loop between two.
+        while True:
+            start = n
+            for item in islice(upstream, COOPERATE_EVERY):
+                n += 1
+                run.entered = n
+                try:
+                    if n == sample_at:
+                        result = await run.probe(item)
+                        sample_at = run.next_sample(n)
+                        if step is None and run.decided():
+                            step, is_async = run.compile()
+                    elif is_async:
+                        result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                    else:
+                        result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                except Exception as exc:
+                    run.annotate(exc, n - 1, item)
+                    raise
+                if result is not SKIP:
+                    append(result)
+                if watch.paused:
+                    await watch.wait()
+            if n - start < COOPERATE_EVERY:
+                break
+            await cooperate()
         return out
     finally:
         _close_sync(upstream)
@@ -1188,8 +1317,13 @@ class Stage(Generic[In, Out]):
     def __hash__(self) -> int:
         return hash(self.steps)
 
-    # A source of envelopes gives envelopes: item-level stages pass each
-    # value to their function and re-wrap the result with the item's state.
+    # Envelope-transparent: a source of envelopes gives envelopes (item-level
+    # stages pass each value to their function and re-wrap the result with the
+    # item's state), unless the stage takes envelopes itself.
+    @overload
+    def __call__(  # a stage that takes envelopes is used as it is
+        self: Stage[S, Envelope[R]], source: Source[Envelope[S]], /
+    ) -> Flow[Envelope[R]]: ...
     @overload
     def __call__(self, source: Source[Envelope[In]], /) -> Flow[Envelope[Out]]: ...
     @overload
@@ -1199,30 +1333,27 @@ class Stage(Generic[In, Out]):
         return cast("Flow[Any]", _apply(self, source))
 
     @overload
+    def __ror__(
+        self: Stage[S, Envelope[R]], source: Source[Envelope[S]], /
+    ) -> Flow[Envelope[R]]: ...
+    @overload
     def __ror__(self, source: Source[Envelope[In]], /) -> Flow[Envelope[Out]]: ...
     @overload
     def __ror__(self, source: Source[In], /) -> Flow[Out]: ...
     def __ror__(self, source: Source[Any], /) -> Flow[Any]:
         return cast("Flow[Any]", _apply(self, source))
 
+    # The same rule between stages: after a stage whose items are `Envelope[S]`,
+    # a stage that takes envelopes is used as it is, any other is applied to
+    # the values. Shape stages (below) type `stage | shape` in their `__ror__`.
     @overload
-    def __or__(self, other: Passthrough, /) -> Stage[In, Out]: ...
+    def __or__(  # a stage that takes envelopes (and gives envelopes) is used as it is
+        self: Stage[A, Envelope[S]], other: Stage[Envelope[S], Envelope[R]], /
+    ) -> Stage[A, Envelope[R]]: ...
     @overload
-    def __or__(self, other: ListStage, /) -> Stage[In, list[Out]]: ...
-    @overload
-    def __or__(self, other: TupleStage, /) -> Stage[In, tuple[Out, ...]]: ...
-    @overload
-    def __or__(self, other: PairStage, /) -> Stage[In, tuple[Out, Out]]: ...
-    @overload
-    def __or__(self, other: IndexedStage, /) -> Stage[In, tuple[int, Out]]: ...
-    @overload
-    def __or__(self: Stage[A, Iterable[S]], other: FlattenStage, /) -> Stage[A, S]: ...
-    @overload
-    def __or__(self: Stage[A, AsyncIterable[S]], other: FlattenStage, /) -> Stage[A, S]: ...
-    @overload
-    def __or__(self, other: EnvelopStage, /) -> Stage[In, Envelope[Out]]: ...
-    @overload
-    def __or__(self: Stage[A, Envelope[S]], other: UnwrapStage, /) -> Stage[A, S]: ...
+    def __or__(  # envelope-transparent
+        self: Stage[A, Envelope[S]], other: Stage[S, R], /
+    ) -> Stage[A, Envelope[R]]: ...
     @overload
     def __or__(self, other: Stage[Out, R], /) -> Stage[In, R]: ...
     def __or__(self, other: object, /) -> Stage[Any, Any]:
@@ -1234,7 +1365,7 @@ class Stage(Generic[In, Out]):
 def compose(first: Stage[Any, Any], second: Stage[Any, Any]) -> Stage[Any, Any]:
     """``first | second``. A shape stage after a passthrough keeps its shape."""
     steps = first.steps + second.steps
-    if type(first) is Passthrough and isinstance(second, _ShapeStage):
+    if type(first) is Passthrough and isinstance(second, ShapeStage):
         return type(second)(steps)
     return Stage(steps)
 
@@ -1258,28 +1389,60 @@ def _apply(stage: Stage[Any, Any], source: object) -> Any:
 
 # --------------------------------------------------------------------------- shape stages
 #
-# Stages whose output type is a function of their *input* type, like `take(3)`
-# (same type) or `chunk(3)` (a list of it), cannot be typed `Stage[In, Out]`
-# from their arguments: nothing fixes `In`. These subclasses carry the shape
-# instead: their `__ror__`/`__call__` are generic in the source's item type,
-# so `range(9) | chunk(3)` is a `Flow[list[int]]`, and `Stage.__or__` has an
-# overload for each. At run time they are ordinary stages.
+# How the types flow (see "How the types flow" in docs/design.md):
+#
+# * A plain `Stage[In, Out]` is envelope-transparent: applied to a source of
+#   `Envelope[In]` it gives `Envelope[Out]`, and after a stage whose output is
+#   `Envelope[S]` it composes as a stage of `S`. A stage that takes envelopes
+#   itself (`reduce_point`, `map_(fn, with_state=True)`) is used exactly.
+# * Operators whose output type is a function of their *input* type, like
+#   `take(3)` (same type) or `chunk(3)` (a list of it), cannot be typed
+#   `Stage[In, Out]` from their arguments: nothing fixes `In`. They return a
+#   shape stage, one class per shape, whose `__ror__` and `__call__` are generic
+#   in the item type on their left (a source's, or a stage's output), with one
+#   overload for an `Envelope[T]` and one for a plain `T`. Its declared base is
+#   `Stage[Never, Any]`: it claims no item types of its own, so a type checker
+#   never takes `stage | shape` for an ordinary composition and asks the shape's
+#   `__ror__` instead. At run time shape stages are ordinary stages.
+
+_Many: TypeAlias = Iterable[T] | AsyncIterable[T]
+"""What `flatten` takes apart: an iterable or an async iterable of ``T``."""
 
 
-class _ShapeStage(Stage[Any, Any]):
+class ShapeStage(Stage[Never, Any]):
+    """A stage whose item types are resolved against what it is applied to."""
+
     __slots__ = ()
 
+    # After a shape stage, the item type is known only to the shape's own
+    # overloads (below): a composition starting with one is typed by the
+    # stage on its right, if that stage says what it takes.
+    @overload  # type: ignore[override]  # a shape has no item types of its own
+    def __or__(self, other: ShapeStage, /) -> Stage[Any, Any]: ...
+    @overload
+    def __or__(self, other: Stage[Any, R], /) -> Stage[Any, R]: ...
+    def __or__(  # pyright: ignore[reportIncompatibleMethodOverride] - a shape has no own types
+        self, other: object, /
+    ) -> Stage[Any, Any]:
+        if not is_stage(other):
+            return NotImplemented
+        return compose(self, other)
 
-class Passthrough(_ShapeStage):
+
+ShapeT = TypeVar("ShapeT", bound=ShapeStage)
+
+
+class Passthrough(ShapeStage):
     """A stage whose items come out with the type they went in with.
 
     Returned by `take`, `skip`, `distinct`, `buffer`, `throttle`, ...: the
-    item type is taken from the source when the stage is applied, so
+    item type is taken from the source (or the stage) on its left, so
     ``range(5) | take(2)`` is a ``Flow[int]``.
 
     Examples:
         >>> import asyncio
-        >>> from streamkit import Passthrough, collect, skip, take
+        >>> from streamkit import collect, skip, take
+        >>> from streamkit.typing import Passthrough
         >>> middle = skip(1) | take(2)
         >>> isinstance(middle, Passthrough)
         True
@@ -1293,39 +1456,25 @@ class Passthrough(_ShapeStage):
         """Apply the stage to ``source``."""
         return cast("Flow[S]", _apply(self, source))
 
-    def __ror__(self, source: Source[S], /) -> Flow[S]:
-        return cast("Flow[S]", _apply(self, source))
+    @overload
+    def __ror__(self, source: Stage[A, S], /) -> Stage[A, S]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
+    def __ror__(self, source: Source[S], /) -> Flow[S]: ...
+    def __ror__(self, source: object, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return _apply(self, source)
 
-    @overload
-    def __or__(self, other: Passthrough, /) -> Passthrough: ...
-    @overload
-    def __or__(self, other: ListStage, /) -> ListStage: ...
-    @overload
-    def __or__(self, other: TupleStage, /) -> TupleStage: ...
-    @overload
-    def __or__(self, other: PairStage, /) -> PairStage: ...
-    @overload
-    def __or__(self, other: IndexedStage, /) -> IndexedStage: ...
-    @overload
-    def __or__(self, other: FlattenStage, /) -> FlattenStage: ...
-    @overload
-    def __or__(self, other: EnvelopStage, /) -> EnvelopStage: ...
-    @overload
-    def __or__(self, other: UnwrapStage, /) -> UnwrapStage: ...
+    @overload  # type: ignore[override]  # a shape has no item types of its own
+    def __or__(self, other: ShapeT, /) -> ShapeT: ...  # type: ignore[overload-overlap]  # a shape after a passthrough keeps its shape
     @overload
     def __or__(self, other: Stage[S, R], /) -> Stage[S, R]: ...
-    def __or__(  # pyright: ignore[reportIncompatibleMethodOverride] - narrower overloads
-        self, other: object, /
-    ) -> Stage[Any, Any]:
+    def __or__(self, other: object, /) -> Stage[Any, Any]:
         if not is_stage(other):
             return NotImplemented
         return compose(self, other)
 
 
-class EnvelopStage(_ShapeStage):
+class EnvelopStage(ShapeStage):
     """The stage `envelop` returns: items of type ``T`` come out as ``Envelope[T]``.
-
-    Its item type is resolved against the source at ``|`` (like `Passthrough`).
 
     Examples:
         >>> import asyncio
@@ -1340,68 +1489,39 @@ class EnvelopStage(_ShapeStage):
         """Apply the stage to ``source``."""
         return cast("Flow[Envelope[S]]", _apply(self, source))
 
-    def __ror__(self, source: Source[S], /) -> Flow[Envelope[S]]:
-        return cast("Flow[Envelope[S]]", _apply(self, source))
+    @overload
+    def __ror__(self, source: Stage[A, S], /) -> Stage[A, Envelope[S]]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
+    def __ror__(self, source: Source[S], /) -> Flow[Envelope[S]]: ...
+    def __ror__(self, source: object, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return _apply(self, source)
+
+    @overload  # type: ignore[override]  # a shape has no item types of its own
+    def __or__(self, other: ShapeStage, /) -> Stage[Any, Envelope[Any]]: ...
+    @overload
+    def __or__(
+        self, other: Stage[Envelope[S], Envelope[R]], /
+    ) -> Stage[S, Envelope[R]]: ...  # a stage that takes envelopes is used as it is
+    @overload
+    def __or__(self, other: Stage[S, R], /) -> Stage[S, Envelope[R]]: ...
+    def __or__(  # pyright: ignore[reportIncompatibleMethodOverride] - narrower overloads
+        self, other: object, /
+    ) -> Stage[Any, Any]:
+        if not is_stage(other):
+            return NotImplemented
+        return compose(self, other)
 
 
-class UnwrapStage(_ShapeStage):
-    """The stage `unwrap` returns: ``Envelope[T]`` items come out as ``T``.
-
-    Examples:
-        >>> import asyncio
-        >>> from streamkit import Envelope, collect, unwrap
-        >>> asyncio.run(collect(unwrap()([Envelope(1), Envelope(2)])))
-        [1, 2]
-    """
-
-    __slots__ = ()
-
-    def __call__(self, source: Source[Envelope[S]], /) -> Flow[S]:
-        """Apply the stage to ``source``."""
-        return cast("Flow[S]", _apply(self, source))
-
-    def __ror__(self, source: Source[Envelope[S]], /) -> Flow[S]:
-        return cast("Flow[S]", _apply(self, source))
-
-
-class StateStage(Stage[In, Out]):
-    """A stage that works on envelopes themselves (`set_state`, `reduce_point`, ...).
-
-    Its types are exactly ``In -> Out``: unlike other stages it is not
-    envelope-transparent, because it reads and writes the items' state.
-
-    Examples:
-        >>> import asyncio
-        >>> from streamkit import StateStage, collect, set_state
-        >>> lengths = set_state("length", len)
-        >>> isinstance(lengths, StateStage)
-        True
-        >>> [item.state["length"] for item in asyncio.run(collect(["ab", "c"] | lengths))]
-        [2, 1]
-    """
-
-    __slots__ = ()
-
-    def __call__(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
-        self, source: Source[In], /
-    ) -> Flow[Out]:
-        """Apply the stage to ``source``."""
-        return cast("Flow[Out]", _apply(self, source))
-
-    def __ror__(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
-        self, source: Source[In], /
-    ) -> Flow[Out]:
-        return cast("Flow[Out]", _apply(self, source))
-
-
-class ListStage(_ShapeStage):
+class ListStage(ShapeStage):
     """A stage that groups items into lists (`chunk`).
 
-    Applied to a source of ``T`` it gives a ``Flow[list[T]]``.
+    After ``T`` items (from a source or a stage) it gives ``list[T]``; after
+    ``Envelope[T]`` items, ``Envelope[list[T]]``.
 
     Examples:
         >>> import asyncio
-        >>> from streamkit import ListStage, chunk, collect
+        >>> from streamkit import chunk, collect
+        >>> from streamkit.typing import ListStage
         >>> isinstance(chunk(2), ListStage)
         True
         >>> asyncio.run(collect("abc" | chunk(2)))
@@ -1419,21 +1539,27 @@ class ListStage(_ShapeStage):
         return cast("Flow[Any]", _apply(self, source))
 
     @overload
+    def __ror__(self, source: Stage[A, Envelope[S]], /) -> Stage[A, Envelope[list[S]]]: ...  # type: ignore[overload-overlap, misc]  # pyright: ignore[reportOverlappingOverload]
+    @overload
+    def __ror__(self, source: Stage[A, S], /) -> Stage[A, list[S]]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
     def __ror__(self, source: Source[Envelope[S]], /) -> Flow[Envelope[list[S]]]: ...  # type: ignore[overload-overlap]  # pyright: ignore[reportOverlappingOverload]
     @overload
     def __ror__(self, source: Source[S], /) -> Flow[list[S]]: ...
-    def __ror__(self, source: Source[Any], /) -> Flow[Any]:
-        return cast("Flow[Any]", _apply(self, source))
+    def __ror__(self, source: object, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return _apply(self, source)
 
 
-class TupleStage(_ShapeStage):
+class TupleStage(ShapeStage):
     """A stage that groups items into tuples (`window`).
 
-    Applied to a source of ``T`` it gives a ``Flow[tuple[T, ...]]``.
+    After ``T`` items (from a source or a stage) it gives ``tuple[T, ...]``; after
+    ``Envelope[T]`` items, ``Envelope[tuple[T, ...]]``.
 
     Examples:
         >>> import asyncio
-        >>> from streamkit import TupleStage, collect, window
+        >>> from streamkit import window, collect
+        >>> from streamkit.typing import TupleStage
         >>> isinstance(window(2), TupleStage)
         True
         >>> asyncio.run(collect("abc" | window(2)))
@@ -1451,21 +1577,27 @@ class TupleStage(_ShapeStage):
         return cast("Flow[Any]", _apply(self, source))
 
     @overload
+    def __ror__(self, source: Stage[A, Envelope[S]], /) -> Stage[A, Envelope[tuple[S, ...]]]: ...  # type: ignore[overload-overlap, misc]  # pyright: ignore[reportOverlappingOverload]
+    @overload
+    def __ror__(self, source: Stage[A, S], /) -> Stage[A, tuple[S, ...]]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
     def __ror__(self, source: Source[Envelope[S]], /) -> Flow[Envelope[tuple[S, ...]]]: ...  # type: ignore[overload-overlap]  # pyright: ignore[reportOverlappingOverload]
     @overload
     def __ror__(self, source: Source[S], /) -> Flow[tuple[S, ...]]: ...
-    def __ror__(self, source: Source[Any], /) -> Flow[Any]:
-        return cast("Flow[Any]", _apply(self, source))
+    def __ror__(self, source: object, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return _apply(self, source)
 
 
-class PairStage(_ShapeStage):
+class PairStage(ShapeStage):
     """A stage that yields consecutive pairs (`pairwise`).
 
-    Applied to a source of ``T`` it gives a ``Flow[tuple[T, T]]``.
+    After ``T`` items (from a source or a stage) it gives ``tuple[T, T]``; after
+    ``Envelope[T]`` items, ``Envelope[tuple[T, T]]``.
 
     Examples:
         >>> import asyncio
-        >>> from streamkit import PairStage, collect, pairwise
+        >>> from streamkit import pairwise, collect
+        >>> from streamkit.typing import PairStage
         >>> isinstance(pairwise(), PairStage)
         True
         >>> asyncio.run(collect([1, 4, 9] | pairwise()))
@@ -1483,21 +1615,27 @@ class PairStage(_ShapeStage):
         return cast("Flow[Any]", _apply(self, source))
 
     @overload
+    def __ror__(self, source: Stage[A, Envelope[S]], /) -> Stage[A, Envelope[tuple[S, S]]]: ...  # type: ignore[overload-overlap, misc]  # pyright: ignore[reportOverlappingOverload]
+    @overload
+    def __ror__(self, source: Stage[A, S], /) -> Stage[A, tuple[S, S]]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
     def __ror__(self, source: Source[Envelope[S]], /) -> Flow[Envelope[tuple[S, S]]]: ...  # type: ignore[overload-overlap]  # pyright: ignore[reportOverlappingOverload]
     @overload
     def __ror__(self, source: Source[S], /) -> Flow[tuple[S, S]]: ...
-    def __ror__(self, source: Source[Any], /) -> Flow[Any]:
-        return cast("Flow[Any]", _apply(self, source))
+    def __ror__(self, source: object, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return _apply(self, source)
 
 
-class IndexedStage(_ShapeStage):
+class IndexedStage(ShapeStage):
     """A stage that pairs each item with its index (`enumerate_`).
 
-    Applied to a source of ``T`` it gives a ``Flow[tuple[int, T]]``.
+    After ``T`` items (from a source or a stage) it gives ``tuple[int, T]``; after
+    ``Envelope[T]`` items, ``Envelope[tuple[int, T]]``.
 
     Examples:
         >>> import asyncio
-        >>> from streamkit import IndexedStage, collect, enumerate_
+        >>> from streamkit import enumerate_, collect
+        >>> from streamkit.typing import IndexedStage
         >>> isinstance(enumerate_(), IndexedStage)
         True
         >>> asyncio.run(collect("ab" | enumerate_()))
@@ -1515,22 +1653,27 @@ class IndexedStage(_ShapeStage):
         return cast("Flow[Any]", _apply(self, source))
 
     @overload
+    def __ror__(self, source: Stage[A, Envelope[S]], /) -> Stage[A, Envelope[tuple[int, S]]]: ...  # type: ignore[overload-overlap, misc]  # pyright: ignore[reportOverlappingOverload]
+    @overload
+    def __ror__(self, source: Stage[A, S], /) -> Stage[A, tuple[int, S]]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
     def __ror__(self, source: Source[Envelope[S]], /) -> Flow[Envelope[tuple[int, S]]]: ...  # type: ignore[overload-overlap]  # pyright: ignore[reportOverlappingOverload]
     @overload
     def __ror__(self, source: Source[S], /) -> Flow[tuple[int, S]]: ...
-    def __ror__(self, source: Source[Any], /) -> Flow[Any]:
-        return cast("Flow[Any]", _apply(self, source))
+    def __ror__(self, source: object, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return _apply(self, source)
 
 
-class FlattenStage(_ShapeStage):
+class FlattenStage(ShapeStage):
     """A stage that yields the elements of each (async) iterable item (`flatten`).
 
-    Applied to a source of ``Iterable[T]`` (or ``AsyncIterable[T]``) it gives
-    a ``Flow[T]``.
+    After ``Iterable[T]`` (or ``AsyncIterable[T]``) items it gives ``T``; after
+    ``Envelope[Iterable[T]]`` items, ``Envelope[T]``.
 
     Examples:
         >>> import asyncio
-        >>> from streamkit import FlattenStage, collect, flatten
+        >>> from streamkit import collect, flatten
+        >>> from streamkit.typing import FlattenStage
         >>> isinstance(flatten(), FlattenStage)
         True
         >>> asyncio.run(collect([["a"], ["b", "c"]] | flatten()))
@@ -1540,27 +1683,72 @@ class FlattenStage(_ShapeStage):
     __slots__ = ()
 
     @overload
-    def __call__(self, source: Source[Envelope[Iterable[S]]], /) -> Flow[Envelope[S]]: ...
+    def __call__(self, source: Source[Envelope[_Many[S]]], /) -> Flow[Envelope[S]]: ...
     @overload
-    def __call__(self, source: Source[Envelope[AsyncIterable[S]]], /) -> Flow[Envelope[S]]: ...
-    @overload
-    def __call__(self, source: Source[Iterable[S]], /) -> Flow[S]: ...
-    @overload
-    def __call__(self, source: Source[AsyncIterable[S]], /) -> Flow[S]: ...
+    def __call__(self, source: Source[_Many[S]], /) -> Flow[S]: ...
     def __call__(self, source: Source[Any], /) -> Flow[Any]:
         """Apply the stage to ``source``."""
         return cast("Flow[Any]", _apply(self, source))
 
     @overload
-    def __ror__(self, source: Source[Envelope[Iterable[S]]], /) -> Flow[Envelope[S]]: ...
+    def __ror__(self, source: Stage[A, Envelope[_Many[S]]], /) -> Stage[A, Envelope[S]]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
     @overload
-    def __ror__(self, source: Source[Envelope[AsyncIterable[S]]], /) -> Flow[Envelope[S]]: ...
+    def __ror__(self, source: Stage[A, _Many[S]], /) -> Stage[A, S]: ...  # type: ignore[misc]  # mypy: as above
     @overload
-    def __ror__(self, source: Source[Iterable[S]], /) -> Flow[S]: ...
+    def __ror__(self, source: Source[Envelope[_Many[S]]], /) -> Flow[Envelope[S]]: ...
     @overload
-    def __ror__(self, source: Source[AsyncIterable[S]], /) -> Flow[S]: ...
-    def __ror__(self, source: Source[Any], /) -> Flow[Any]:
-        return cast("Flow[Any]", _apply(self, source))
+    def __ror__(self, source: Source[_Many[S]], /) -> Flow[S]: ...
+    def __ror__(self, source: object, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return _apply(self, source)
+
+
+class UnwrapStage(ShapeStage):
+    """The stage `unwrap` returns: ``Envelope[T]`` items come out as ``T``.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import Envelope, collect, unwrap
+        >>> asyncio.run(collect(unwrap()([Envelope(1), Envelope(2)])))
+        [1, 2]
+    """
+
+    __slots__ = ()
+
+    def __call__(  # pyright: ignore[reportIncompatibleMethodOverride] - it takes envelopes
+        self, source: Source[Envelope[S]], /
+    ) -> Flow[S]:
+        """Apply the stage to ``source``."""
+        return cast("Flow[S]", _apply(self, source))
+
+    @overload
+    def __ror__(self, source: Stage[A, Envelope[S]], /) -> Stage[A, S]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
+    def __ror__(self, source: Source[Envelope[S]], /) -> Flow[S]: ...
+    def __ror__(self, source: object, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
+        return _apply(self, source)
+
+
+class StateStage(Stage[In, Out]):
+    """A stage that works on envelopes themselves (`set_state`, `reduce_point`, ...).
+
+    Its types are exactly ``In -> Out`` (``In`` is ``T | Envelope[T]``: it
+    takes plain items or envelopes): unlike other stages it is not
+    envelope-transparent, because it reads and writes the items' state. The
+    rules of `Stage` already use a stage that takes envelopes as it is; the
+    class names the kind in signatures.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import collect, set_state
+        >>> from streamkit.typing import StateStage
+        >>> lengths = set_state("length", len)
+        >>> isinstance(lengths, StateStage)
+        True
+        >>> [item.state["length"] for item in asyncio.run(collect(["ab", "c"] | lengths))]
+        [2, 1]
+    """
+
+    __slots__ = ()
 
 
 def pipe(*stages: Stage[Any, Any]) -> Stage[Any, Any]:
@@ -1610,13 +1798,17 @@ def transform_stage(
     *,
     barriers: bool = False,
     restorable: Callable[[Slot], RunFunction] | None = None,
+    keys: tuple[Key[Any], ...] = (),
 ) -> Stage[Any, Any]:
     """A stage made of one whole-stream transform (``item`` describes its per-item call).
 
     ``barriers``: ``run`` forwards control elements; ``restorable``: the step
-    keeps state, and this makes its run for a checkpointed run (see `Transform`).
+    keeps state, and this makes its run for a checkpointed run; ``keys``: the
+    keys with a codec it sets (see `Transform`).
     """
-    return Stage((Transform(label, run, item, barriers or restorable is not None, restorable),))
+    return Stage(
+        (Transform(label, run, item, barriers or restorable is not None, restorable, keys),)
+    )
 
 
 @overload

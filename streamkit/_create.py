@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._core import Flow, Source, check_count, generated, open_async
+from ._core import (
+    COOPERATE_EVERY,
+    Flow,
+    Source,
+    check_count,
+    cooperate,
+    generated,
+    open_async,
+)
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -59,12 +67,19 @@ def repeat(value: T, /, times: int | None = None) -> Flow[T]:
     if times is not None:
         check_count(times, "times", minimum=0)
 
+    # Never waits for anything: let other tasks run between chunks.
     async def forever() -> AsyncIterator[T]:
         while True:
-            yield value
+            for _ in range(COOPERATE_EVERY):
+                yield value
+            await cooperate()
 
     async def counted(n: int) -> AsyncIterator[T]:
-        for _ in range(n):
+        for _ in range(n // COOPERATE_EVERY):
+            for _ in range(COOPERATE_EVERY):
+                yield value
+            await cooperate()
+        for _ in range(n % COOPERATE_EVERY):
             yield value
 
     def factory() -> AsyncIterator[T]:

@@ -51,12 +51,14 @@ from typing import (
 
 from ._backoff import Backoff, check_backoff, constant, exponential, schedule_maker
 from ._barrier import CONTROL, Control, DeadLetterWrite
+from ._codec import DEFAULT_CODEC
 from ._concurrency import concurrent_transform, flat_elements
 from ._core import (
     SKIP,
     ConcurrentOp,
     Flow,
     ItemOp,
+    ShapeStage,
     Source,
     Stage,
     Step,
@@ -67,8 +69,9 @@ from ._core import (
     check_seconds,
     is_envelope,
     is_stage,
+    stage_label,
 )
-from ._records import Envelope, Key, Scope, State
+from ._records import Envelope, Key, Scope, State, StateLimits
 from ._runtime import cancel_and_wait, current_clock, signal_maker, spawn, wait_done
 
 if TYPE_CHECKING:
@@ -78,6 +81,7 @@ if TYPE_CHECKING:
     from returns.result import Failure, Result, Success
 
     from ._barrier import Slot
+    from ._codec import Codec
     from ._runtime import Clock
 
 T = TypeVar("T")
@@ -241,15 +245,40 @@ class ErrorRecord(Generic[T_co]):
             "elapsed": self.elapsed,
         }
 
-    def to_json(self, *, default: Callable[[Any], Any] | None = repr) -> str:
-        """Serialize to JSON.
+    def to_json(
+        self, *, codec: Codec[Any] = DEFAULT_CODEC, default: Callable[[Any], Any] | None = repr
+    ) -> str:
+        """Serialize to JSON, the item and state through ``codec``.
+
+        The item and state are encoded as a checkpointed run encodes its
+        state and dead letters, so `from_json` (with the same codec) gives
+        the item back, of its own type, ready to replay.
 
         Args:
-            default: Turns what JSON cannot hold (in the item or state) into
-                something it can; `repr` by default. None makes such values
-                raise `TypeError` instead.
+            codec: Encodes the item and the state (a state as a dict of its
+                keys); `DEFAULT_CODEC` by default.
+            default: Turns an item or state the codec cannot encode into
+                something JSON can hold; `repr` by default (such an item
+                cannot be replayed). None makes them raise `TypeError`.
         """
-        return json.dumps(self.to_dict(), default=default, sort_keys=True)
+        return json.dumps(self.to_encoded(codec=codec, default=default), sort_keys=True)
+
+    def to_encoded(
+        self, *, codec: Codec[Any] = DEFAULT_CODEC, default: Callable[[Any], Any] | None = repr
+    ) -> dict[str, Any]:
+        """`to_dict`'s form in plain JSON values: the item and state through ``codec``.
+
+        This is the form `to_json` writes and a checkpointed run's store
+        keeps as a dead letter's `DeadLetterRecord.record`; `from_encoded`
+        reads it back. ``codec`` and ``default`` are as for `to_json`.
+        """
+        data = self.to_dict()
+        data["item"] = _encode_with(codec, self.item, default, f"the item of {self.stage}")
+        state = self.state
+        if state is not None:
+            plain: object = dict(state.items()) if isinstance(state, State) else state
+            data["state"] = _encode_with(codec, plain, default, f"the state of {self.stage}")
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ErrorRecord[Any]:
@@ -280,9 +309,53 @@ class ErrorRecord(Generic[T_co]):
         )
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> ErrorRecord[Any]:
-        """Rebuild a record from `to_json`'s output."""
-        return cls.from_dict(json.loads(text))
+    def from_encoded(
+        cls, data: dict[str, Any], *, codec: Codec[Any] = DEFAULT_CODEC
+    ) -> ErrorRecord[Any]:
+        """Rebuild a record from `to_encoded`'s form, decoding the item and state.
+
+        A dead letter a checkpointed run saved (`DeadLetterRecord.record`) is
+        in this form, encoded with the run's codec: pass that codec to get
+        the item back, of its own type, to replay it. The state comes back as
+        a `State`. Raise `ValueError` if ``data`` is malformed, `CodecError`
+        if the codec cannot decode it.
+        """
+        if not _has_keys(data, _RECORD_KEYS):
+            raise ValueError(f"an error record needs the keys {sorted(_RECORD_KEYS)}: {data!r}")
+        decoded = dict(data)
+        decoded["item"] = codec.decode(data["item"])
+        if data["state"] is not None:
+            state: object = codec.decode(data["state"])
+            if isinstance(state, dict):
+                keys = cast("dict[object, Any]", state)
+                if all(isinstance(key, str) for key in keys):
+                    state = State(cast("dict[str, Any]", keys), limits=StateLimits.UNLIMITED)
+            decoded["state"] = state
+        return cls.from_dict(decoded)
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, codec: Codec[Any] = DEFAULT_CODEC) -> ErrorRecord[Any]:
+        """Rebuild a record from `to_json`'s output (`from_encoded` of its JSON)."""
+        data: object = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"an error record is a JSON object, got {type(data).__name__}")
+        return cls.from_encoded(cast("dict[str, Any]", data), codec=codec)
+
+
+def _encode_with(
+    codec: Codec[Any], value: object, default: Callable[[Any], Any] | None, what: str
+) -> Any:
+    """``value`` through ``codec``, else through ``default`` (None: a `TypeError`)."""
+    try:
+        return codec.encode(value)
+    except (TypeError, ValueError) as exc:
+        if default is None:
+            raise TypeError(f"{what} cannot be encoded: {exc}") from exc
+    fallback = default(value)
+    try:
+        return codec.encode(fallback)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"{what} cannot be encoded, even as {fallback!r}: {exc}") from exc
 
 
 # --------------------------------------------------------------------------- statistics
@@ -1068,13 +1141,17 @@ class _GuardRun:
 
 def _dead_letter_write(slot: Slot, record: ErrorRecord[Any]) -> DeadLetterWrite:
     """A dead-lettered item as a write of a checkpointed run (encoded with its codec)."""
+    state: Any = record.state
     data = {
         "stage": record.stage,
         "index": record.index,
         "item": slot.encode(record.item, f"the dead-lettered item {record.index}"),
         "state": None
-        if record.state is None
-        else slot.encode(record.state, f"the state of dead-lettered item {record.index}"),
+        if state is None
+        else slot.encode(
+            dict(state) if isinstance(state, State) else state,  # a State as its keys, as to_json
+            f"the state of dead-lettered item {record.index}",
+        ),
         "exception": record.info.to_dict(),
         "attempts": record.attempts,
         "elapsed": record.elapsed,
@@ -1246,6 +1323,7 @@ def with_retry(
     timeout: float | None = None,
     on_error: Literal["result"],
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, Result[R, ErrorRecord[T]]]: ...
 @overload
 def with_retry(
@@ -1260,6 +1338,7 @@ def with_retry(
     on_error: Literal["fail", "skip", "collect", "split"] | None = None,
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, R]: ...
 def with_retry(
     stage: Stage[Any, Any],
@@ -1273,6 +1352,7 @@ def with_retry(
     on_error: OnError | None = None,
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Retry the per-item function of an item stage, with backoff.
 
@@ -1304,6 +1384,8 @@ def with_retry(
             async callable receiving each `ErrorRecord`.
         report: The `ErrorReport` that counts (and, with ``"collect"``,
             keeps) failures; one is made if not given (see `error_report`).
+        name: The stage's label in statistics, events, errors, error records
+            and the history (``with_retry(map_(fn), attempts=3)`` by default).
 
     Raises:
         TypeError: ``stage`` has no single per-item function, or an option
@@ -1338,7 +1420,7 @@ def with_retry(
         if merged_report is not None and merged_report is not report:
             raise TypeError("the wrapped stage already has a report=; give report in one place")
         merged_report = report
-    label = f"with_retry({step.label}, attempts={attempts})"
+    label = stage_label(name, f"with_retry({step.label}, attempts={attempts})")
     guard = make_guard(
         label,
         attempts=attempts,
@@ -1439,11 +1521,12 @@ def _check_result(value: object, label: str) -> Result[Any, Any]:
     return value
 
 
-class SuccessStage(Stage[Any, Any]):
+class SuccessStage(ShapeStage):
     """The stage `successes` returns: ``Result[S, ...]`` items in, ``S`` out.
 
-    Its ``__ror__`` keeps the value type when a flow is piped into it (with
-    mypy also when a stage is); at run time it is an ordinary stage.
+    Like the other shape stages (`streamkit.typing`) it keeps the value type
+    after a source or a stage, and after ``Envelope[Result[S, ...]]`` items
+    gives ``Envelope[S]``; at run time it is an ordinary stage.
 
     Examples:
         >>> import asyncio
@@ -1455,25 +1538,31 @@ class SuccessStage(Stage[Any, Any]):
 
     __slots__ = ()
 
-    def __call__(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
-        self, source: Source[Result[S, Any]], /
-    ) -> Flow[S]:
+    @overload
+    def __call__(self, source: Source[Envelope[Result[S, Any]]], /) -> Flow[Envelope[S]]: ...
+    @overload
+    def __call__(self, source: Source[Result[S, Any]], /) -> Flow[S]: ...
+    def __call__(self, source: Source[Any], /) -> Flow[Any]:
         """Apply the stage to ``source``."""
-        return cast("Flow[S]", super().__call__(source))
+        return super().__call__(source)
 
-    @overload  # type: ignore[override]
-    def __ror__(self, source: Stage[A, Result[S, Any]], /) -> Stage[A, S]: ...
+    @overload
+    def __ror__(self, source: Stage[A, Envelope[Result[S, Any]]], /) -> Stage[A, Envelope[S]]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
+    def __ror__(self, source: Stage[A, Result[S, Any]], /) -> Stage[A, S]: ...  # type: ignore[misc]  # mypy: as above
+    @overload
+    def __ror__(self, source: Source[Envelope[Result[S, Any]]], /) -> Flow[Envelope[S]]: ...
     @overload
     def __ror__(self, source: Source[Result[S, Any]], /) -> Flow[S]: ...
     def __ror__(self, source: Any, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
         return super().__ror__(source)
 
 
-class FailureStage(Stage[Any, Any]):
+class FailureStage(ShapeStage):
     """The stage `failures` returns: ``Result[..., E]`` items in, ``E`` out.
 
-    Its ``__ror__`` keeps the error type when a flow is piped into it (with
-    mypy also when a stage is); at run time it is an ordinary stage.
+    Like `SuccessStage` it keeps the error type after a source or a stage,
+    envelopes included; at run time it is an ordinary stage.
 
     Examples:
         >>> import asyncio
@@ -1485,21 +1574,29 @@ class FailureStage(Stage[Any, Any]):
 
     __slots__ = ()
 
-    def __call__(  # type: ignore[override]  # pyright: ignore[reportIncompatibleMethodOverride]
-        self, source: Source[Result[Any, E]], /
-    ) -> Flow[E]:
+    @overload
+    def __call__(self, source: Source[Envelope[Result[Any, E]]], /) -> Flow[Envelope[E]]: ...
+    @overload
+    def __call__(self, source: Source[Result[Any, E]], /) -> Flow[E]: ...
+    def __call__(self, source: Source[Any], /) -> Flow[Any]:
         """Apply the stage to ``source``."""
-        return cast("Flow[E]", super().__call__(source))
+        return super().__call__(source)
 
-    @overload  # type: ignore[override]
-    def __ror__(self, source: Stage[A, Result[Any, E]], /) -> Stage[A, E]: ...
+    @overload
+    def __ror__(self, source: Stage[A, Envelope[Result[Any, E]]], /) -> Stage[A, Envelope[E]]: ...  # type: ignore[misc]  # mypy: Stage.__or__ overlaps it, but cannot take a shape stage
+    @overload
+    def __ror__(self, source: Stage[A, Result[Any, E]], /) -> Stage[A, E]: ...  # type: ignore[misc]  # mypy: as above
+    @overload
+    def __ror__(self, source: Source[Envelope[Result[Any, E]]], /) -> Flow[Envelope[E]]: ...
     @overload
     def __ror__(self, source: Source[Result[Any, E]], /) -> Flow[E]: ...
     def __ror__(self, source: Any, /) -> Any:  # pyright: ignore[reportIncompatibleMethodOverride]
         return super().__ror__(source)
 
 
-def successes(*, on_failure: DeadLetterSink | ErrorReport | None = None) -> SuccessStage:
+def successes(
+    *, on_failure: DeadLetterSink | ErrorReport | None = None, name: str | None = None
+) -> SuccessStage:
     """Unwrap ``Success`` values; send each ``Failure`` somewhere, never nowhere.
 
     For the ``Result`` items of ``on_error="result"`` (or any
@@ -1510,6 +1607,11 @@ def successes(*, on_failure: DeadLetterSink | ErrorReport | None = None) -> Succ
       exception payload itself, or `UnhandledFailure`;
     * an `ErrorReport`: the record is collected (`ErrorReport.add`);
     * a `DeadLetters`, a queue or a callable: the payload is delivered.
+
+    Args:
+        on_failure: Where each failure goes (see above).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -1523,7 +1625,7 @@ def successes(*, on_failure: DeadLetterSink | ErrorReport | None = None) -> Succ
         ['boom']
     """
     handle, may_await = _failure_handler(on_failure)
-    label = "successes()"
+    label = stage_label(name, "successes()")
     success = _result_types()[0]
 
     def unwrap(value: Any) -> Any:
@@ -1546,12 +1648,19 @@ def successes(*, on_failure: DeadLetterSink | ErrorReport | None = None) -> Succ
     return SuccessStage((ItemOp("map", fn, label, is_async=may_await, may_drop=True),))
 
 
-def failures(*, on_success: Callable[[Any], object] | SupportsPut | None = None) -> FailureStage:
+def failures(
+    *, on_success: Callable[[Any], object] | SupportsPut | None = None, name: str | None = None
+) -> FailureStage:
     """Yield the payloads of ``Failure`` items (`ErrorRecord` for streamkit's own).
 
     The ``Success`` items are the other branch: they go to ``on_success`` (a
     sync or async callable, or a channel with ``put``) or, without it, are
     dropped on purpose.
+
+    Args:
+        on_success: Where each success goes; dropped when omitted.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -1561,7 +1670,7 @@ def failures(*, on_success: Callable[[Any], object] | SupportsPut | None = None)
         >>> asyncio.run(collect(items | failures()))
         ['boom']
     """
-    label = "failures()"
+    label = stage_label(name, "failures()")
     deliver = None if on_success is None else _sink_function(on_success, "on_success")
     success = _result_types()[0]
 

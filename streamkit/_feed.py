@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from pathlib import Path
 
     from ._dashboard import Dashboard
+    from ._hooks import RetryEvent
     from ._metrics import RunStatistics, StageStatistics
-    from ._run import RetryEvent, Run
+    from ._run import Run
     from ._runtime import Clock
 
 TIMELINE: Final = "timeline.jsonl"

@@ -22,14 +22,13 @@ import contextlib
 import dataclasses
 import hashlib
 import inspect
-import json
 import logging
 import os
 import re
 import secrets
-import tempfile
 import time
 from collections.abc import (
+    AsyncGenerator,
     AsyncIterable,
     AsyncIterator,
     Awaitable,
@@ -40,10 +39,11 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, TypeVar
 
 from ._aggregate import collect as _collect
 from ._barrier import CONTROL
+from ._checkpointing import DEFAULT_CODEC as RUN_CODEC
 from ._checkpointing import DEFAULT_EVERY, Checkpointing, check_every, check_store
 from ._concurrency import concurrent_transform
 from ._core import (
@@ -61,9 +61,9 @@ from ._core import (
     open_async,
 )
 from ._dashboard import Dashboard, check_dashboard
+from ._events import StateUpdate, Updates
 from ._failures import (
     ErrorRecord,
-    ExceptionInfo,
     FailureStatistics,
     Guard,
     GuardedItem,
@@ -72,13 +72,13 @@ from ._failures import (
     unguarded,
 )
 from ._feed import Feed
+from ._history import History
+from ._hooks import HookError, Hooks, RetryEvent, call_hook, check_hooks
 from ._metrics import QuantileSketch, RunStatistics, StageStatistics
 from ._runtime import (
     Handle,
     current_clock,
-    in_thread,
     signal_maker,
-    wait_done,
     wait_for_signal,
     wake,
 )
@@ -123,130 +123,6 @@ _perf_counter: Final = time.perf_counter
 
 
 # --------------------------------------------------------------------------- hooks
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Hooks:
-    """Callbacks a `Run` calls as it runs; each may be sync or async.
-
-    Every hook is optional. A hook that raises is logged (logger
-    ``streamkit.run``) and recorded in `Run.hook_errors`; it never stops the
-    run nor loses an item. `Run` takes one `Hooks` or a sequence of them
-    (an exporter's and your own, say): each hook is called in order.
-
-    Attributes:
-        on_run_start: ``(RunStatistics)``, once, before the first pull.
-        on_stage_start: ``(StageStatistics)``, per step, when the run starts
-            (a streaming pipeline runs all its steps at once).
-        on_item: ``(item)``, per item the run yields (opt-in: costs a call
-            per item).
-        on_retry: ``(StageStatistics, RetryEvent)``, before each backoff
-            wait of a guarded step (``with_retry``); the step's status is
-            then ``"retrying"``.
-        on_error: ``(StageStatistics | None, exception)``, when the run
-            fails; the step is the one that raised (None: the source did).
-        on_stage_end: ``(StageStatistics)``, per step, when the run ends.
-        on_run_end: ``(RunStatistics)``, once, when the run ends.
-
-    Examples:
-        >>> import asyncio
-        >>> from streamkit import map_
-        >>> seen = []
-        >>> hooks = Hooks(on_stage_end=lambda stage: seen.append((stage.key, stage.status)))
-        >>> asyncio.run(Run(map_(str), range(2), hooks=hooks).collect())
-        ['0', '1']
-        >>> seen
-        [('map_(str)', 'succeeded')]
-    """
-
-    on_run_start: Callable[[RunStatistics], object] | None = None
-    on_stage_start: Callable[[StageStatistics], object] | None = None
-    on_item: Callable[[Any], object] | None = None
-    on_retry: Callable[[StageStatistics, RetryEvent], object] | None = None
-    on_error: Callable[[StageStatistics | None, BaseException], object] | None = None
-    on_stage_end: Callable[[StageStatistics], object] | None = None
-    on_run_end: Callable[[RunStatistics], object] | None = None
-
-    def __post_init__(self) -> None:
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if value is not None and not callable(value):
-                raise TypeError(
-                    f"hooks: {field.name} must be callable or None, got {type(value).__name__}"
-                )
-
-
-@dataclass(frozen=True, slots=True)
-class HookError:
-    """A hook that raised, as recorded in `Run.hook_errors`.
-
-    Examples:
-        >>> HookError("on_item", ValueError("bad")).hook
-        'on_item'
-    """
-
-    hook: str
-    """The hook's name (``on_item``, ...; ``state_history`` for a failed write)."""
-    exception: Exception
-    """What it raised."""
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class RetryEvent:
-    """One retry of a guarded step, as given to `Hooks.on_retry` before its wait.
-
-    Examples:
-        >>> import asyncio
-        >>> from streamkit import constant, map_, with_retry
-        >>> tries = {}
-        >>> def flaky(x: int) -> int:
-        ...     tries[x] = tries.get(x, 0) + 1
-        ...     if tries[x] < 2:
-        ...         raise ConnectionError(x)
-        ...     return x
-        >>> events = []
-        >>> hooks = Hooks(on_retry=lambda stage, event: events.append(event))
-        >>> pipeline = with_retry(map_(flaky), attempts=2, backoff=constant(0.0))
-        >>> asyncio.run(Run(pipeline, [7], hooks=hooks).collect())
-        [7]
-        >>> [(e.stage, e.index, e.attempt, e.delay, type(e.error).__name__) for e in events]
-        [('with_retry(map_(flaky), attempts=2)', 0, 1, 0.0, 'ConnectionError')]
-    """
-
-    stage: str
-    """The key of the step (as in `StageStatistics.key`)."""
-    index: int
-    """The item's index in the step's input (0-based)."""
-    attempt: int
-    """The attempt that just failed (1-based)."""
-    delay: float
-    """Seconds before the next attempt."""
-    error: Exception
-    """What the failed attempt raised."""
-
-
-class StateUpdate(TypedDict):
-    """One message of `Run.events`: the fields that changed since the last one.
-
-    Examples:
-        >>> import asyncio
-        >>> from streamkit import map_
-        >>> async def main() -> StateUpdate:
-        ...     run = Run(map_(str), range(2))
-        ...     await run.drain()
-        ...     return [update async for update in run.events()][0]
-        >>> update = asyncio.run(main())
-        >>> update["event_type"], update["payload"]["stages.map_(str).items_out"]
-        ('state_update', 2)
-    """
-
-    event_type: Literal["state_update"]
-    timestamp: float
-    """The time on the run's clock (`streamkit.current_clock`)."""
-    update_mask: list[str]
-    """The changed fields, as dotted paths (``run.status``, ``stages.<key>.items_out``)."""
-    payload: dict[str, Any]
-    """The new value of each changed field, keyed by its path."""
 
 
 # --------------------------------------------------------------------------- live counters
@@ -717,31 +593,6 @@ class _Resumed:
 # --------------------------------------------------------------------------- history
 
 
-def _write_atomically(path: Path, text: str) -> None:
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-
-
-def _write_files(directory: Path, files: list[tuple[str, Any]]) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, data in files:
-        _write_atomically(directory / name, json.dumps(data, indent=2, default=repr) + "\n")
-
-
-async def _write_off_loop(directory: Path, files: list[tuple[str, Any]]) -> None:
-    """The one place that does blocking file I/O: in a worker thread."""
-    await in_thread(_write_files, directory, files)
-
-
 def _new_run_id(name: str | None) -> str:
     stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     micros = f"{time.time_ns() // 1000 % 1_000_000:06d}"
@@ -760,6 +611,64 @@ def _check_name(name: object) -> str | None:
             f"or digit (it is part of the run id and of the history folder), got {name!r}"
         )
     return name
+
+
+def _check_arguments(
+    pipeline: object,
+    source: object,
+    version: object,
+    metrics: object,
+    timing: object,
+    state_history: object,
+) -> None:
+    """Check the arguments of `Run` that need no more than a look."""
+    if not isinstance(pipeline, Stage):
+        raise TypeError(f"pipeline must be a Stage, got {type(pipeline).__name__}")
+    if not (hasattr(source, "__aiter__") or hasattr(source, "__iter__")):
+        raise TypeError(
+            f"source must be an iterable or an async iterable, got {type(source).__name__}"
+        )
+    if version is not None and not isinstance(version, str):
+        raise TypeError(f"version must be a string or None, got {type(version).__name__}")
+    if not isinstance(metrics, bool):
+        raise TypeError(f"metrics must be a bool, got {type(metrics).__name__}")
+    if not isinstance(timing, str):
+        raise TypeError(f"timing must be a string, got {type(timing).__name__}")
+    if timing not in _TIMINGS:
+        raise ValueError(f"timing must be 'sampled' or 'full', got {timing!r}")
+    if state_history is not None and not isinstance(state_history, str | os.PathLike):
+        raise TypeError(f"state_history must be a path or None, got {type(state_history).__name__}")
+
+
+def _history_folder(root: Path, run_id: str) -> Path:
+    if not _RUN_ID.fullmatch(run_id):  # pragma: no cover - guaranteed by construction
+        raise ValueError(f"invalid run id {run_id!r}")
+    folder = root / run_id
+    if folder.parent != root:  # pragma: no cover - the id has no separator
+        raise ValueError(f"run id {run_id!r} would escape {root}")
+    return folder
+
+
+def _checkpointing(
+    checkpoint: object,
+    name: str | None,
+    source: Source[Any],
+    cadence: tuple[int | None, float | None],
+    version: str,
+    codec: Codec | None,
+    migrate: Callable[[Checkpoint], Checkpoint | None] | None,
+) -> Checkpointing | None:
+    """The checkpoint layer of a run given ``checkpoint=`` (None without one)."""
+    if checkpoint is None:
+        if codec is not None or migrate is not None:
+            raise TypeError("codec= and migrate= are options of checkpoint=; give a store too")
+        return None
+    store = check_store(checkpoint)
+    if name is None:
+        raise ValueError("checkpoint= needs a name=: the checkpoint is saved under it")
+    if migrate is not None and not callable(migrate):
+        raise TypeError(f"migrate must be callable or None, got {type(migrate).__name__}")
+    return Checkpointing(store, name, source, cadence, version, codec=codec, migrate=migrate)
 
 
 # --------------------------------------------------------------------------- Run
@@ -853,10 +762,10 @@ class Run(AsyncIterable[T_co]):
         "_checkpointing",
         "_clock",
         "_direct",
-        "_done_signal",
         "_ended_at",
         "_finished",
         "_flow",
+        "_history",
         "_hold_at_consumer",
         "_hook_errors",
         "_hooks",
@@ -870,6 +779,7 @@ class Run(AsyncIterable[T_co]):
         "_started",
         "_started_clock",
         "_status",
+        "_updates",
         "_watch",
         "config_hash",
         "dashboard",
@@ -901,41 +811,18 @@ class Run(AsyncIterable[T_co]):
         migrate: Callable[[Checkpoint], Checkpoint | None] | None = None,
         dashboard: Dashboard | str | bool | None = None,
     ) -> None:
-        if not isinstance(pipeline, Stage):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
-            raise TypeError(f"pipeline must be a Stage, got {type(pipeline).__name__}")
-        if not (hasattr(source, "__aiter__") or hasattr(source, "__iter__")):
-            raise TypeError(
-                f"source must be an iterable or an async iterable, got {type(source).__name__}"
-            )
+        _check_arguments(pipeline, source, version, metrics, timing, state_history)
         self.name: str | None = _check_name(name)
         """The run's name, if given."""
-        if version is not None and not isinstance(version, str):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
-            raise TypeError(f"version must be a string or None, got {type(version).__name__}")
         self.version: str = "0" if version is None else version
         """The pipeline's version ("0" unless given)."""
-        if not isinstance(metrics, bool):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
-            raise TypeError(f"metrics must be a bool, got {type(metrics).__name__}")
-        if not isinstance(timing, str):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
-            raise TypeError(f"timing must be a string, got {type(timing).__name__}")
-        if timing not in _TIMINGS:
-            raise ValueError(f"timing must be 'sampled' or 'full', got {timing!r}")
-        self._hooks = _check_hooks(hooks, self._record_hook_error)
-        if state_history is not None and not isinstance(state_history, str | os.PathLike):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
-            raise TypeError(
-                f"state_history must be a path or None, got {type(state_history).__name__}"
-            )
+        self._hooks = check_hooks(hooks, self._record_hook_error)
         self.id: str = _new_run_id(self.name)
         """Unique and sortable: UTC start of construction, name, random suffix."""
-        if not _RUN_ID.fullmatch(self.id):  # pragma: no cover - guaranteed by construction
-            raise ValueError(f"invalid run id {self.id!r}")
-        self.history_path: Path | None = None
+        self.history_path: Path | None = (
+            None if state_history is None else _history_folder(Path(state_history), self.id)
+        )
         """The folder of this run's state history (None without ``state_history``)."""
-        if state_history is not None:
-            root = Path(state_history)
-            folder = root / self.id
-            if folder.parent != root:  # pragma: no cover - the id has no separator
-                raise ValueError(f"run id {self.id!r} would escape {root}")
-            self.history_path = folder
         self.dashboard: Dashboard | None = check_dashboard(dashboard)
         """The run's live page (see `Dashboard`), if it has one."""
         if self.dashboard is not None or self.history_path is not None:
@@ -947,7 +834,7 @@ class Run(AsyncIterable[T_co]):
                 report=self._record_hook_error,
             )
             given = [] if self._hooks is None else [self._hooks]
-            self._hooks = _check_hooks([feed.hooks(), *given], self._record_hook_error)
+            self._hooks = check_hooks([feed.hooks(), *given], self._record_hook_error)
         self.config_hash: str = config_hash(pipeline)
         """A short hash of the pipeline's structure (see `config_hash`)."""
         self.started_at: float | None = None
@@ -959,22 +846,19 @@ class Run(AsyncIterable[T_co]):
             for key, step in zip(keys, pipeline.steps, strict=True)
         ]
         self._observed = metrics or self._hooks is not None or state_history is not None
-        checkpointing = self._checkpointing = None
         pipeline_steps = pipeline.steps
-        cadence = check_every(every, interval)
-        if checkpoint is not None:
-            store = check_store(checkpoint)
-            if self.name is None:
-                raise ValueError("checkpoint= needs a name=: the checkpoint is saved under it")
-            if migrate is not None and not callable(migrate):
-                raise TypeError(f"migrate must be callable or None, got {type(migrate).__name__}")
-            checkpointing = self._checkpointing = Checkpointing(
-                store, self.name, source, cadence, self.version, codec=codec, migrate=migrate
-            )
+        checkpointing = self._checkpointing = _checkpointing(
+            checkpoint,
+            self.name,
+            source,
+            check_every(every, interval),
+            self.version,
+            codec,
+            migrate,
+        )
+        if checkpointing is not None:
             pipeline_steps = checkpointing.prepare(pipeline_steps)
             source = checkpointing.source()
-        elif codec is not None or migrate is not None:
-            raise TypeError("codec= and migrate= are options of checkpoint=; give a store too")
         flow: Flow[Any]
         self._watch = _Watch(
             self, self._lives, sample_every=_SAMPLE_EVERY if timing == "sampled" else 0
@@ -1002,7 +886,12 @@ class Run(AsyncIterable[T_co]):
         self._source = source
         self._relay: AsyncIterator[T_co] | None = None
         self._resume_signal: Handle[Any] | None = None
-        self._done_signal: Handle[Any] | None = None
+        self._updates = Updates(self.statistics)
+        self._history = (
+            None
+            if self.history_path is None
+            else History(self.history_path, self._record_hook_error)
+        )
         self._hook_errors: list[HookError] = []
         self._items_out = 0
         self._iterated = False
@@ -1177,7 +1066,7 @@ class Run(AsyncIterable[T_co]):
         hooks = self._hooks
         on_item = None if hooks is None else hooks.on_item
         hold = self._hold_at_consumer
-        try:
+        async with self._ending():
             if hold and self._resume_signal is not None:
                 await self._held()
             if on_item is None and not hold:
@@ -1192,13 +1081,6 @@ class Run(AsyncIterable[T_co]):
                     yield item
                     if hold and self._resume_signal is not None:
                         await self._held()
-        except Exception as exc:
-            await self._finish("failed", exc)
-            raise
-        except BaseException as exc:
-            await self._finish("cancelled", exc)
-            raise
-        await self._finish("succeeded", None)
 
     async def _run_to_end(self, items: list[Any] | None) -> None:
         """Consume the whole flow (keeping the items when given a list)."""
@@ -1207,7 +1089,7 @@ class Run(AsyncIterable[T_co]):
         on_item = None if hooks is None else hooks.on_item
         hold = self._hold_at_consumer
         keep = None if items is None else items.append
-        try:
+        async with self._ending():
             if hold and self._resume_signal is not None:
                 await self._held()
             if on_item is None and not hold and keep is None:
@@ -1226,13 +1108,6 @@ class Run(AsyncIterable[T_co]):
                         await self._call_hook("on_item", on_item, item)
                     if hold and self._resume_signal is not None:
                         await self._held()
-        except Exception as exc:
-            await self._finish("failed", exc)
-            raise
-        except BaseException as exc:
-            await self._finish("cancelled", exc)
-            raise
-        await self._finish("succeeded", None)
 
     def _plain_loop(self) -> bool:
         """Whether `collect` may run the flow as a plain loop (nothing to pause in it)."""
@@ -1262,16 +1137,9 @@ class Run(AsyncIterable[T_co]):
             await self._run_to_end(items)
             return items
         await self._start()
-        try:
+        async with self._ending():
             items = await _collect(self._flow)
-        except Exception as exc:
-            await self._finish("failed", exc)
-            raise
-        except BaseException as exc:
-            await self._finish("cancelled", exc)
-            raise
-        self._items_out = len(items)
-        await self._finish("succeeded", None)
+            self._items_out = len(items)
         return items
 
     async def drain(self) -> RunStatistics:
@@ -1313,6 +1181,19 @@ class Run(AsyncIterable[T_co]):
 
     # -- lifecycle ---------------------------------------------------------
 
+    @contextlib.asynccontextmanager
+    async def _ending(self) -> AsyncGenerator[None]:
+        """Finish the run as its block ends: succeeded, failed (an error) or cancelled."""
+        try:
+            yield
+        except Exception as exc:
+            await self._finish("failed", exc)
+            raise
+        except BaseException as exc:
+            await self._finish("cancelled", exc)
+            raise
+        await self._finish("succeeded", None)
+
     async def _start(self) -> None:
         self._started = True
         self._iterated = True
@@ -1335,30 +1216,8 @@ class Run(AsyncIterable[T_co]):
                 if guard.label in report.stages:
                     live.baseline = report.statistics(guard.label)
                 live.records_start = len(report.records)
-        if self.history_path is not None:
-            await self._write_history(
-                [
-                    (
-                        "run_start.json",
-                        {
-                            "id": self.id,
-                            "name": self.name,
-                            "version": self.version,
-                            "config_hash": self.config_hash,
-                            "started_at": self.started_at,
-                            "stages": [
-                                {
-                                    "index": n,
-                                    "key": live.key,
-                                    "label": live.label,
-                                    "kind": live.kind,
-                                }
-                                for n, live in enumerate(self._lives)
-                            ],
-                        },
-                    )
-                ]
-            )
+        if self._history is not None:
+            await self._history.started(self.statistics())
         hooks = self._hooks
         if hooks is None:
             return
@@ -1412,7 +1271,7 @@ class Run(AsyncIterable[T_co]):
         return None
 
     def _signal_done(self) -> None:
-        wake(self._done_signal)
+        self._updates.ended()
 
     async def _report_end(
         self, status: RunStatus, error: BaseException | None, failed_stage: _Live | None
@@ -1430,58 +1289,17 @@ class Run(AsyncIterable[T_co]):
                     await self._call_hook("on_stage_end", hooks.on_stage_end, stage_stats)
             if hooks.on_run_end is not None:
                 await self._call_hook("on_run_end", hooks.on_run_end, stats)
-        if self.history_path is None:
-            return
-        files: list[tuple[str, Any]] = []
-        for index, live in enumerate(self._lives):
-            records = live.new_records()
-            fatal = error if live is failed_stage else None
-            if not records and fatal is None:
-                continue
-            files.append(
-                (
-                    f"stage_{index}_failures.json",
-                    {
-                        "stage": live.key,
-                        "records": [
-                            json.loads(record.to_json())
-                            for record in records[:_FAILURE_RECORDS_CAP]
-                        ],
-                        "omitted": max(0, len(records) - _FAILURE_RECORDS_CAP),
-                        "fatal": None
-                        if fatal is None
-                        else ExceptionInfo.from_exception(fatal).to_dict(),
-                    },
-                )
-            )
-        files.append(
-            (
-                "final.json",
-                {
-                    "status": status,
-                    "error": None
-                    if error is None or status != "failed"
-                    else ExceptionInfo.from_exception(error).to_dict(),
-                    "statistics": stats.to_dict(),
-                },
-            )
-        )
-        await self._write_history(files)
-
-    async def _write_history(self, files: list[tuple[str, Any]]) -> None:
-        assert self.history_path is not None
-        try:
-            await _write_off_loop(self.history_path, files)
-        except Exception as exc:
-            self._record_hook_error("state_history", exc)
+        if self._history is not None:
+            failures = [
+                (live.new_records(), error if live is failed_stage else None)
+                for live in self._lives
+            ]
+            layer = self._checkpointing
+            codec = RUN_CODEC if layer is None else layer.codec  # items can be replayed
+            await self._history.ended(stats, error, failures, codec)
 
     async def _call_hook(self, name: str, hook: Callable[..., object], *args: Any) -> None:
-        try:
-            result = hook(*args)
-            if inspect.isawaitable(result):
-                await result
-        except Exception as exc:
-            self._record_hook_error(name, exc)
+        await call_hook(name, hook, args, self._record_hook_error)
 
     def _record_hook_error(self, name: str, exc: Exception) -> None:
         self._hook_errors.append(HookError(name, exc))
@@ -1520,103 +1338,4 @@ class Run(AsyncIterable[T_co]):
             raise TypeError(f"rate must be a number, got {type(given).__name__}")
         if not (0 < given < float("inf")):
             raise ValueError(f"rate must be positive and finite, got {given}")
-        return self._events(1.0 / given)
-
-    def _flat_state(self) -> dict[str, Any]:
-        stats = self.statistics()
-        state: dict[str, Any] = {
-            "run.id": stats.run_id,
-            "run.status": stats.status,
-            "run.items_out": stats.items_out,
-            "run.wall_time": stats.wall_time,
-        }
-        for entry in stats.stages:
-            for field, value in entry.to_dict().items():
-                if field not in ("key", "label", "kind"):
-                    state[f"stages.{entry.key}.{field}"] = value
-        return state
-
-    async def _events(self, period: float) -> AsyncIterator[StateUpdate]:
-        clock = current_clock()
-        last: dict[str, Any] | None = None
-        while True:
-            finished = self._finished
-            state = self._flat_state()
-            if last is None:
-                changed = state
-            else:
-                changed = {
-                    path: value
-                    for path, value in state.items()
-                    if path not in last or last[path] != value
-                }
-            if changed:
-                yield {
-                    "event_type": "state_update",
-                    "timestamp": clock.now(),
-                    "update_mask": list(changed),
-                    "payload": changed,
-                }
-            last = state
-            if finished:
-                return
-            signal = self._done_signal
-            if signal is None or signal.done():
-                signal = self._done_signal = signal_maker()()
-            await wait_done(signal, period, clock)
-
-
-def _one_hooks(hooks: object, where: str) -> Hooks:
-    if isinstance(hooks, Hooks):
-        return hooks
-    if isinstance(hooks, Mapping):
-        given = cast("Mapping[object, object]", hooks)
-        names = {field.name for field in dataclasses.fields(Hooks)}
-        unknown = [key for key in given if key not in names]
-        if unknown:
-            raise ValueError(f"{where}: unknown hook names {unknown!r}; known: {sorted(names)}")
-        return Hooks(**cast("dict[str, Any]", dict(given)))
-    raise TypeError(
-        f"{where} must be a Hooks, a mapping, a sequence of them or None, "
-        f"got {type(hooks).__name__}"
-    )
-
-
-def _check_hooks(hooks: object, record: Callable[[str, Exception], None]) -> Hooks | None:
-    """One `Hooks` for what ``Run(hooks=...)`` was given (None: no hook at all).
-
-    Several `Hooks` are combined: each combined hook calls theirs in order
-    and records each one's error with ``record``, so that none is lost.
-    """
-    if hooks is None:
-        return None
-    if isinstance(hooks, Sequence) and not isinstance(hooks, str | bytes):
-        items = cast("Sequence[object]", hooks)
-        given = [_one_hooks(item, f"hooks[{n}]") for n, item in enumerate(items)]
-        if len(given) <= 1:
-            return given[0] if given else None
-        combined: dict[str, Any] = {}
-        for field in dataclasses.fields(Hooks):
-            found = [getattr(one, field.name) for one in given]
-            callbacks = [callback for callback in found if callback is not None]
-            if len(callbacks) > 1:
-                combined[field.name] = _call_in_order(field.name, callbacks, record)
-            elif callbacks:
-                combined[field.name] = callbacks[0]
-        return Hooks(**combined)
-    return _one_hooks(hooks, "hooks")
-
-
-def _call_in_order(
-    name: str, callbacks: list[Callable[..., object]], record: Callable[[str, Exception], None]
-) -> Callable[..., Awaitable[None]]:
-    async def call_all(*args: Any) -> None:
-        for callback in callbacks:
-            try:
-                result = callback(*args)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception as exc:
-                record(name, exc)
-
-    return call_all
+        return self._updates.stream(1.0 / given)

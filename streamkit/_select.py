@@ -10,12 +10,13 @@ from ._core import (
     Passthrough,
     Stage,
     aclose,
-    annotate,
     check_callable,
     check_count,
     describe,
     is_async_callable,
     is_envelope,
+    item_error,
+    stage_label,
     transform_stage,
 )
 from ._transform import item_level_stage
@@ -47,6 +48,7 @@ def filter_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Envelope[T], Envelope[T]]: ...
 @overload
 def filter_(
@@ -60,6 +62,7 @@ def filter_(
     timeout: float | None = None,
     on_error: Literal["result"],
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, Result[T, ErrorRecord[T]]]: ...
 @overload
 def filter_(
@@ -74,6 +77,7 @@ def filter_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, T]: ...
 def filter_(
     fn: Callable[..., object],
@@ -87,6 +91,7 @@ def filter_(
     on_error: OnError = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Keep the items for which ``fn`` returns a truthy value.
 
@@ -109,6 +114,8 @@ def filter_(
         on_error: What a failed call does (see `map_`).
         dead_letter: Where ``on_error="split"`` sends error records.
         report: The `ErrorReport` that counts this stage's failures.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -129,10 +136,11 @@ def filter_(
         on_error=on_error,
         dead_letter=dead_letter,
         report=report,
+        name=name,
     )
 
 
-def take(n: int, /) -> Passthrough:
+def take(n: int, /, *, name: str | None = None) -> Passthrough:
     """Yield the first ``n`` items, then stop and close the upstream.
 
     The upstream is closed as soon as the ``n``-th item has been pulled, so a
@@ -140,6 +148,8 @@ def take(n: int, /) -> Passthrough:
 
     Args:
         n: How many items to take (0 or more).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -158,7 +168,9 @@ def take(n: int, /) -> Passthrough:
 
         return checkpointed
 
-    return Passthrough(transform_stage(f"take({n})", run, restorable=restorable).steps)
+    return Passthrough(
+        transform_stage(stage_label(name, f"take({n})"), run, restorable=restorable).steps
+    )
 
 
 async def _take(upstream: AsyncIterator[Any], n: int, slot: Slot | None) -> AsyncIterator[Any]:
@@ -183,11 +195,13 @@ async def _take(upstream: AsyncIterator[Any], n: int, slot: Slot | None) -> Asyn
         await aclose(upstream)
 
 
-def skip(n: int, /) -> Passthrough:
+def skip(n: int, /, *, name: str | None = None) -> Passthrough:
     """Drop the first ``n`` items, yield the rest.
 
     Args:
         n: How many items to drop (0 or more).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -206,7 +220,9 @@ def skip(n: int, /) -> Passthrough:
 
         return checkpointed
 
-    return Passthrough(transform_stage(f"skip({n})", run, restorable=restorable).steps)
+    return Passthrough(
+        transform_stage(stage_label(name, f"skip({n})"), run, restorable=restorable).steps
+    )
 
 
 async def _skip(upstream: AsyncIterator[Any], n: int, slot: Slot | None) -> AsyncIterator[Any]:
@@ -226,7 +242,9 @@ async def _skip(upstream: AsyncIterator[Any], n: int, slot: Slot | None) -> Asyn
         await aclose(upstream)
 
 
-def take_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) -> Stage[T, T]:
+def take_while(
+    fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /, *, name: str | None = None
+) -> Stage[T, T]:
     """Yield items while ``fn`` holds; stop at the first item where it fails.
 
     The failing item is not yielded, and the upstream is closed at once. On
@@ -235,6 +253,8 @@ def take_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) 
 
     Args:
         fn: The predicate (sync or async).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -242,10 +262,12 @@ def take_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) 
         >>> asyncio.run(collect([1, 2, 5, 1] | take_while(lambda x: x < 3)))
         [1, 2]
     """
-    return _while_stage("take_while", fn, taking=True)
+    return _while_stage("take_while", fn, name, taking=True)
 
 
-def skip_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) -> Stage[T, T]:
+def skip_while(
+    fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /, *, name: str | None = None
+) -> Stage[T, T]:
     """Drop items while ``fn`` holds; yield everything from the first failure on.
 
     On a stream of `Envelope` items ``fn`` receives each value, and the items
@@ -253,6 +275,8 @@ def skip_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) 
 
     Args:
         fn: The predicate (sync or async); not called again once it fails.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -260,12 +284,14 @@ def skip_while(fn: Callable[[T], object] | Callable[[T], Awaitable[object]], /) 
         >>> asyncio.run(collect([1, 2, 5, 1] | skip_while(lambda x: x < 3)))
         [5, 1]
     """
-    return _while_stage("skip_while", fn, taking=False)
+    return _while_stage("skip_while", fn, name, taking=False)
 
 
-def _while_stage(name: str, fn: Callable[[Any], Any], *, taking: bool) -> Stage[Any, Any]:
+def _while_stage(
+    operator: str, fn: Callable[[Any], Any], name: str | None, *, taking: bool
+) -> Stage[Any, Any]:
     check_callable(fn, "fn")
-    label = f"{name}({describe(fn)})"
+    label = stage_label(name, f"{operator}({describe(fn)})")
     known_async = is_async_callable(fn)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -316,7 +342,10 @@ async def _while(
                 if enveloped is None:
                     enveloped = bool(is_envelope(item))
                 if enveloped:
-                    value = item.value
+                    try:
+                        value = item.value
+                    except AttributeError as exc:
+                        raise item_error(exc, item, enveloped, label, index) from exc
             try:
                 holds = fn(value)
                 if awaits is None:
@@ -324,7 +353,9 @@ async def _while(
                 if awaits:
                     holds = await holds
             except Exception as exc:
-                annotate(exc, label, index)
+                raised = item_error(exc, item, enveloped, label, index)
+                if raised is not exc:
+                    raise raised from exc
                 raise
             if holds:
                 if taking:
@@ -348,7 +379,9 @@ async def _while(
         await aclose(upstream)
 
 
-def distinct(*, key: Callable[[Any], Hashable] | None = None) -> Passthrough:
+def distinct(
+    *, key: Callable[[Any], Hashable] | None = None, name: str | None = None
+) -> Passthrough:
     """Yield each item the first time it (or its ``key``) is seen.
 
     Memory grows with the number of distinct keys: every key seen is kept
@@ -359,6 +392,8 @@ def distinct(*, key: Callable[[Any], Hashable] | None = None) -> Passthrough:
     Args:
         key: Maps an item to the hashable value compared (sync only); the
             item itself when omitted.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -370,7 +405,7 @@ def distinct(*, key: Callable[[Any], Hashable] | None = None) -> Passthrough:
         check_callable(key, "key")
         if is_async_callable(key):
             raise TypeError("key must be a synchronous function")
-    label = "distinct()" if key is None else f"distinct(key={describe(key)})"
+    label = stage_label(name, "distinct()" if key is None else f"distinct(key={describe(key)})")
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _distinct(upstream, key, label, set(), None)
@@ -408,14 +443,19 @@ async def _distinct(
                 if enveloped is None:
                     enveloped = bool(is_envelope(item))
                 if enveloped:
-                    value = item.value
+                    try:
+                        value = item.value
+                    except AttributeError as exc:
+                        raise item_error(exc, item, enveloped, label, index) from exc
             try:
                 marker = value if key is None else key(value)
                 if marker in seen:
                     continue
                 add(marker)
             except Exception as exc:
-                annotate(exc, label, index)
+                raised = item_error(exc, item, enveloped, label, index)
+                if raised is not exc:
+                    raise raised from exc
                 raise
             yield item
     finally:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, cast, runtime_checkable
 
 from ._barrier import CONTROL, Control, Encoder
-from ._core import Passthrough, aclose, transform_stage
+from ._core import Passthrough, aclose, stage_label, transform_stage
 from ._records import Envelope
 from ._writes import TableRows
 
@@ -103,7 +103,7 @@ class SinkWrite:
     prepared: Any
 
 
-def write_to(sink: Sink[Any], /) -> Passthrough:
+def write_to(sink: Sink[Any], /, *, name: str | None = None) -> Passthrough:
     """Write every item to ``sink``, exactly once across the checkpoints of the run.
 
     Items pass on unchanged (``async for`` still sees them, at least once).
@@ -114,6 +114,8 @@ def write_to(sink: Sink[Any], /) -> Passthrough:
 
     Args:
         sink: The `Sink` (for example a `TableSink` of the run's store).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Raises:
         TypeError: ``sink`` is not a `Sink`.
@@ -137,7 +139,7 @@ def write_to(sink: Sink[Any], /) -> Passthrough:
             "sink must be a Sink (label, pre_commit(items, checkpoint), commit(prepared)), "
             f"got {type(sink).__name__}"
         )
-    label = f"write_to({sink.label})"
+    label = stage_label(name, f"write_to({sink.label})")
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
         return _unsupported(upstream, label)

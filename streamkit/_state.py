@@ -37,8 +37,10 @@ from ._core import (
     is_async_callable,
     is_stage,
     open_async,
+    stage_label,
     transform_stage,
 )
+from ._initial import Factory, initial_maker
 from ._records import (
     EMPTY,
     Envelope,
@@ -82,7 +84,11 @@ _SPILL_CHUNK: Final = 4096
 
 
 def _raw_map(
-    label: str, make: Callable[[], Callable[[Any], Any]], *, stateful: bool = False
+    label: str,
+    make: Callable[[], Callable[[Any], Any]],
+    *,
+    stateful: bool = False,
+    keys: tuple[Key[Any], ...] = (),
 ) -> Stage[Any, Any]:
     """A transform applying ``make()``'s function (one per run) to every raw item.
 
@@ -102,7 +108,9 @@ def _raw_map(
 
         return checkpointed
 
-    return transform_stage(label, run, barriers=True, restorable=restorable if stateful else None)
+    return transform_stage(
+        label, run, barriers=True, restorable=restorable if stateful else None, keys=keys
+    )
 
 
 async def _raw_mapped(
@@ -153,6 +161,7 @@ def envelop(
     /,
     *,
     limits: StateLimits | None = None,
+    name: str | None = None,
 ) -> EnvelopStage:
     """Put every item into an `Envelope` with an initial state.
 
@@ -166,6 +175,8 @@ def envelop(
         limits: The `StateLimits` of the items' states (16 KiB of JSON and 256
             keys by default); they carry over to every state derived from
             them downstream.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -183,7 +194,7 @@ def envelop(
             )
         return Envelope(item, initial)
 
-    return EnvelopStage(_raw_map("envelop()", lambda: wrap).steps)
+    return EnvelopStage(_raw_map(stage_label(name, "envelop()"), lambda: wrap).steps)
 
 
 def _unwrap(item: Any) -> Any:
@@ -196,10 +207,14 @@ def _unwrap(item: Any) -> Any:
 _unwrap_steps = _raw_map("unwrap()", lambda: _unwrap).steps
 
 
-def unwrap() -> UnwrapStage:
+def unwrap(*, name: str | None = None) -> UnwrapStage:
     """Take the values out of `Envelope` items, dropping their state.
 
     A plain item raises `TypeError`.
+
+    Args:
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -207,7 +222,9 @@ def unwrap() -> UnwrapStage:
         >>> asyncio.run(collect(range(3) | envelop() | unwrap()))
         [0, 1, 2]
     """
-    return UnwrapStage(_unwrap_steps)
+    if name is None:
+        return UnwrapStage(_unwrap_steps)
+    return UnwrapStage(_raw_map(stage_label(name, "unwrap()"), lambda: _unwrap).steps)
 
 
 # --------------------------------------------------------------------------- set_state
@@ -215,6 +232,11 @@ def unwrap() -> UnwrapStage:
 
 def _check_key(key: object) -> str:
     return key_name(key, "key")
+
+
+def _codec_keys(key: Key[Any] | str) -> tuple[Key[Any], ...]:
+    """``(key,)`` for a `Key` with a codec: a checkpointed run encodes its values with it."""
+    return (key,) if isinstance(key, Key) and key.codec is not None else ()
 
 
 async def _settled_envelope(value: Any, state: State, name: str, pending: Awaitable[Any]) -> Any:
@@ -228,6 +250,7 @@ def set_state(
     /,
     *,
     with_state: Literal[False] = False,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def set_state(
@@ -236,6 +259,7 @@ def set_state(
     /,
     *,
     with_state: Literal[False] = False,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def set_state(
@@ -244,6 +268,7 @@ def set_state(
     /,
     *,
     with_state: Literal[True],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def set_state(
@@ -252,6 +277,7 @@ def set_state(
     /,
     *,
     with_state: Literal[True],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 def set_state(
     key: Key[Any] | str,
@@ -259,6 +285,7 @@ def set_state(
     /,
     *,
     with_state: bool = False,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Set ``key`` in each item's state to ``fn(value)``; the value passes on.
 
@@ -271,6 +298,8 @@ def set_state(
         key: The `Key` (or string key) to set.
         fn: Computes the key's value from the item's value.
         with_state: Also pass the item's `State` to ``fn``.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -280,7 +309,7 @@ def set_state(
         >>> [(item.value, item.state[LENGTH]) for item in items]
         [('ab', 2), ('c', 1)]
     """
-    name = _check_key(key)
+    key_name = _check_key(key)
     check_callable(fn, "fn")
     check_bool(with_state, "with_state")
     known_async = is_async_callable(fn)
@@ -299,12 +328,13 @@ def set_state(
             if awaits is None:
                 awaits = inspect.isawaitable(result)
             if awaits:
-                return _settled_envelope(value, state, name, result)
-            return Envelope(value, state._set(name, result))  # pyright: ignore[reportPrivateUsage] - the records' fast path
+                return _settled_envelope(value, state, key_name, result)
+            return Envelope(value, state._set(key_name, result))  # pyright: ignore[reportPrivateUsage] - the records' fast path
 
         return step
 
-    return StateStage(_raw_map(f"set_state({name!r}, {describe(fn)})", per_run).steps)
+    label = stage_label(name, f"set_state({key_name!r}, {describe(fn)})")
+    return StateStage(_raw_map(label, per_run, keys=_codec_keys(key)).steps)
 
 
 # --------------------------------------------------------------------------- scan_state
@@ -314,37 +344,41 @@ def set_state(
 def scan_state(
     key: Key[A] | str,
     fn: Callable[[A, T], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def scan_state(
     key: Key[A] | str,
     fn: Callable[[A, T], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def scan_state(
     key: Key[A] | str,
     fn: Callable[[A, T, State], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def scan_state(
     key: Key[A] | str,
     fn: Callable[[A, T, State], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 def scan_state(
     key: Key[Any] | str,
@@ -353,6 +387,7 @@ def scan_state(
     /,
     *,
     with_state: bool = False,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Store the running aggregate ``acc = fn(acc, value)`` in each item's state.
 
@@ -364,8 +399,12 @@ def scan_state(
     Args:
         key: The `Key` (or string key) to set.
         fn: Combines the aggregate so far with the next value.
-        initial: The aggregate before the first item.
+        initial: The aggregate before the first item: an immutable value, or a
+            `Factory` that makes a new one for each run (``Factory(dict)``); a
+            mutable value such as ``{}`` raises `ValueError`.
         with_state: Also pass the item's `State` to ``fn``.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -375,23 +414,37 @@ def scan_state(
         >>> [item.state[RUNNING] for item in items]
         [3, 7, 12]
     """
-    name = _check_key(key)
+    key_name = _check_key(key)
     check_callable(fn, "fn")
     check_bool(with_state, "with_state")
     known_async = is_async_callable(fn)
+    label = stage_label(name, f"scan_state({key_name!r}, {describe(fn)})")
+    make = initial_maker(initial, label)
+    keys = _codec_keys(key)
 
     def per_run() -> Callable[[Any], Any]:
-        return _ScanState(name, fn, initial, with_state, known_async)
+        return _ScanState(key_name, fn, make(), with_state, known_async, bool(keys))
 
-    return StateStage(
-        _raw_map(f"scan_state({name!r}, {describe(fn)})", per_run, stateful=True).steps
-    )
+    return StateStage(_raw_map(label, per_run, stateful=True, keys=keys).steps)
+
+
+def _kept(name: str, value: Any, keyed: bool) -> Any:
+    """A key's value as a snapshot holds it: in a `State` when the key has a codec.
+
+    The run's codec encodes the entries of such a state with their key's codec.
+    """
+    return State({name: value}, limits=StateLimits.UNLIMITED) if keyed else value
+
+
+def _unkept(name: str, snapshot: Any, keyed: bool) -> Any:
+    """`_kept` the other way round."""
+    return snapshot[name] if keyed else snapshot
 
 
 class _ScanState:
     """One run of `scan_state`: the function that sets the aggregate, and its state."""
 
-    __slots__ = ("accumulator", "awaits", "fn", "name", "with_state")
+    __slots__ = ("accumulator", "awaits", "fn", "keyed", "name", "with_state")
 
     def __init__(
         self,
@@ -400,18 +453,20 @@ class _ScanState:
         initial: Any,
         with_state: bool,
         known_async: bool,
+        keyed: bool = False,
     ) -> None:
         self.name = name
+        self.keyed = keyed
         self.fn = fn
         self.accumulator = initial
         self.with_state = with_state
         self.awaits: bool | None = True if known_async else None
 
     def snapshot(self) -> Any:
-        return self.accumulator
+        return _kept(self.name, self.accumulator, self.keyed)
 
     def restore(self, snapshot: Any) -> None:
-        self.accumulator = snapshot
+        self.accumulator = _unkept(self.name, snapshot, self.keyed)
 
     async def _settle(self, value: Any, state: State, pending: Awaitable[Any]) -> Any:
         self.accumulator = await pending
@@ -496,89 +551,97 @@ class _Spill:
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T, State], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T, State], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
     replay: Callable[[], Source[T | Envelope[T]]] | None = None,
     emit: Literal["items"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[T]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
     emit: Literal["aggregate"],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[False] = False,
     emit: Literal["aggregate"],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T, State], Awaitable[A]],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
     emit: Literal["aggregate"],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 @overload
 def reduce_point(
     key: Key[A] | str,
     reducer: Callable[[A, T, State], A],
-    initial: A,
+    initial: A | Factory[A],
     /,
     *,
     with_state: Literal[True],
     emit: Literal["aggregate"],
+    name: str | None = None,
 ) -> StateStage[T | Envelope[T], Envelope[A]]: ...
 def reduce_point(
     key: Key[Any] | str,
@@ -590,6 +653,7 @@ def reduce_point(
     replay: Callable[[], Source[Any]] | None = None,
     emit: Literal["items", "aggregate"] = "items",
     memory_limit: int | None = DEFAULT_MEMORY_LIMIT,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """A materialisation point: fold the whole stream, then give every item the result.
 
@@ -616,13 +680,18 @@ def reduce_point(
     Args:
         key: The `Key` (or string key) under which to store the aggregate.
         reducer: Combines the aggregate so far with the next value.
-        initial: The aggregate of an empty stream.
+        initial: The aggregate of an empty stream: an immutable value, or a
+            `Factory` that makes a new one for each run (``Factory(dict)``),
+            which ``reducer`` may then update in place; a mutable value such
+            as ``{}`` raises `ValueError`, since every run would share it.
         with_state: Also pass the item's `State` to ``reducer``.
         replay: Returns a fresh source of the same items, read after the fold
             instead of buffering.
         emit: ``"items"`` (every item) or ``"aggregate"`` (only the aggregate).
         memory_limit: The most items held in memory before spilling to disk
             (1 or more, or None for no limit).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -632,7 +701,7 @@ def reduce_point(
         >>> [(item.value, item.state[TOTAL]) for item in items]
         [(2, 10), (3, 10), (5, 10)]
     """
-    name = _check_key(key)
+    key_name = _check_key(key)
     check_callable(reducer, "reducer")
     check_bool(with_state, "with_state")
     if emit not in ("items", "aggregate"):
@@ -644,11 +713,14 @@ def reduce_point(
     if memory_limit is not None:
         check_count(memory_limit, "memory_limit", minimum=1)
     known_async = is_async_callable(reducer)
-    label = f"reduce_point({name!r}, {describe(reducer)})"
+    label = stage_label(name, f"reduce_point({key_name!r}, {describe(reducer)})")
 
-    spec = _Reduction(name, reducer, initial, with_state, known_async, label)
+    keys = _codec_keys(key)
+    make = initial_maker(initial, label)
+    spec = _Reduction(key_name, reducer, make, with_state, known_async, label, bool(keys))
     run = ReduceRun(spec, replay, emit, memory_limit)
-    return StateStage(transform_stage(label, run, restorable=run.restorable).steps)
+    stage = transform_stage(label, run, restorable=run.restorable, keys=keys)
+    return StateStage(stage.steps)
 
 
 @dataclass(frozen=True, slots=True)
@@ -686,20 +758,22 @@ class ReduceRun:
 
 
 class _Reduction:
-    __slots__ = ("initial", "known_async", "label", "name", "reducer", "with_state")
+    __slots__ = ("initial", "keyed", "known_async", "label", "name", "reducer", "with_state")
 
     def __init__(
         self,
         name: str,
         reducer: Callable[..., Any],
-        initial: Any,
+        initial: Callable[[], Any],
         with_state: bool,
         known_async: bool,
         label: str,
+        keyed: bool = False,
     ) -> None:
         self.name = name
+        self.keyed = keyed
         self.reducer = reducer
-        self.initial = initial
+        self.initial = initial  # makes the initial aggregate, once per run
         self.with_state = with_state
         self.known_async = known_async
         self.label = label
@@ -714,17 +788,20 @@ async def _reduce(
     slot: Slot | None,
 ) -> AsyncIterator[Any]:
     reducer, with_state, label = spec.reducer, spec.with_state, spec.label
-    accumulator = spec.initial
     last_state = EMPTY
     # A checkpoint keeps ["emitting", aggregate] once the fold is done, or
     # ["folding", aggregate so far, last state] with emit="aggregate".
     restored: Any = None if slot is None else slot.restore(None)
     if restored is not None and restored[0] == "emitting":
-        async for item in _emitting(upstream, spec, restored[1], slot):
+        aggregate = _unkept(spec.name, restored[1], spec.keyed)
+        async for item in _emitting(upstream, spec, aggregate, slot):
             yield item
         return
     if restored is not None:
-        _, accumulator, last_state = restored
+        _, kept, last_state = restored
+        accumulator = _unkept(spec.name, kept, spec.keyed)
+    else:
+        accumulator = spec.initial()
     awaits: bool | None = True if spec.known_async else None
     buffering = emit == "items" and replay is None
     buffer: list[Any] = []
@@ -741,7 +818,8 @@ async def _reduce(
                         append(item)  # goes on in its place among the items
                         continue
                     if slot is not None and item.kind == "barrier":
-                        slot.save(item, ["folding", accumulator, last_state])
+                        kept = _kept(spec.name, accumulator, spec.keyed)
+                        slot.save(item, ["folding", kept, last_state])
                     yield item
                     continue
                 index += 1
@@ -791,7 +869,7 @@ async def _reduce(
         for item in itertools.chain(itertools.chain.from_iterable(chunks), buffer):
             if type(item) is CONTROL:
                 if slot is not None and item.kind == "barrier":
-                    slot.save(item, ["emitting", accumulator])
+                    slot.save(item, ["emitting", _kept(spec.name, accumulator, spec.keyed)])
                 yield item
                 continue
             position += 1
@@ -820,7 +898,7 @@ async def _emitting(
         async for item in upstream:
             if type(item) is CONTROL:
                 if slot is not None and item.kind == "barrier":
-                    slot.save(item, ["emitting", aggregate])
+                    slot.save(item, ["emitting", _kept(spec.name, aggregate, spec.keyed)])
                 yield item
                 continue
             position += 1
@@ -952,9 +1030,12 @@ def _branches_stage(
     combine: str,
     buffer: int,
     as_dict: bool,
+    *,
+    name: str | None,
 ) -> Stage[Any, Any]:
     names = list(stages)
-    label = f"{function}({', '.join(f'{n}={s.label}' for n, s in stages.items())})"
+    default = f"{function}({', '.join(f'{n}={s.label}' for n, s in stages.items())})"
+    label = stage_label(name, default)
     wrap = _raw_map(f"{function}()", lambda: _as_envelope)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -1044,14 +1125,23 @@ async def _branches(
 
 @overload
 def fork(
-    *stages: Stage[Any, Any], combine: Literal["merge"] = "merge", buffer: int = 64
+    *stages: Stage[Any, Any],
+    combine: Literal["merge"] = "merge",
+    buffer: int = 64,
+    name: str | None = None,
 ) -> Stage[Any, Envelope[Any]]: ...
 @overload
 def fork(
-    *stages: Stage[Any, Any], combine: Literal["zip"], buffer: int = 64
+    *stages: Stage[Any, Any],
+    combine: Literal["zip"],
+    buffer: int = 64,
+    name: str | None = None,
 ) -> Stage[Any, Envelope[tuple[Any, ...]]]: ...
 def fork(
-    *stages: Stage[Any, Any], combine: Literal["merge", "zip"] = "merge", buffer: int = 64
+    *stages: Stage[Any, Any],
+    combine: Literal["merge", "zip"] = "merge",
+    buffer: int = 64,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Send every item through several sub-pipelines, each with its own state.
 
@@ -1078,6 +1168,8 @@ def fork(
         *stages: The branches (one or more).
         combine: ``"merge"`` or ``"zip"``.
         buffer: How far the fastest branch may run ahead of the slowest.
+        name: The stage's label in a run's statistics, events, errors and
+            history (by default ``fork(0=..., 1=...)``).
 
     Examples:
         >>> import asyncio
@@ -1094,7 +1186,7 @@ def fork(
     _check_combine(combine)
     check_count(buffer, "buffer", minimum=1)
     named = {str(position): each for position, each in enumerate(stages)}
-    return _branches_stage("fork", named, combine, buffer, as_dict=False)
+    return _branches_stage("fork", named, combine, buffer, as_dict=False, name=name)
 
 
 @overload
@@ -1104,6 +1196,7 @@ def branch(
     *,
     combine: Literal["merge"] = "merge",
     buffer: int = 64,
+    name: str | None = None,
     **named: Stage[Any, Any],
 ) -> Stage[Any, Envelope[Any]]: ...
 @overload
@@ -1113,6 +1206,7 @@ def branch(
     *,
     combine: Literal["zip"],
     buffer: int = 64,
+    name: str | None = None,
     **named: Stage[Any, Any],
 ) -> Stage[Any, Envelope[dict[str, Any]]]: ...
 def branch(
@@ -1121,12 +1215,13 @@ def branch(
     *,
     combine: Literal["merge", "zip"] = "merge",
     buffer: int = 64,
+    name: str | None = None,
     **named: Stage[Any, Any],
 ) -> Stage[Any, Any]:
     """`fork` with named branches: ``branch(totals=..., sample=...)``.
 
     The branches are given as keyword arguments and/or a mapping (for names
-    that are not identifiers, or are ``combine`` or ``buffer``). Merged
+    that are not identifiers, or are ``combine``, ``buffer`` or ``name``). Merged
     items carry their branch name under `BRANCH`; with ``combine="zip"``
     the value of each output envelope is a dict of branch name to value.
 
@@ -1134,6 +1229,8 @@ def branch(
         stages: Branches by name.
         combine: ``"merge"`` or ``"zip"``.
         buffer: How far the fastest branch may run ahead of the slowest.
+        name: The stage's label in a run's statistics, events, errors and
+            history (by default ``branch(totals=..., ...)``).
         **named: More branches by name.
 
     Examples:
@@ -1149,13 +1246,13 @@ def branch(
         if not isinstance(stages, Mapping):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(f"stages must be a mapping, got {type(stages).__name__}")
         every.update(stages)
-    for name in named:
-        if name in every:
-            raise TypeError(f"branch() got branch {name!r} twice")
+    for branch_name in named:
+        if branch_name in every:
+            raise TypeError(f"branch() got branch {branch_name!r} twice")
     every.update(named)
-    for name in every:
-        _check_branch_name(name)
+    for branch_name in every:
+        _check_branch_name(branch_name)
     _check_stages(every, "branch")
     _check_combine(combine)
     check_count(buffer, "buffer", minimum=1)
-    return _branches_stage("branch", every, combine, buffer, as_dict=True)
+    return _branches_stage("branch", every, combine, buffer, as_dict=True, name=name)

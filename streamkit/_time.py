@@ -14,6 +14,7 @@ from ._core import (
     check_count,
     check_seconds,
     is_envelope,
+    stage_label,
     transform_stage,
 )
 from ._runtime import cancel_and_wait, current_clock, spawn, wait_done
@@ -107,6 +108,7 @@ def throttle(
     *,
     burst: int = 1,
     cost: Callable[[Any], float] | None = None,
+    name: str | None = None,
 ) -> Passthrough:
     """Let at most ``rate`` items through every ``per`` seconds (a token bucket).
 
@@ -121,6 +123,8 @@ def throttle(
         per: The period, in seconds.
         burst: The bucket size: how many items may pass at once after a pause.
         cost: Maps an item to the tokens it takes (a number >= 0, sync).
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -136,10 +140,11 @@ def throttle(
     check_count(burst, "burst", minimum=1)
     if cost is not None:
         check_callable(cost, "cost")
-    label = (
+    label = stage_label(
+        name,
         f"throttle({rate:g}, {per:g})"
         if burst == 1
-        else f"throttle({rate:g}, {per:g}, burst={burst})"
+        else f"throttle({rate:g}, {per:g}, burst={burst})",
     )
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -215,7 +220,7 @@ async def _throttle(
 # --------------------------------------------------------------------------- spaced
 
 
-def spaced(seconds: float, /) -> Passthrough:
+def spaced(seconds: float, /, *, name: str | None = None) -> Passthrough:
     """Keep at least ``seconds`` between two items leaving the stage.
 
     The first item goes at once; each later one waits until ``seconds`` have
@@ -223,6 +228,8 @@ def spaced(seconds: float, /) -> Passthrough:
 
     Args:
         seconds: The smallest gap between two items.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -245,7 +252,8 @@ def spaced(seconds: float, /) -> Passthrough:
 
         return checkpointed
 
-    return Passthrough(transform_stage(f"spaced({gap:g})", run, restorable=restorable).steps)
+    label = stage_label(name, f"spaced({gap:g})")
+    return Passthrough(transform_stage(label, run, restorable=restorable).steps)
 
 
 async def _spaced(
@@ -277,7 +285,7 @@ async def _spaced(
 # --------------------------------------------------------------------------- debounce
 
 
-def debounce(seconds: float, /) -> Passthrough:
+def debounce(seconds: float, /, *, name: str | None = None) -> Passthrough:
     """Yield an item only once ``seconds`` pass without a newer one.
 
     Bursts collapse to their last item. When the upstream ends, the item
@@ -286,6 +294,8 @@ def debounce(seconds: float, /) -> Passthrough:
 
     Args:
         seconds: The quiet period.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -304,7 +314,8 @@ def debounce(seconds: float, /) -> Passthrough:
 
         return checkpointed
 
-    return Passthrough(transform_stage(f"debounce({quiet:g})", run, restorable=restorable).steps)
+    label = stage_label(name, f"debounce({quiet:g})")
+    return Passthrough(transform_stage(label, run, restorable=restorable).steps)
 
 
 _NOTHING: Final = object()
@@ -359,7 +370,13 @@ async def _debounce(
 # --------------------------------------------------------------------------- timeout
 
 
-def timeout(seconds: float, /, *, on_timeout: Literal["raise", "end"] = "raise") -> Passthrough:
+def timeout(
+    seconds: float,
+    /,
+    *,
+    on_timeout: Literal["raise", "end"] = "raise",
+    name: str | None = None,
+) -> Passthrough:
     """Limit the wait for each item to ``seconds``.
 
     The clock starts when the consumer asks for the next item. If the item
@@ -370,6 +387,8 @@ def timeout(seconds: float, /, *, on_timeout: Literal["raise", "end"] = "raise")
     Args:
         seconds: The longest wait for one item.
         on_timeout: ``"raise"`` or ``"end"``.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -388,8 +407,9 @@ def timeout(seconds: float, /, *, on_timeout: Literal["raise", "end"] = "raise")
     limit = check_seconds(seconds, "seconds")
     if on_timeout not in ("raise", "end"):
         raise ValueError(f"on_timeout must be 'raise' or 'end', got {on_timeout!r}")
-    label = (
-        f"timeout({limit:g})" if on_timeout == "raise" else f"timeout({limit:g}, on_timeout='end')"
+    label = stage_label(
+        name,
+        f"timeout({limit:g})" if on_timeout == "raise" else f"timeout({limit:g}, on_timeout='end')",
     )
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:

@@ -7,25 +7,29 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, cast, overlo
 
 from ._barrier import CONTROL
 from ._core import (
+    COOPERATE_EVERY,
     ConcurrentOp,
     FlattenStage,
     IndexedStage,
     Stage,
     aclose,
-    annotate,
     check_bool,
     check_callable,
     check_concurrency,
     check_int,
+    cooperate,
     describe,
     is_async_callable,
     is_async_iterable,
     is_envelope,
     is_iterable,
+    item_error,
     item_stage,
     open_async,
+    stage_label,
     transform_stage,
 )
+from ._initial import Factory, initial_maker
 from ._records import Envelope
 
 if TYPE_CHECKING:
@@ -56,6 +60,7 @@ def item_level_stage(
     on_error: OnError,
     dead_letter: DeadLetterSink | None,
     report: ErrorReport | None,
+    name: str | None,
 ) -> Stage[Any, Any]:
     """Build `map_` or `filter_`: fused when sequential, tasks when concurrent.
 
@@ -64,14 +69,14 @@ def item_level_stage(
     """
     check_callable(fn, "fn")
     check_bool(with_state, "with_state")
-    name = f"{kind}_"
+    operator = f"{kind}_"
     if check_concurrency(concurrency, ordered, window):
-        label = f"{name}({describe(fn)})"
+        label = stage_label(name, f"{operator}({describe(fn)})")
         built = item_stage(kind, fn, label, with_state=with_state)
     else:
         from ._concurrency import concurrent_stage  # only concurrent stages need it
 
-        label = f"{name}({describe(fn)}, concurrency={concurrency})"
+        label = stage_label(name, f"{operator}({describe(fn)}, concurrency={concurrency})")
         built = concurrent_stage(
             kind,
             fn,
@@ -82,7 +87,13 @@ def item_level_stage(
             with_state=with_state,
         )
     return with_failure_options(
-        built, label, timeout=timeout, on_error=on_error, dead_letter=dead_letter, report=report
+        built,
+        label,
+        timeout=timeout,
+        on_error=on_error,
+        dead_letter=dead_letter,
+        report=report,
+        named=name is not None,
     )
 
 
@@ -94,6 +105,7 @@ def with_failure_options(
     on_error: OnError,
     dead_letter: DeadLetterSink | None,
     report: ErrorReport | None,
+    named: bool = False,
 ) -> Stage[Any, Any]:
     """Apply the per-item failure options shared by every item-level operator.
 
@@ -107,8 +119,8 @@ def with_failure_options(
     # it loads it.
     from ._failures import guard_stage, make_guard
 
-    if on_error != "fail":
-        # `map_(parse)` becomes `map_(parse, on_error='skip')`.
+    if on_error != "fail" and not named:
+        # `map_(parse)` becomes `map_(parse, on_error='skip')`; a given name stays.
         label = f"{label[:-1]}, on_error={on_error!r})"
     guard = make_guard(
         label,
@@ -133,6 +145,7 @@ def map_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Envelope[T], Envelope[R]]: ...
 @overload
 def map_(
@@ -147,6 +160,7 @@ def map_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Envelope[T], Envelope[R]]: ...
 @overload
 def map_(
@@ -161,6 +175,7 @@ def map_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Envelope[T], Envelope[R]]: ...
 @overload
 def map_(
@@ -175,6 +190,7 @@ def map_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Envelope[T], Envelope[R]]: ...
 @overload
 def map_(
@@ -188,6 +204,7 @@ def map_(
     timeout: float | None = None,
     on_error: Literal["result"],
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, Result[R, ErrorRecord[T]]]: ...
 @overload
 def map_(
@@ -201,6 +218,7 @@ def map_(
     timeout: float | None = None,
     on_error: Literal["result"],
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, Result[R, ErrorRecord[T]]]: ...
 @overload
 def map_(
@@ -215,6 +233,7 @@ def map_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, R]: ...
 @overload
 def map_(
@@ -229,6 +248,7 @@ def map_(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, R]: ...
 def map_(
     fn: Callable[..., Any],
@@ -242,6 +262,7 @@ def map_(
     on_error: OnError = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Apply ``fn`` to every item.
 
@@ -275,6 +296,8 @@ def map_(
         dead_letter: Where ``on_error="split"`` sends error records.
         report: The `ErrorReport` that counts (and, for ``"collect"``,
             keeps) this stage's failures.
+        name: The stage's label in statistics, events, errors and the
+            history (``map_(fn)`` by default).
 
     Examples:
         >>> import asyncio
@@ -298,6 +321,7 @@ def map_(
         on_error=on_error,
         dead_letter=dead_letter,
         report=report,
+        name=name,
     )
 
 
@@ -311,6 +335,7 @@ def tap(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Envelope[T], Envelope[T]]: ...
 @overload
 def tap(
@@ -321,6 +346,7 @@ def tap(
     timeout: float | None = None,
     on_error: Literal["result"],
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, Result[T, ErrorRecord[T]]]: ...
 @overload
 def tap(
@@ -332,6 +358,7 @@ def tap(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, T]: ...
 def tap(
     fn: Callable[..., object],
@@ -342,6 +369,7 @@ def tap(
     on_error: OnError = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Call ``fn`` on every item for its side effect; pass the item on.
 
@@ -352,6 +380,8 @@ def tap(
         on_error: What a failed call does (see `map_`).
         dead_letter: Where ``on_error="split"`` sends error records.
         report: The `ErrorReport` that counts this stage's failures.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -364,7 +394,7 @@ def tap(
     """
     check_callable(fn, "fn")
     check_bool(with_state, "with_state")
-    label = f"tap({describe(fn)})"
+    label = stage_label(name, f"tap({describe(fn)})")
     return with_failure_options(
         item_stage("tap", fn, label, with_state=with_state),
         label,
@@ -372,6 +402,7 @@ def tap(
         on_error=on_error,
         dead_letter=dead_letter,
         report=report,
+        named=name is not None,
     )
 
 
@@ -387,6 +418,7 @@ def flat_map(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, R]: ...
 @overload
 def flat_map(
@@ -400,6 +432,7 @@ def flat_map(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, R]: ...
 @overload
 def flat_map(
@@ -413,6 +446,7 @@ def flat_map(
     on_error: Handled = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[T, R]: ...
 def flat_map(
     fn: Callable[[Any], Any],
@@ -425,16 +459,18 @@ def flat_map(
     on_error: OnError = "fail",
     dead_letter: DeadLetterSink | None = None,
     report: ErrorReport | None = None,
+    name: str | None = None,
 ) -> Stage[Any, Any]:
     """Apply ``fn`` to every item and yield the elements of each result.
 
     ``fn`` may return an iterable, an async iterable, or an awaitable of an
     iterable. An inner async iterator is closed if the flow stops part way.
 
-    With ``concurrency=N > 1``, up to ``N`` calls run at once, each
-    collecting its elements into a list (see docs/concurrency.md); the lists
-    come out whole, in input order or, with ``ordered=False``, in completion
-    order.
+    With ``concurrency=N > 1``, up to ``N`` calls (inner streams) run at
+    once, and their elements stream out as they arrive (see
+    docs/concurrency.md): with ``ordered=True`` every element of item ``i``
+    before any of item ``i + 1``, the later inner streams running ahead into
+    bounded buffers meanwhile; with ``ordered=False`` in arrival order.
 
     On a stream of `Envelope` items ``fn`` receives each value, and every
     element comes out as ``Envelope(element, state)`` with its item's state.
@@ -443,13 +479,16 @@ def flat_map(
         fn: Maps one item to an iterable of output items.
         concurrency: The most calls in flight at once.
         ordered: Keep the input order (with ``concurrency > 1``).
-        window: How many finished results may wait for an earlier, slower
-            call; ``16 * concurrency`` by default.
+        window: How many elements may wait: those of the inner stream at the
+            head, and those of all the others (ordered), or of all of them
+            (unordered); ``16 * concurrency`` by default.
         timeout: Seconds one call may take (see `map_`).
         on_error: What a failed call does (see `map_`); a retried or failed
             call never yields part of its elements.
         dead_letter: Where ``on_error="split"`` sends error records.
         report: The `ErrorReport` that counts this stage's failures.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -464,12 +503,12 @@ def flat_map(
     if not sequential:
         from ._concurrency import concurrent_stage
 
-        label = f"flat_map({describe(fn)}, concurrency={concurrency})"
+        label = stage_label(name, f"flat_map({describe(fn)}, concurrency={concurrency})")
         built = concurrent_stage(
             "flat_map", fn, label, concurrency=concurrency, ordered=ordered, window=window
         )
     else:
-        label = f"flat_map({describe(fn)})"
+        label = stage_label(name, f"flat_map({describe(fn)})")
         known_async = is_async_callable(fn)
         op = ConcurrentOp("flat_map", fn, label, known_async, 1, True, 1)
 
@@ -478,7 +517,13 @@ def flat_map(
 
         built = transform_stage(label, run, op, barriers=True)
     return with_failure_options(
-        built, label, timeout=timeout, on_error=on_error, dead_letter=dead_letter, report=report
+        built,
+        label,
+        timeout=timeout,
+        on_error=on_error,
+        dead_letter=dead_letter,
+        report=report,
+        named=name is not None,
     )
 
 
@@ -500,7 +545,10 @@ async def _flat_map(
                 if enveloped is None:
                     enveloped = bool(is_envelope(item))
                 if enveloped:
-                    value = item.value
+                    try:
+                        value = item.value
+                    except AttributeError as exc:
+                        raise item_error(exc, item, enveloped, label, index) from exc
             try:
                 if fn is None:
                     result = value
@@ -525,7 +573,9 @@ async def _flat_map(
                             f"got {type(result).__name__}"
                         )
             except Exception as exc:
-                annotate(exc, label, index)
+                raised = item_error(exc, item, enveloped, label, index)
+                if raised is not exc:
+                    raise raised from exc
                 raise
             # Inlined rather than delegated to a helper generator, so that an
             # early stop closes the inner iterator at once.
@@ -543,20 +593,30 @@ async def _flat_map(
                     await aclose(inner)
             elif enveloped:
                 state = item.state
-                for element in cast("Iterable[Any]", result):
+                for count, element in enumerate(cast("Iterable[Any]", result), 1):
                     yield Envelope(element, state)
+                    if not count % COOPERATE_EVERY:
+                        await cooperate()
             else:
-                for element in cast("Iterable[Any]", result):
+                for count, element in enumerate(cast("Iterable[Any]", result), 1):
                     yield element
+                    if not count % COOPERATE_EVERY:
+                        await cooperate()
+            if not (index + 1) % COOPERATE_EVERY:  # (an upstream of empty iterables)
+                await cooperate()
     finally:
         await aclose(upstream)
 
 
-def flatten() -> FlattenStage:
+def flatten(*, name: str | None = None) -> FlattenStage:
     """Yield the elements of every item; items are iterables or async iterables.
 
     On a stream of `Envelope` items each value is the iterable, and every
     element comes out as ``Envelope(element, state)`` with its item's state.
+
+    Args:
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -564,7 +624,14 @@ def flatten() -> FlattenStage:
         >>> asyncio.run(collect([[1, 2], [], [3]] | flatten()))
         [1, 2, 3]
     """
-    return FlattenStage(_flatten_steps)
+    if name is None:
+        return FlattenStage(_flatten_steps)
+    label = stage_label(name, "flatten()")
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return _flat_map(upstream, None, False, label)
+
+    return FlattenStage(transform_stage(label, run, barriers=True).steps)
 
 
 def _run_flatten(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
@@ -575,10 +642,16 @@ _flatten_steps = transform_stage("flatten()", _run_flatten, barriers=True).steps
 
 
 @overload
-def scan(fn: Callable[[A, T], Awaitable[A]], initial: A, /) -> Stage[T, A]: ...
+def scan(
+    fn: Callable[[A, T], Awaitable[A]], initial: A | Factory[A], /, *, name: str | None = None
+) -> Stage[T, A]: ...
 @overload
-def scan(fn: Callable[[A, T], A], initial: A, /) -> Stage[T, A]: ...
-def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
+def scan(
+    fn: Callable[[A, T], A], initial: A | Factory[A], /, *, name: str | None = None
+) -> Stage[T, A]: ...
+def scan(
+    fn: Callable[[Any, Any], Any], initial: Any, /, *, name: str | None = None
+) -> Stage[Any, Any]:
     """Yield the running accumulation ``acc = fn(acc, item)`` after each item.
 
     The initial value itself is not yielded; the accumulator type may differ
@@ -588,7 +661,11 @@ def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
 
     Args:
         fn: Combines the accumulator with the next item (sync or async).
-        initial: The accumulator before the first item.
+        initial: The accumulator before the first item: an immutable value, or
+            a `Factory` that makes a new one for each run (``Factory(list)``);
+            a mutable value such as ``[]`` raises `ValueError`.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -597,15 +674,16 @@ def scan(fn: Callable[[Any, Any], Any], initial: Any, /) -> Stage[Any, Any]:
         [1, 3, 6]
     """
     check_callable(fn, "fn")
-    label = f"scan({describe(fn)})"
+    label = stage_label(name, f"scan({describe(fn)})")
     known_async = is_async_callable(fn)
+    make = initial_maker(initial, label)
 
     def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        return _scan(upstream, fn, initial, known_async, label, None)
+        return _scan(upstream, fn, make(), known_async, label, None)
 
     def restorable(slot: Slot) -> RunFunction:
         def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
-            return _scan(upstream, fn, slot.restore(initial), known_async, label, slot)
+            return _scan(upstream, fn, slot.restore(make()), known_async, label, slot)
 
         return checkpointed
 
@@ -636,7 +714,10 @@ async def _scan(
                 if enveloped is None:
                     enveloped = bool(is_envelope(item))
                 if enveloped:
-                    value = item.value
+                    try:
+                        value = item.value
+                    except AttributeError as exc:
+                        raise item_error(exc, item, enveloped, label, index) from exc
             try:
                 result = fn(accumulator, value)
                 if awaits is None:
@@ -644,7 +725,9 @@ async def _scan(
                 if awaits:
                     result = await result
             except Exception as exc:
-                annotate(exc, label, index)
+                raised = item_error(exc, item, enveloped, label, index)
+                if raised is not exc:
+                    raise raised from exc
                 raise
             accumulator = result
             yield Envelope(accumulator, item.state) if enveloped else accumulator
@@ -652,7 +735,7 @@ async def _scan(
         await aclose(upstream)
 
 
-def enumerate_(start: int = 0) -> IndexedStage:
+def enumerate_(start: int = 0, *, name: str | None = None) -> IndexedStage:
     """Pair every item with its index: ``(start, a), (start + 1, b), ...``.
 
     On a stream of `Envelope` items the pairs hold the values and keep each
@@ -660,6 +743,8 @@ def enumerate_(start: int = 0) -> IndexedStage:
 
     Args:
         start: The first index.
+        name: The stage's label in statistics, events, errors and the
+            history (see `map_`).
 
     Examples:
         >>> import asyncio
@@ -678,7 +763,8 @@ def enumerate_(start: int = 0) -> IndexedStage:
 
         return checkpointed
 
-    return IndexedStage(transform_stage(f"enumerate_({start})", run, restorable=restorable).steps)
+    label = stage_label(name, f"enumerate_({start})")
+    return IndexedStage(transform_stage(label, run, restorable=restorable).steps)
 
 
 async def _enumerate(upstream: AsyncIterator[Any], start: int) -> AsyncIterator[Any]:

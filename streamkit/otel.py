@@ -35,7 +35,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess by 
     ) from error
 
 from . import __version__
-from ._run import Hooks
+from ._hooks import Hooks
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping

@@ -203,6 +203,33 @@ CASES: dict[str, Case] = {
         ),
         dead_letters=sum(1 for x in range(1, N + 1) if x % 7 == 3),
     ),
+    "windowed": Case(
+        lambda _: (
+            sk.map_(pause)
+            | sk.windowed(
+                sk.Hopping(12, hop=4),
+                time=float,
+                key=lambda x: x % 3,
+                aggregate=add,
+                initial=int,
+                out_of_order=5,
+            )
+            | sk.map_(lambda w: [w.key, w.start, w.end, w.value])
+        )
+    ),
+    "windowed-late": Case(
+        lambda _: (
+            sk.map_(pause)
+            | sk.windowed(
+                sk.Session(gap=3),
+                time=lambda x: x - 30 if x % 7 == 3 else x + x // 10 * 5,
+                out_of_order=5,
+                dead_letter=lambda record: None,
+            )
+            | sk.map_(lambda w: [w.start, w.end, w.value])
+        ),
+        dead_letters=sum(1 for x in range(1, N + 1) if x % 7 == 3),
+    ),
 }
 
 

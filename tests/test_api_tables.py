@@ -14,8 +14,8 @@ per public name::
 
 The tests check that
 
-* every name in ``streamkit.__all__``, ``streamkit.testing.__all__`` and
-  ``streamkit.otel.__all__`` has exactly one row (the testing kit's
+* every name in ``streamkit.__all__``, ``streamkit.testing.__all__``,
+  ``streamkit.typing.__all__`` and ``streamkit.otel.__all__`` has exactly one row (the testing kit's
   re-exports of ``streamkit`` names excepted), and every row names one of them;
 * a row links to the object's anchor in the reference and sits in the table
   of the category whose section holds the object's ``:::`` directive;
@@ -39,6 +39,7 @@ import pytest
 import streamkit
 import streamkit.otel
 import streamkit.testing
+import streamkit.typing
 
 ROOT = Path(__file__).resolve().parent.parent
 API = ROOT / "docs" / "api.md"
@@ -63,7 +64,7 @@ def public_names() -> list[str]:
     """The qualified names the tables must list."""
     names = [f"streamkit.{name}" for name in streamkit.__all__]
     exported = {id(getattr(streamkit, name)) for name in streamkit.__all__}
-    for module in (streamkit.testing, streamkit.otel):
+    for module in (streamkit.testing, streamkit.typing, streamkit.otel):
         for name in module.__all__:
             if id(getattr(module, name)) not in exported:  # e.g. testing's use_clock
                 names.append(f"{module.__name__}.{name}")

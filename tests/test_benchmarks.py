@@ -66,6 +66,7 @@ EXPECTED_ROWS = {
         for mode in ("bare", "disabled", "enabled", "full")
     },
     "k": {"plain", "sqlite_1000", "sqlite_10000", "memory_1000"},
+    "m": {"streamkit", "queue", "wait", "aiostream"},
     "l": {
         "construct",
         "save_memory",
@@ -74,6 +75,7 @@ EXPECTED_ROWS = {
         "run_final_only",
         "run_difference",
     },
+    "w": {"streamkit", "bytewax", "memory_small", "memory_large"},
 }
 MEASURED_ONLY = {"l"}
 """Cases that report figures without a target."""

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamkit import (
+    DEFAULT_CODEC,
     Checkpoint,
     CheckpointError,
     Envelope,
@@ -47,6 +50,7 @@ from streamkit import (
     reduce_point,
     resumable,
     scan,
+    scan_state,
     set_state,
     skip,
     stage,
@@ -512,3 +516,295 @@ def test_resumed_random_pipelines_continue_the_uninterrupted_output(
         assert starts, (out, reference, covered)
         covered = max(covered, max(starts) + len(out))
     assert covered == len(reference)
+
+
+# --------------------------------------------------------------------------- changing a pipeline
+
+
+def add(total: int, n: int) -> int:
+    return total + n
+
+
+def positive(n: int) -> bool:
+    return n > 0
+
+
+NUMBERS = [5, -2, 7, 1, -4, 3]
+
+
+def old_pipeline() -> Stage[int, int]:
+    return map_(abs) | scan(add, 0)
+
+
+def new_pipeline() -> Stage[int, int]:
+    return map_(abs) | filter_(positive) | scan(add, 0)
+
+
+async def interrupted_old_run(store: MemoryStore) -> Checkpoint:
+    """An old-shape run left after its first checkpoint (it covers two numbers)."""
+    out, run = await run_until(old_pipeline(), NUMBERS, store, every=2, stop_after=3)
+    assert out == [5, 7, 14]
+    saved = run.last_checkpoint
+    assert saved is not None
+    assert (saved.items, dict(saved.state)) == (2, {"1": 7})
+    return saved
+
+
+def move_the_total(old: Checkpoint) -> Checkpoint | None:
+    state = dict(old.state)
+    state["2"] = state.pop("1")
+    return old.replace(state=state, shape=(*old.shape[:2], "1 filter_(positive)", "2 scan(add)"))
+
+
+async def test_a_pipeline_of_another_shape_is_refused_naming_the_first_difference() -> None:
+    store = MemoryStore()
+    saved = await interrupted_old_run(store)
+    run = Run(new_pipeline(), NUMBERS, name="job", checkpoint=store)
+    with pytest.raises(CheckpointError, match=r"has '1 scan\(add\)' where this one has '1 filter_"):
+        await run.collect()
+    assert run.status == "failed"
+    assert await store.load("job") == saved  # refused, not overwritten
+
+
+async def test_migrate_rewrites_a_checkpoint_of_another_shape() -> None:
+    store = MemoryStore()
+    await interrupted_old_run(store)
+    seen: list[tuple[str, ...]] = []
+
+    def migrate(old: Checkpoint) -> Checkpoint | None:
+        seen.append(old.shape)
+        return move_the_total(old)
+
+    run = Run(new_pipeline(), NUMBERS, name="job", checkpoint=store, migrate=migrate)
+    # Resumed after 5 and -2 (abs: 2) with the total 7: 7, 1, 4 and 3 follow.
+    assert await run.collect() == [14, 15, 19, 22]
+    assert seen == [("source source", "0 map_(abs)", "1 scan(add)")]
+    resumed, last = run.resumed_from, run.last_checkpoint
+    assert resumed is not None
+    assert last is not None
+    assert (
+        resumed.shape
+        == last.shape
+        == ("source source", "0 map_(abs)", "1 filter_(positive)", "2 scan(add)")
+    )
+
+
+async def test_migrate_is_not_called_when_the_shape_is_the_same() -> None:
+    store = MemoryStore()
+    await interrupted_old_run(store)
+    calls: list[Checkpoint] = []
+
+    def migrate(old: Checkpoint) -> Checkpoint | None:
+        calls.append(old)
+        return None
+
+    run = Run(old_pipeline(), NUMBERS, name="job", checkpoint=store, migrate=migrate)
+    assert await run.collect() == [14, 15, 19, 22]
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "migrate",
+    [
+        pytest.param(lambda old: None, id="returns None"),
+        pytest.param(lambda old: old, id="returns the old shape"),
+        pytest.param(lambda old: old.replace(shape=("source source",)), id="returns a third"),
+    ],
+)
+async def test_a_migration_that_does_not_give_this_shape_is_refused(
+    migrate: Callable[[Checkpoint], Checkpoint | None],
+) -> None:
+    store = MemoryStore()
+    saved = await interrupted_old_run(store)
+    run = Run(new_pipeline(), NUMBERS, name="job", checkpoint=store, migrate=migrate)
+    with pytest.raises(CheckpointError, match="another shape"):
+        await run.collect()
+    assert await store.load("job") == saved
+
+
+async def test_an_error_in_migrate_fails_the_run_with_it() -> None:
+    store = MemoryStore()
+    await interrupted_old_run(store)
+
+    def migrate(old: Checkpoint) -> Checkpoint | None:
+        raise KeyError("no such step")
+
+    run = Run(new_pipeline(), NUMBERS, name="job", checkpoint=store, migrate=migrate)
+    with pytest.raises(KeyError, match="no such step"):
+        await run.collect()
+    assert run.status == "failed"
+
+
+def test_migrate_and_codec_are_checked_at_construction() -> None:
+    with pytest.raises(TypeError, match="migrate must be callable or None, got int"):
+        Run(map_(abs), NUMBERS, name="job", checkpoint=MemoryStore(), migrate=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="codec= and migrate= are options of checkpoint="):
+        Run(map_(abs), NUMBERS, migrate=move_the_total)
+
+
+async def test_distinct_tuple_keys_come_back_as_tuples_after_a_resume() -> None:
+    items = [(1, 2), (3, 4), (1, 2), (5, 6), (3, 4), (7, 8), (1, 2)]
+    store = MemoryStore()
+    out, _ = await run_until(distinct(), items, store, every=2, stop_after=3)
+    assert out == [(1, 2), (3, 4), (5, 6)]
+    resumed, _ = await run_until(distinct(), items, store, every=2)
+    assert resumed == [(5, 6), (7, 8)]  # (1, 2) and (3, 4) are still known: not lists
+
+
+# --------------------------------------------------------------------------- codecs
+
+
+@dataclass(frozen=True)
+class Money:
+    cents: int
+    currency: str
+
+
+MONEY = DEFAULT_CODEC.with_type(
+    Money,
+    encode=lambda money: [money.cents, money.currency],
+    decode=lambda pair: Money(*pair),
+    name="money",
+)
+
+
+class MoneyText:
+    """A codec of one key's values: ``Money(1990, "EUR")`` is ``"1990 EUR"``."""
+
+    def encode(self, money: Money) -> str:
+        return f"{money.cents} {money.currency}"
+
+    def decode(self, text: str) -> Money:
+        cents, currency = text.split()
+        return Money(int(cents), currency)
+
+
+PRICE = Key[Money]("price", codec=MoneyText())
+
+
+def priced(n: int) -> Money:
+    return Money(100 * n, "EUR")
+
+
+def values_and_prices(batches: Sequence[Envelope[list[int]]]) -> list[Any]:
+    return [(batch.value, batch.state.get(PRICE, None)) for batch in batches]
+
+
+async def test_a_typed_codec_given_to_the_run_also_encodes_envelopes() -> None:
+    # A batch of envelopes held by chunk is in its snapshot: the run's codec needs the envelope
+    # form even when it is the user's own `DEFAULT_CODEC.with_type(...)`.
+    pipeline = map_(priced) | envelop() | chunk(3)
+    store = MemoryStore()
+    whole = await Run(pipeline, range(7), name="whole", checkpoint=store, codec=MONEY).collect()
+    first: list[Any] = []
+    async with Run(pipeline, range(7), name="job", checkpoint=store, every=2, codec=MONEY) as run:
+        async for batch in run:
+            first.append(batch)
+            break  # its last checkpoint, after 2 items, holds them in the open batch
+    saved = await store.load("job")
+    assert saved is not None
+    assert saved.state["2"] == [
+        {"$type": "streamkit:Envelope", "value": [{"$type": "money", "value": [cents, "EUR"]}, {}]}
+        for cents in (0, 100)
+    ]
+    rest = await Run(pipeline, range(7), name="job", checkpoint=store, codec=MONEY).collect()
+    assert first == whole[:1]
+    assert rest == whole  # the first batch again: it was not complete at the checkpoint
+
+
+async def test_a_keys_codec_encodes_its_values_in_the_envelopes_of_a_snapshot() -> None:
+    pipeline = set_state(PRICE, priced) | chunk(3) | map_(sum)
+    store = MemoryStore()
+    out, _ = await run_until(pipeline, range(7), store, every=2, stop_after=1)
+    saved = await store.load("job")
+    assert saved is not None
+    # The run's codec writes a dataclass as an object: the text is the key's codec's.
+    assert saved.state["1"] == [
+        {"$type": "streamkit:Envelope", "value": [n, {}, {"price": f"{100 * n} EUR"}]}
+        for n in (0, 1)
+    ]
+    rest, run = await run_until(pipeline, range(7), store)
+    assert run.resumed_from is not None
+    assert out == rest[:1]
+    assert [item.value for item in rest] == [3, 12, 6]
+    assert [item.state[PRICE] for item in rest] == [priced(2), priced(5), priced(6)]
+
+
+def test_two_steps_that_set_one_key_with_two_codecs_are_refused() -> None:
+    other = Key[Money]("price", codec=MoneyText())
+    pipeline = set_state(PRICE, priced) | set_state(other, priced)
+    with pytest.raises(ValueError, match=r"step 1, set_state\('price', priced\), sets state key"):
+        Run(pipeline, range(3), name="job", checkpoint=MemoryStore())
+
+
+async def test_a_reduction_to_one_aggregate_resumes_its_fold_with_the_last_state() -> None:
+    failed: list[int] = []
+
+    def fails_once_at_5(n: int) -> int:
+        if n == 5 and not failed:
+            failed.append(n)
+            raise ConnectionError(n)
+        return n
+
+    reduction = set_state("seen", str) | reduce_point(
+        TOTAL, lambda total, n: total + n, 0, emit="aggregate"
+    )
+    whole = await collect(range(8) | reduction)
+    pipeline = map_(fails_once_at_5) | reduction
+    store = MemoryStore()
+    with pytest.raises(ConnectionError):
+        await Run(pipeline, range(8), name="job", checkpoint=store, every=2).collect()
+    saved = await store.load("job")
+    assert saved is not None
+    assert saved.items == 4  # the fold so far (0 + 1 + 2 + 3) and the last item's state
+    resumed = await Run(pipeline, range(8), name="job", checkpoint=store, every=2).collect()
+    assert resumed == whole
+    assert [(item.value, dict(item.state)) for item in resumed] == [
+        (28, {"seen": "7", "total": 28})
+    ]
+
+
+def add_price(total: Money, n: int) -> Money:
+    return Money(total.cents + priced(n).cents, total.currency)
+
+
+@pytest.mark.parametrize(
+    ("reduction", "fails_before"),
+    [
+        pytest.param(lambda: scan_state(PRICE, add_price, Money(0, "EUR")), True, id="scan_state"),
+        pytest.param(
+            lambda: reduce_point(PRICE, add_price, Money(0, "EUR"), emit="aggregate"),
+            True,
+            id="reduce_point while folding",
+        ),
+        pytest.param(
+            lambda: reduce_point(PRICE, add_price, Money(0, "EUR")),
+            False,  # its checkpoints complete only after the fold
+            id="reduce_point while emitting",
+        ),
+    ],
+)
+async def test_a_keys_codec_encodes_the_aggregate_of_its_step(
+    reduction: Callable[[], Stage[int, Envelope[int]]], fails_before: bool
+) -> None:
+    failed: list[int] = []
+
+    def fails_once_at_5(n: int) -> int:
+        if n == 5 and not failed:
+            failed.append(n)
+            raise ConnectionError(n)
+        return n
+
+    whole = await collect(range(8) | reduction())
+    store = MemoryStore()
+    flaky = map_(fails_once_at_5)
+    pipeline = flaky | reduction() if fails_before else reduction() | flaky
+    with pytest.raises(ConnectionError):
+        await Run(pipeline, range(8), name="job", checkpoint=store, every=2).collect()
+    saved = await store.load("job")
+    assert saved is not None
+    # The run's codec writes a dataclass as an object: the text is the key's codec's.
+    assert '"price": "' in json.dumps(saved.state["1" if fails_before else "0"])
+    rest = await Run(pipeline, range(8), name="job", checkpoint=store, every=2).collect()
+    assert rest == whole[len(whole) - len(rest) :]
+    assert rest[-1].state[PRICE] == Money(2800, "EUR")

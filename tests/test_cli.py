@@ -193,6 +193,21 @@ def test_run_writes_one_result_per_line_and_the_statistics(project: Path) -> Non
     assert len(stderr) == 7
 
 
+def test_the_statistics_table_shows_stage_names(project: Path) -> None:
+    (project / "named.py").write_text(
+        "from streamkit import filter_, map_\n"
+        "pipeline = map_(int, name='parse') | filter_(lambda n: n % 3 != 0, name='no-threes')\n",
+        encoding="utf-8",
+    )
+    result = streamkit_run(project, "run", "named:pipeline", "--input", "numbers.txt")
+    assert result.returncode == 0, result.stderr
+    rows = {line.split()[0]: line.split()[1:5] for line in result.stderr.splitlines()[2:4]}
+    assert rows == {
+        "parse": ["succeeded", "30", "30", "0"],
+        "no-threes": ["succeeded", "30", "20", "10"],
+    }
+
+
 def test_run_reads_stdin_and_writes_files_strings_as_they_are(project: Path) -> None:
     result = streamkit_run(
         project, "run", "jobs.py:texts", "--output", "out.txt", stdin="ab\r\ncd\n\nzoë"

@@ -25,7 +25,17 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from streamkit import ConstantBackoff, Key, Run, map_, scan_state, with_retry, write_report
+from streamkit import (
+    ConstantBackoff,
+    Key,
+    Run,
+    branch,
+    fork,
+    map_,
+    scan_state,
+    with_retry,
+    write_report,
+)
 from tests.browsers import browser as browser
 from tests.browsers import context as context
 from tests.dashboards import Gate, listening, open_sockets, watched
@@ -302,6 +312,41 @@ def test_a_failing_stage_shows_its_error(context: BrowserContext) -> None:
     assert message in (error.text_content() or "")
     assert "in map_(fails_at_30)" in (error.text_content() or "")
     assert page.locator("#errors b").count() == 0  # the message's <b> is text
+    assert problems == []
+
+
+def test_fork_and_branch_show_their_branches_as_lanes(context: BrowserContext) -> None:
+    n = 60
+    pipeline = (
+        map_(inc)
+        | branch(totals=scan_state(Key[int]("total"), add, 0) | map_(double), raw=map_(inc))
+        | fork(map_(double), map_(inc) | map_(double))
+    )
+    live = LiveRun(pipeline, list(range(n)), pause=0.002)
+    page, problems = watch_page(context, live.start())
+    live.open()
+    ended(page)
+    live.join()
+    assert live.error is None
+    cards = page.locator("#graph li.stage")
+    assert cards.count() == 3
+    assert cards.nth(0).locator(".lane").count() == 0
+    lanes = [cards.nth(n).locator(".lane") for n in (1, 2)]
+    assert [lane.locator(".lane-name").all_text_contents() for lane in lanes] == [
+        ["totals", "raw"],
+        ["branch 0", "branch 1"],
+    ]
+    steps = [
+        [lane.nth(k).locator("li").all_text_contents() for k in range(lane.count())]
+        for lane in lanes
+    ]
+    assert steps == [
+        [["scan_state('total', add)", "map_(double)"], ["map_(inc)"]],
+        [["map_(double)"], ["map_(inc)", "map_(double)"]],
+    ]
+    # Each branch gets every item; the fork merges both branches' outputs.
+    assert stage_values(page, "items_in") == [f"{n}", f"{n}", f"{2 * n}"]
+    assert stage_values(page, "items_out") == [f"{n}", f"{2 * n}", f"{4 * n}"]
     assert problems == []
 
 

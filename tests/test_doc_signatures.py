@@ -55,6 +55,7 @@ import pytest
 import streamkit
 import streamkit.otel
 import streamkit.testing
+import streamkit.typing
 from tests.test_docs import SIGNATURE, _fenced_blocks
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ _SHAPE = re.compile(
 )
 # A code span: text between single backticks (not part of a longer run of backticks).
 _SPAN = re.compile(r"(?<!`)`(?!`)([^`]+)`(?!`)")
-_NAMESPACES: tuple[Any, ...] = (streamkit, streamkit.testing, streamkit.otel)
+_NAMESPACES: tuple[Any, ...] = (streamkit, streamkit.testing, streamkit.typing, streamkit.otel)
 _PARTIAL = re.compile(r",\s*\.\.\.\s*$")
 
 
@@ -396,7 +397,7 @@ def test_a_right_signature_has_no_problems() -> None:
     assert (
         _problems(
             "with_retry(stage, /, *, attempts=3, backoff=exponential(), retry_on=Exception, "
-            "deadline=None, timeout=None, on_error=None, dead_letter=None, report=None)"
+            "deadline=None, timeout=None, on_error=None, dead_letter=None, report=None, name=None)"
         )
         == []
     )

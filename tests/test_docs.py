@@ -35,6 +35,7 @@ import pytest
 import streamkit
 import streamkit.otel
 import streamkit.testing
+import streamkit.typing
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
@@ -230,6 +231,10 @@ def _public_callables() -> list[tuple[str, object]]:
         for name in streamkit.testing.__all__
     ]
     names += [
+        (f"streamkit.typing.{name}", getattr(streamkit.typing, name))
+        for name in streamkit.typing.__all__
+    ]
+    names += [
         (f"streamkit.otel.{name}", getattr(streamkit.otel, name)) for name in streamkit.otel.__all__
     ]
     # Functions and classes. Type aliases such as `Source` are not called, and exceptions
@@ -253,11 +258,11 @@ def test_api_page_documents_every_public_name(name: str) -> None:
 
 
 def test_api_page_documents_the_testing_kit_and_the_exporter() -> None:
-    assert {"streamkit.testing", "streamkit.otel"} <= _api_directives()
+    assert {"streamkit.testing", "streamkit.typing", "streamkit.otel"} <= _api_directives()
 
 
 def test_api_page_documents_only_public_names() -> None:
-    submodules = {"streamkit.testing", "streamkit.otel"}
+    submodules = {"streamkit.testing", "streamkit.typing", "streamkit.otel"}
     public = {f"streamkit.{name}" for name in streamkit.__all__} | submodules
     assert _api_directives() <= public
 

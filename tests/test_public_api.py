@@ -8,6 +8,7 @@ import pytest
 
 import streamkit
 import streamkit.testing
+import streamkit.typing
 
 PUBLIC = [
     "BRANCH",
@@ -25,25 +26,22 @@ PUBLIC = [
     "DeadLetterRecord",
     "DeadLetterRow",
     "DeadLetters",
-    "EnvelopStage",
     "Envelope",
     "ErrorRecord",
     "ErrorReport",
     "ExceptionInfo",
     "ExponentialBackoff",
-    "FailureStage",
+    "Factory",
     "FailureStatistics",
-    "FlattenStage",
     "Flow",
     "HookError",
     "Hooks",
-    "IndexedStage",
+    "Hopping",
     "Key",
-    "ListStage",
+    "Late",
+    "LateItemError",
     "MemoryStore",
     "OnError",
-    "PairStage",
-    "Passthrough",
     "PostgresStore",
     "QuantileSketch",
     "Resumable",
@@ -54,7 +52,9 @@ PUBLIC = [
     "SQLValue",
     "SQLiteStore",
     "Scope",
+    "Session",
     "Sink",
+    "Sliding",
     "SnapshotError",
     "Source",
     "Stage",
@@ -64,23 +64,23 @@ PUBLIC = [
     "State",
     "StateLimitError",
     "StateLimits",
-    "StateStage",
     "StateUpdate",
     "Stateful",
     "Store",
-    "SuccessStage",
     "TableRows",
     "TableSink",
-    "TupleStage",
+    "Tumbling",
     "TypedCodec",
     "UnhandledFailure",
-    "UnwrapStage",
+    "Window",
+    "WindowKind",
     "Write",
     "attempts_key",
     "branch",
     "broadcast",
     "buffer",
     "chunk",
+    "chunk_until",
     "collect",
     "concat",
     "config_hash",
@@ -116,6 +116,7 @@ PUBLIC = [
     "repeat",
     "resumable",
     "scan",
+    "scan_by",
     "scan_state",
     "set_state",
     "skip",
@@ -128,11 +129,13 @@ PUBLIC = [
     "tap",
     "tee",
     "throttle",
+    "throttle_by",
     "timeout",
     "to_prometheus",
     "unwrap",
     "use_clock",
     "window",
+    "windowed",
     "with_retry",
     "write_report",
     "write_to",
@@ -152,6 +155,20 @@ TESTING = [
     "virtual_clock",
 ]
 
+TYPING = [
+    "EnvelopStage",
+    "FailureStage",
+    "FlattenStage",
+    "IndexedStage",
+    "ListStage",
+    "PairStage",
+    "Passthrough",
+    "StateStage",
+    "SuccessStage",
+    "TupleStage",
+    "UnwrapStage",
+]
+
 BUILTINS = {"map", "filter", "zip", "enumerate"}
 
 
@@ -163,7 +180,17 @@ def test_testing_all_is_pinned() -> None:
     assert sorted(streamkit.testing.__all__) == TESTING
 
 
-@pytest.mark.parametrize("module", [streamkit, streamkit.testing])
+def test_typing_all_is_pinned() -> None:
+    assert sorted(streamkit.typing.__all__) == TYPING
+
+
+def test_the_typing_classes_are_not_in_the_front_door() -> None:
+    # They carry static types; code names them from streamkit.typing.
+    assert not set(TYPING) & set(streamkit.__all__)
+    assert not any(hasattr(streamkit, name) for name in TYPING)
+
+
+@pytest.mark.parametrize("module", [streamkit, streamkit.testing, streamkit.typing])
 def test_every_name_in_all_exists(module: object) -> None:
     for name in getattr(module, "__all__"):  # noqa: B009 - the module is a parameter
         assert hasattr(module, name), name

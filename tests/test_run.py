@@ -10,7 +10,12 @@ import pytest
 
 from streamkit import (
     ErrorReport,
+    HookError,
+    Hooks,
+    Run,
+    StateUpdate,
     collect,
+    config_hash,
     constant,
     filter_,
     flat_map,
@@ -20,7 +25,6 @@ from streamkit import (
     tap,
     with_retry,
 )
-from streamkit._run import HookError, Hooks, Run, StateUpdate, config_hash
 from streamkit.testing import (
     SourceError,
     TrackedSource,

@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import streamkit._state as state_module
-from streamkit import collect, filter_, flat_map, map_, take, tap
+from streamkit import Factory, collect, filter_, flat_map, map_, take, tap
 from streamkit._records import EMPTY, Envelope, Key, Scope, State, StateLimitError, StateLimits
 from streamkit._state import (
     BRANCH,
@@ -397,7 +397,7 @@ async def test_reduce_point_limit_errors_at_emission_carry_a_note() -> None:
     flow = (
         range(3)
         | envelop(limits=StateLimits(max_bytes=20))
-        | reduce_point("all", lambda acc, x: [*acc, x] * 3, [])
+        | reduce_point("all", lambda acc, x: [*acc, x] * 3, Factory(list))
     )
     with pytest.raises(StateLimitError) as raised:
         await collect(flow)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from streamkit import (
+    Factory,
     Stage,
     collect,
     enumerate_,
@@ -314,7 +315,7 @@ async def test_scan_may_change_the_type() -> None:
     def count_letters(counts: dict[str, int], word: str) -> dict[str, int]:
         return {**counts, word[0]: counts.get(word[0], 0) + 1}
 
-    assert await collect(["ab", "ac", "b"] | scan(count_letters, {})) == [
+    assert await collect(["ab", "ac", "b"] | scan(count_letters, Factory(dict))) == [
         {"a": 1},
         {"a": 2},
         {"a": 2, "b": 1},

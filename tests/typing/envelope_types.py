@@ -88,9 +88,8 @@ def check_with_state() -> None:
 
 def check_composed_envelope_stages() -> None:
     assert_type(map_(to_str) | envelop(), Stage[int, Envelope[str]])
-    # Item stages after envelop() in a stage-to-stage composition are not
-    # typed as transparent (apply the chain to a source for exact types):
-    # see "Known typing limits" in docs/design.md.
+    assert_type(envelop() | map_(to_str), Stage[int, Envelope[str]])
+    assert_type(envelop() | map_(to_str) | chunk(2), Stage[int, Envelope[list[str]]])
     assert_type(["a"] | envelop() | map_(str.upper), Flow[Envelope[str]])
     assert_type(map_(to_str) | envelop() | unwrap(), Stage[int, str])
     assert_type(range(3) | (map_(to_str) | envelop()), Flow[Envelope[str]])

@@ -10,16 +10,18 @@ from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 from typing import Any, assert_type
 
-from streamkit import filter_, map_, take
-from streamkit._metrics import QuantileSketch, RunStatistics, StageStatistics, to_prometheus
-from streamkit._run import (
+from streamkit import (
     HookError,
     Hooks,
     Run,
     RunStatus,
     StateUpdate,
     config_hash,
+    filter_,
+    map_,
+    take,
 )
+from streamkit._metrics import QuantileSketch, RunStatistics, StageStatistics, to_prometheus
 
 
 def parse(text: str) -> int:

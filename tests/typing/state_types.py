@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, assert_type
 
-from streamkit import Flow, Stage, StateStage, collect, map_
+from streamkit import Flow, Stage, collect, map_
 from streamkit._batch import BatchPipeline
 from streamkit._records import Envelope, Key, Scope, State, StateLimits
 from streamkit._state import (
@@ -22,6 +22,7 @@ from streamkit._state import (
     unwrap,
 )
 from streamkit._template import render
+from streamkit.typing import StateStage
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
