@@ -3,7 +3,7 @@
 A broker's consumer group (Redis Streams here) decides which worker owns
 which partition; this module runs, in one worker, one `Run` of the pipeline
 per owned partition, each checkpointed under its own name
-(``"{name}/{partition}"``), with the partition's position (a stream entry id,
+(``"{name}.{partition}"``), with the partition's position (a stream entry id,
 an offset) saved in the checkpoint's transaction. It knows nothing of any
 broker: a broker module gives it a `PartitionSource` per assigned partition
 (how to fetch from a position, how to acknowledge up to one) and asks for
@@ -17,12 +17,14 @@ done only once the checkpoint that covers it is saved.
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Generic, Protocol, TypeVar, runtime_checkable
 
-from ._checkpointing import DEFAULT_EVERY
+from ._checkpointing import DEFAULT_EVERY, check_every
 from ._run import Run
+from ._store import StaleCheckpointError
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 T_co = TypeVar("T_co", covariant=True)
+
+_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,47}")
+_PARTITION: Final = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 
 Fetch = Callable[[Any], Awaitable[list[tuple[Any, Any]]]]
 """``fetch(position)``: the next items after ``position``, each with the position after it."""
@@ -75,6 +80,12 @@ class PartitionSource(Generic[T]):
         acknowledge: Acknowledge,
         bound: asyncio.Semaphore,
     ) -> None:
+        if not isinstance(partition, str):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
+            raise TypeError(f"partition must be a str, got {type(partition).__name__}")
+        if not _PARTITION.fullmatch(partition):
+            raise ValueError(
+                f"partition must be 1 to 15 letters, digits, '_', '.' or '-', got {partition!r}"
+            )
         self.partition = partition
         self._position = start
         self._fetch = fetch
@@ -140,8 +151,16 @@ class PartitionSource(Generic[T]):
         await self._acknowledge(checkpoint.position)
 
 
+@runtime_checkable
 class Broker(Protocol):
-    """What a broker module gives `Partitioned`: it assigns and revokes partitions."""
+    """What a broker module gives `Partitioned`: it assigns and revokes partitions.
+
+    `streamkit.redis.StreamGroup` is one. ``serve`` runs for as long as the
+    worker does: it gives the worker partitions with `Partitions.assign`
+    (each a `PartitionSource` made by `Partitions.source`), takes them back
+    with `Partitions.revoke` when the group rebalances, and with
+    `Partitions.abandon` when the worker lost one without handing it back.
+    """
 
     async def serve(self, partitions: Partitions) -> None:
         """Assign and revoke partitions until stopped; revoke all of them before returning."""
@@ -153,7 +172,14 @@ class Broker(Protocol):
 
 
 class Partitions:
-    """The partitions a worker owns, each run by its own checkpointed `Run`."""
+    """The partitions a worker owns, each run by its own checkpointed `Run`.
+
+    A broker's `Broker.serve` gets one: it calls `assign` with a
+    `PartitionSource` per partition it gives the worker, `revoke` to take one
+    back with a last checkpoint, `abandon` to stop one at once (ownership
+    was lost). A partition whose run ended on its own (another worker saved its
+    checkpoint meanwhile) leaves `owned`: the broker then gives it up too.
+    """
 
     __slots__ = ("_owner", "_tasks")
 
@@ -161,34 +187,59 @@ class Partitions:
         self._owner = owner
         self._tasks: dict[str, tuple[PartitionSource[Any], asyncio.Task[None]]] = {}
 
+    def __repr__(self) -> str:
+        return f"Partitions({self._owner.name!r}, owned={self.owned()!r})"
+
     def owned(self) -> tuple[str, ...]:
-        """The partitions this worker runs now."""
-        return tuple(self._tasks)
+        """The partitions this worker runs now (not those being revoked, nor ended ones)."""
+        return tuple(
+            partition
+            for partition, (source, task) in self._tasks.items()
+            if not task.done() and not source.suspended()
+        )
 
     def name(self, partition: str) -> str:
         """The checkpoint name of ``partition``."""
-        return f"{self._owner.name}/{partition}"
+        return f"{self._owner.name}.{partition}"
 
     async def position(self, partition: str) -> Any:
         """The position the checkpoint of ``partition`` holds, or None if it has none."""
         checkpoint = await self._owner.store.load(self.name(partition))
         return None if checkpoint is None else checkpoint.position
 
+    def source(
+        self, partition: str, *, start: Any, fetch: Fetch, acknowledge: Acknowledge
+    ) -> PartitionSource[Any]:
+        """A `PartitionSource` sharing the worker's concurrency bound, to `assign`."""
+        return self._owner.source(partition, start=start, fetch=fetch, acknowledge=acknowledge)
+
     def assign(self, source: PartitionSource[Any]) -> None:
-        """Start the run of a partition."""
-        if source.partition in self._tasks:
+        """Start the run of a partition (it resumes from the partition's checkpoint).
+
+        Raises:
+            ValueError: The worker runs that partition already.
+        """
+        entry = self._tasks.get(source.partition)
+        if entry is not None and not entry[1].done():
             raise ValueError(f"partition {source.partition!r} is already assigned")
         task = asyncio.get_running_loop().create_task(self._owner.drive(source, self))
         self._tasks[source.partition] = (source, task)
 
     async def revoke(self, partition: str) -> None:
-        """Barrier, save, acknowledge, close: the partition's run ends with a checkpoint."""
-        entry = self._tasks.pop(partition, None)
+        """Barrier, save, acknowledge, close: the partition's run ends with a checkpoint.
+
+        The run completes even if the caller is cancelled meanwhile.
+        """
+        entry = self._tasks.get(partition)
         if entry is None:
             return
         source, task = entry
         source.suspend()
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        finally:
+            if task.done() and self._tasks.get(partition) is entry:
+                del self._tasks[partition]
 
     async def abandon(self, partition: str) -> None:
         """Stop a partition's run at once, without a checkpoint (its lease was lost)."""
@@ -203,6 +254,10 @@ class Partitions:
         """Revoke every partition, together."""
         await asyncio.gather(*(self.revoke(partition) for partition in list(self._tasks)))
 
+    async def abandon_all(self) -> None:
+        """Abandon every partition (a worker stopping without its checkpoints)."""
+        await asyncio.gather(*(self.abandon(partition) for partition in list(self._tasks)))
+
 
 _END = object()
 
@@ -214,15 +269,17 @@ class Partitioned(Generic[T_co]):
     partition, interleaved across them): at least once, since a partition
     that moves to another worker after a crash repeats the outputs since its
     last checkpoint. Write with `streamkit.write_to` into a `TableSink` of
-    ``store`` for exactly once. Closing the iteration (``break``, `aclose`)
-    hands every partition back with a last checkpoint.
+    ``store`` for exactly once. Use it in ``async with``: leaving the block
+    (or `aclose`) hands every partition back with a last checkpoint; an
+    error of any partition's pipeline does too, and then propagates.
 
     Args:
         pipeline: The stage each partition's items go through.
         broker: Assigns the partitions (`streamkit.redis.StreamGroup`).
         store: Where each partition's checkpoints go (shared by the workers:
             a `PostgresStore`).
-        name: The runs' name; partition ``p`` checkpoints as ``"{name}/{p}"``.
+        name: The runs' name; partition ``p`` checkpoints as ``"{name}.{p}"``
+            (letters, digits, ``_ . -``, as a `Run`'s name).
         every: Items of a partition between two of its checkpoints.
         interval: Also checkpoint every this many seconds.
         concurrency: At most this many partitions have an item in their
@@ -232,7 +289,8 @@ class Partitioned(Generic[T_co]):
 
     Raises:
         TypeError: An argument has the wrong type.
-        ValueError: ``name`` is empty, or ``concurrency`` or ``buffer`` < 1.
+        ValueError: A bad ``name``, ``every`` or ``interval``, or ``concurrency`` or
+            ``buffer`` < 1.
     """
 
     __slots__ = (
@@ -241,6 +299,7 @@ class Partitioned(Generic[T_co]):
         "_buffer",
         "_every",
         "_interval",
+        "_iterator",
         "_pipeline",
         "_queue",
         "_semaphore",
@@ -267,12 +326,22 @@ class Partitioned(Generic[T_co]):
 
         if not isinstance(pipeline, StageType):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(f"pipeline must be a Stage, got {type(pipeline).__name__}")
+        if not isinstance(broker, Broker):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
+            raise TypeError(
+                f"broker must be a Broker (serve(partitions), stop()), got {type(broker).__name__}"
+            )
         if not isinstance(store, StoreType):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(f"store must be a Store, got {type(store).__name__}")
         if not isinstance(name, str):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(f"name must be a str, got {type(name).__name__}")
-        if not name:
-            raise ValueError(f"name must be a non-empty str, got {name!r}")
+        if not _NAME.fullmatch(name):
+            raise ValueError(
+                "name must be 1 to 48 letters, digits, '_', '.' or '-', starting with a letter "
+                f"or digit (the partitions' runs are named after it), got {name!r}"
+            )
+        check_every(every, interval)
+        if version is not None and not isinstance(version, str):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
+            raise TypeError(f"version must be a str or None, got {type(version).__name__}")
         for option, value in (("concurrency", concurrency), ("buffer", buffer)):
             if type(value) is not int:
                 raise TypeError(f"{option} must be an int, got {type(value).__name__}")
@@ -288,6 +357,7 @@ class Partitioned(Generic[T_co]):
         self._bound = concurrency
         self._buffer = buffer
         self._queue: asyncio.Queue[Any] | None = None
+        self._iterator: AsyncGenerator[T_co] | None = None
         self._semaphore: asyncio.Semaphore | None = None
 
     def __repr__(self) -> str:
@@ -297,13 +367,20 @@ class Partitioned(Generic[T_co]):
         self, partition: str, *, start: Any, fetch: Fetch, acknowledge: Acknowledge
     ) -> PartitionSource[Any]:
         """A `PartitionSource` sharing this worker's concurrency bound (for brokers)."""
-        assert self._semaphore is not None
+        if self._semaphore is None:
+            raise RuntimeError(f"{self!r} is not running: iterate it first")
         return PartitionSource(
             partition, start=start, fetch=fetch, acknowledge=acknowledge, bound=self._semaphore
         )
 
     async def drive(self, source: PartitionSource[Any], partitions: Partitions) -> None:
-        """Run one partition's pipeline; its outputs go to the worker's queue."""
+        """Run one partition's pipeline; its outputs go to the worker's queue.
+
+        A save refused because another worker saved the partition's
+        checkpoint meanwhile (`StaleCheckpointError`: this worker lost the
+        partition without knowing) ends the partition's run quietly; any other
+        failure fails the worker.
+        """
         queue = self._queue
         assert queue is not None
         run = Run(
@@ -320,19 +397,33 @@ class Partitioned(Generic[T_co]):
         assert layer is not None
         layer.on_saved = source.saved
         try:
-            async for item in run:
-                await queue.put(item)
-        except asyncio.CancelledError:
-            raise
-        except BaseException as exc:
+            async with run:
+                async for item in run:
+                    await queue.put(item)
+        except StaleCheckpointError:
+            return  # another worker owns the partition now
+        except Exception as exc:
             await queue.put(_Failure(exc))
 
     def __aiter__(self) -> AsyncIterator[T_co]:
-        return self._outputs()
+        iterator = self._iterator = self._outputs()
+        return iterator
 
-    async def _outputs(self) -> AsyncIterator[T_co]:
+    async def aclose(self) -> None:
+        """Stop: hand every partition back with a last checkpoint (as leaving ``async with``)."""
+        iterator, self._iterator = self._iterator, None
+        if iterator is not None:
+            await iterator.aclose()
+
+    async def __aenter__(self) -> Partitioned[T_co]:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def _outputs(self) -> AsyncGenerator[T_co]:
         if self._queue is not None:
-            raise RuntimeError(f"{self!r} is already running")
+            raise RuntimeError(f"{self!r} is already running: a worker iterates once")
         queue: asyncio.Queue[Any] = asyncio.Queue(self._buffer)
         self._queue = queue
         self._semaphore = asyncio.Semaphore(self._bound)
@@ -347,19 +438,47 @@ class Partitioned(Generic[T_co]):
                     raise item.error
                 yield item
         finally:
-            self._broker.stop()
+            await self._stop(serving, partitions, queue)
+
+    async def _stop(
+        self, serving: asyncio.Task[None], partitions: Partitions, queue: asyncio.Queue[Any]
+    ) -> None:
+        """Hand every partition back with a last checkpoint, draining outputs meanwhile.
+
+        Cancelled while it waits, it abandons the partitions (no last
+        checkpoints) and waits for their runs to end before re-raising.
+        """
+        self._broker.stop()
+        try:
             while not serving.done():
                 # Drain, so that partitions blocked on a full queue reach their barrier.
                 getting = asyncio.ensure_future(queue.get())
-                await asyncio.wait({serving, getting}, return_when=asyncio.FIRST_COMPLETED)
-                getting.cancel()
-            serving.result()
+                try:
+                    await asyncio.wait({serving, getting}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    getting.cancel()
+                    await asyncio.gather(getting, return_exceptions=True)
+        except asyncio.CancelledError:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+            await partitions.abandon_all()
+            raise
+        error = serving.exception()
+        if error is not None:
+            raise error
 
     async def _serve(self, partitions: Partitions, queue: asyncio.Queue[Any]) -> None:
         try:
-            await self._broker.serve(partitions)
-        finally:
-            await partitions.revoke_all()
+            try:
+                await self._broker.serve(partitions)
+            finally:
+                await partitions.revoke_all()
+        except asyncio.CancelledError:
+            await partitions.abandon_all()
+            raise
+        except Exception as exc:
+            await queue.put(_Failure(exc))
+            return
         await queue.put(_END)
 
 
