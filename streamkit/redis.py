@@ -60,8 +60,9 @@ from typing import TYPE_CHECKING, Any, Final, Self
 from ._records import Envelope
 
 if TYPE_CHECKING:
-    from ._partitioned import Partitions
     from types import TracebackType
+
+    from ._partitioned import Partitions
 
 __all__ = ["Entry", "StreamGroup", "StreamSink"]
 
@@ -656,10 +657,7 @@ class StreamSink:
                 marker,
                 self.marker_ttl,
                 self.maxlen or 0,
-                *(
-                    json.dumps([part for pair in entry.items() for part in pair])
-                    for entry in entries
-                ),
+                *(_flat(entry) for entry in entries),
             )
             return
         async with client.pipeline(transaction=True) as pipe:
