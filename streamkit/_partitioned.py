@@ -269,9 +269,15 @@ class Partitioned(Generic[T_co]):
     partition, interleaved across them): at least once, since a partition
     that moves to another worker after a crash repeats the outputs since its
     last checkpoint. Write with `streamkit.write_to` into a `TableSink` of
-    ``store`` for exactly once. Use it in ``async with``: leaving the block
-    (or `aclose`) hands every partition back with a last checkpoint; an
-    error of any partition's pipeline does too, and then propagates.
+    ``store`` for exactly once.
+
+    `stop` ends the iteration gracefully: every partition is handed back
+    with a last checkpoint and the outputs of its last items come out first.
+    Use it in ``async with``: leaving the block early (``break``, `aclose`,
+    cancellation, an error of a partition's pipeline, which then propagates)
+    abandons the partitions without a last checkpoint, since a checkpoint
+    must not cover outputs the consumer never saw; their next owners repeat
+    them from their last checkpoints.
 
     Args:
         pipeline: The stage each partition's items go through.
@@ -410,7 +416,7 @@ class Partitioned(Generic[T_co]):
         return iterator
 
     async def aclose(self) -> None:
-        """Stop: hand every partition back with a last checkpoint (as leaving ``async with``)."""
+        """Leave early: abandon the partitions (as leaving ``async with``; see the class)."""
         iterator, self._iterator = self._iterator, None
         if iterator is not None:
             await iterator.aclose()
@@ -443,42 +449,43 @@ class Partitioned(Generic[T_co]):
     async def _stop(
         self, serving: asyncio.Task[None], partitions: Partitions, queue: asyncio.Queue[Any]
     ) -> None:
-        """Hand every partition back with a last checkpoint, draining outputs meanwhile.
+        """The iteration ended: abandon what is still running, or raise the broker's error.
 
-        Cancelled while it waits, it abandons the partitions (no last
-        checkpoints) and waits for their runs to end before re-raising.
+        Outputs the consumer will never see must not be covered by a
+        checkpoint, so leaving early hands no partition back with a last
+        checkpoint: their runs are cancelled, and the next owner of each
+        partition repeats it from its last checkpoint.
         """
-        self._broker.stop()
-        try:
-            while not serving.done():
-                # Drain, so that partitions blocked on a full queue reach their barrier.
-                getting = asyncio.ensure_future(queue.get())
-                try:
-                    await asyncio.wait({serving, getting}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    getting.cancel()
-                    await asyncio.gather(getting, return_exceptions=True)
-        except asyncio.CancelledError:
+        if not serving.done():
             serving.cancel()
             await asyncio.gather(serving, return_exceptions=True)
             await partitions.abandon_all()
-            raise
+            return
         error = serving.exception()
         if error is not None:
             raise error
 
+    def stop(self) -> None:
+        """Hand every partition back with a last checkpoint, then end the iteration.
+
+        The outputs of the partitions' last items still come out; the
+        iteration ends once every partition is handed back. (Leaving the
+        iteration early instead abandons the partitions without a last
+        checkpoint: see the class.)
+        """
+        self._broker.stop()
+
     async def _serve(self, partitions: Partitions, queue: asyncio.Queue[Any]) -> None:
         try:
-            try:
-                await self._broker.serve(partitions)
-            finally:
-                await partitions.revoke_all()
+            await self._broker.serve(partitions)
         except asyncio.CancelledError:
             await partitions.abandon_all()
             raise
         except Exception as exc:
+            await partitions.abandon_all()
             await queue.put(_Failure(exc))
             return
+        await partitions.revoke_all()
         await queue.put(_END)
 
 

@@ -451,12 +451,31 @@ class StreamGroup:
                     await asyncio.wait_for(stopping.wait(), self.lease / 3)
             await self._hand_back(partitions, release)
             await client.zrem(self._workers_key, self.consumer)
+        except BaseException:
+            # Cancelled (the worker left early) or failed: no last checkpoints.
+            await self._let_go(partitions, client)
+            raise
         finally:
-            try:
-                await self._hand_back(partitions, release=None)
-            finally:
-                self._client = None
-                await client.aclose()
+            self._client = None
+            await client.aclose()
+
+    async def _let_go(self, partitions: Partitions, client: Any) -> None:
+        """Abandon every partition; release the leases if the server still answers."""
+        revoking = list(self._revoking.values())
+        self._revoking.clear()
+        for task in revoking:
+            task.cancel()
+        await asyncio.gather(*revoking, return_exceptions=True)
+        await partitions.abandon_all()
+        held = sorted(self._owned)
+        for partition in held:
+            self._drop(partition)
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(self.block * 2 + 1):
+                release = client.register_script(_RELEASE)
+                for partition in held:
+                    await release(keys=[self._lease_key(partition)], args=[self.consumer])
+                await client.zrem(self._workers_key, self.consumer)
 
     async def _renew(
         self, partitions: Partitions, renew: Any, release: Any, lease_ms: int, started: float
@@ -534,15 +553,13 @@ class StreamGroup:
         self._readers.pop(partition, None)
 
     async def _hand_back(self, partitions: Partitions, release: Any) -> None:
-        """Revoke every partition; release the leases (when ``release`` is given)."""
+        """Revoke every partition (last checkpoints), then release the leases."""
         revoking = list(self._revoking.values())
         self._revoking.clear()
-        await asyncio.gather(*revoking, return_exceptions=True)
+        await asyncio.gather(*revoking)
         await partitions.revoke_all()
-        if release is not None:
-            for partition in sorted(self._owned):
-                await release(keys=[self._lease_key(partition)], args=[self.consumer])
-        for partition in list(self._owned):
+        for partition in sorted(self._owned):
+            await release(keys=[self._lease_key(partition)], args=[self.consumer])
             self._drop(partition)
 
 

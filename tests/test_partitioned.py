@@ -39,6 +39,7 @@ class MemoryBroker:
         self.partitions: Partitions | None = None
         self.stopped = asyncio.Event()
         self.ready = asyncio.Event()
+        self.ended = False
 
     def source(self, partitions: Partitions, partition: str) -> PartitionSource[Any]:
         items = self.data[partition]
@@ -61,13 +62,12 @@ class MemoryBroker:
             partitions.assign(self.source(partitions, partition))
         self.ready.set()
         stopping = asyncio.ensure_future(self.stopped.wait())
+        command: asyncio.Future[tuple[str, str]] | None = None
         try:
             while not self.stopped.is_set():
                 command = asyncio.ensure_future(self.commands.get())
                 await asyncio.wait({command, stopping}, return_when=asyncio.FIRST_COMPLETED)
                 if not command.done():
-                    command.cancel()
-                    await asyncio.gather(command, return_exceptions=True)
                     break
                 verb, partition = command.result()
                 if verb == "revoke":
@@ -77,8 +77,11 @@ class MemoryBroker:
                 else:
                     partitions.assign(self.source(partitions, partition))
         finally:
-            stopping.cancel()
-            await asyncio.gather(stopping, return_exceptions=True)
+            self.ended = True
+            for waiting in (stopping, command):
+                if waiting is not None:
+                    waiting.cancel()
+                    await asyncio.gather(waiting, return_exceptions=True)
 
     def stop(self) -> None:
         self.stopped.set()
@@ -96,12 +99,24 @@ def by_partition(items: list[int]) -> dict[int, list[int]]:
 
 
 async def take_all(worker: Partitioned[int], count: int) -> list[int]:
+    """``count`` outputs, then leave early."""
     seen: list[int] = []
     async with worker:
         async for item in worker:
             seen.append(item)
             if len(seen) == count:
                 break
+    return seen
+
+
+async def stop_after(worker: Partitioned[int], count: int) -> list[int]:
+    """``count`` outputs, then `stop`, and the outputs until the iteration ends."""
+    seen: list[int] = []
+    async with worker:
+        async for item in worker:
+            seen.append(item)
+            if len(seen) == count:
+                worker.stop()
     return seen
 
 
@@ -127,7 +142,7 @@ async def test_every_partition_runs_in_order_and_acks_follow_checkpoints() -> No
     assert_no_pending_tasks()
 
 
-async def test_a_revoked_partition_resumes_where_its_last_checkpoint_is() -> None:
+async def test_a_partition_resumes_where_its_last_checkpoint_is() -> None:
     items = data(1, 30)
     async with MemoryStore() as store:
         first = MemoryBroker(items)
@@ -143,8 +158,10 @@ async def test_a_revoked_partition_resumes_where_its_last_checkpoint_is() -> Non
         # The next worker goes on from that checkpoint: together, every item once in the table.
         second = MemoryBroker(items)
         again = Partitioned(pipeline, second, store=store, name="w", every=4)
-        rest = await take_all(again, 30 - saved)
+        rest = await stop_after(again, 30 - saved)
         assert rest == [x * 2 for x in items["0"][saved:]]
+        # The first worker left early: its outputs since its last checkpoint came again.
+        assert len(seen) - saved < 4
         assert sorted(await sink.rows()) == [x * 2 for x in items["0"]]
     assert_no_pending_tasks()
 
@@ -202,7 +219,7 @@ async def test_an_abandoned_partition_keeps_its_last_checkpoint() -> None:
     assert_no_pending_tasks()
 
 
-async def test_a_failing_pipeline_fails_the_worker_and_hands_the_others_back() -> None:
+async def test_a_failing_pipeline_fails_the_worker_and_stops_the_others() -> None:
     def boom(x: int) -> int:
         if x == 1007:
             raise RuntimeError("boom")
@@ -214,7 +231,7 @@ async def test_a_failing_pipeline_fails_the_worker_and_hands_the_others_back() -
         with pytest.raises(RuntimeError, match="boom"):
             async for _ in worker:
                 pass
-        assert broker.stopped.is_set()
+        assert broker.ended
         assert await store.load("w.0") is not None
     assert_no_pending_tasks()
 
@@ -256,7 +273,7 @@ async def test_cancelling_the_consumer_leaves_no_task() -> None:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
-        assert broker.stopped.is_set()
+        assert broker.ended
     assert_no_pending_tasks()
 
 
@@ -353,4 +370,38 @@ async def test_a_partition_saved_by_another_worker_ends_quietly() -> None:
             assert len(drained) < 10
             draining.cancel()
             await asyncio.gather(draining, return_exceptions=True)
+    assert_no_pending_tasks()
+
+
+async def test_stop_hands_every_partition_back_with_a_last_checkpoint() -> None:
+    items = data(3, 30)
+    broker = MemoryBroker(items)
+    async with MemoryStore() as store:
+        sink = TableSink(store, "out")
+        worker = Partitioned(
+            map_(lambda x: x) | write_to(sink), broker, store=store, name="w", every=7
+        )
+        seen = await stop_after(worker, 10)
+        # Every output the checkpoints cover came out of the iteration, and went in the table.
+        rows = await sink.rows()
+        assert sorted(rows) == sorted(seen)
+        for partition, values in by_partition(seen).items():
+            checkpoint = await store.load(f"w.{partition}")
+            assert checkpoint is not None
+            assert checkpoint.position == len(values)
+            assert broker.acked[str(partition)][-1] == checkpoint.position
+    assert_no_pending_tasks()
+
+
+async def test_leaving_early_covers_no_output_the_consumer_did_not_see() -> None:
+    items = data(2, 1000)
+    broker = MemoryBroker(items)
+    async with MemoryStore() as store:
+        sink = TableSink(store, "out")
+        worker = Partitioned(
+            map_(lambda x: x) | write_to(sink), broker, store=store, name="w", every=5, buffer=4
+        )
+        seen = await take_all(worker, 40)
+        # Whatever the table holds, the consumer saw: a checkpoint covers only seen outputs.
+        assert set(await sink.rows()) <= set(seen)
     assert_no_pending_tasks()
