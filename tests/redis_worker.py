@@ -33,8 +33,6 @@ def record(entry: Entry) -> dict[str, Any]:
 
 
 async def main(arguments: argparse.Namespace) -> None:
-    stopping = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stopping.set)
     pause: float = arguments.pause
 
     async def work(entry: Entry) -> dict[str, Any]:
@@ -58,18 +56,10 @@ async def main(arguments: argparse.Namespace) -> None:
             worker = sk.Partitioned(
                 pipeline, group, store=store, name="records", every=arguments.every
             )
+            # SIGTERM: hand every partition back with a last checkpoint, then end.
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)
             async with worker:
-                outputs = aiter(worker)
-                while True:
-                    pulling = asyncio.ensure_future(anext(outputs))
-                    stop = asyncio.ensure_future(stopping.wait())
-                    await asyncio.wait({pulling, stop}, return_when=asyncio.FIRST_COMPLETED)
-                    stop.cancel()
-                    if not pulling.done():
-                        pulling.cancel()
-                        await asyncio.gather(pulling, return_exceptions=True)
-                        break
-                    item = pulling.result()
+                async for item in worker:
                     os.write(output, f"{item['partition']}\t{item['n']}\n".encode())
     finally:
         os.close(output)

@@ -101,7 +101,8 @@ async def acked_beyond(client: Any, key: str) -> str | None:
     """The newest entry of ``key`` delivered and acknowledged (not pending), if any."""
     [info] = await client.xinfo_groups(key)
     last = info["last-delivered-id"]
-    pending = {row["message_id"] for row in await client.xpending_range(key, "streamkit", "-", "+", 10_000)}
+    rows = await client.xpending_range(key, "streamkit", "-", "+", 10_000)
+    pending = {row["message_id"] for row in rows}
     delivered = [entry_id for entry_id, _ in await client.xrange(key, "-", last)]
     acked = [entry_id for entry_id in delivered if entry_id not in pending]
     return acked[-1] if acked else None
@@ -119,8 +120,9 @@ async def test_entries_are_acknowledged_only_once_a_checkpoint_covers_them(
     await fill(client, stream, 2, 200)
     checked = 0
     async with MemoryStore() as store:
-        worker = Partitioned(map_(number), group(redis, stream, 2), store=store, name="w",
-                             every=10, buffer=1)
+        worker = Partitioned(
+            map_(number), group(redis, stream, 2), store=store, name="w", every=10, buffer=1
+        )
         async with worker:
             seen = 0
             async for _ in worker:
@@ -155,8 +157,9 @@ async def test_a_lost_lease_abandons_the_partition_and_the_worker_resumes_it(
     async with MemoryStore() as store:
         sink = TableSink(store, "out")
         broker = group(redis, stream, 1, lease=0.6, block=0.05)
-        worker = Partitioned(map_(slowly) | write_to(sink), broker, store=store, name="w",
-                             every=10, buffer=1)
+        worker = Partitioned(
+            map_(slowly) | write_to(sink), broker, store=store, name="w", every=10, buffer=1
+        )
         seen: list[int] = []
         async with worker:
             async for item in worker:
@@ -239,7 +242,8 @@ async def test_workers_share_partitions_as_they_join_and_leave(
         await one
         everything = seen_a + seen_b
         # Handed over with last checkpoints: nothing lost and nothing repeated.
-        assert sorted(everything) == sorted(x for xs in expected(partitions, 300).values() for x in xs)
+        every_record = [x for xs in expected(partitions, 300).values() for x in xs]
+        assert sorted(everything) == every_record
         for items in by_partition(seen_a).values():
             assert items == sorted(items)
         assert sorted(await sink.rows()) == sorted(everything)
@@ -250,9 +254,10 @@ async def test_the_stream_sink_adds_once_per_batch_when_asked(
     redis: RedisServer, client: Any
 ) -> None:
     stream = fresh_stream()
-    async with StreamSink(redis.url, stream, exactly_once=True) as once, StreamSink(
-        redis.url, f"{stream}-plain"
-    ) as plain:
+    async with (
+        StreamSink(redis.url, stream, exactly_once=True) as once,
+        StreamSink(redis.url, f"{stream}-plain") as plain,
+    ):
         prepared = once.pre_commit([{"n": 1}, {"n": 2, "x": "a"}], 1)
         await once.commit(prepared)
         await once.commit(prepared)  # a commit repeated after a crash
@@ -269,9 +274,12 @@ async def test_a_worker_writes_its_outputs_into_a_stream_exactly_once(
 ) -> None:
     stream = fresh_stream()
     await fill(client, stream, 2, 40)
-    async with MemoryStore() as store, StreamSink(
-        redis.url, f"{stream}-out", exactly_once=True, fields=lambda n: {"doubled": n * 2}
-    ) as sink:
+    async with (
+        MemoryStore() as store,
+        StreamSink(
+            redis.url, f"{stream}-out", exactly_once=True, fields=lambda n: {"doubled": n * 2}
+        ) as sink,
+    ):
         worker = Partitioned(
             map_(number) | write_to(sink), group(redis, stream, 2), store=store, name="w", every=6
         )
@@ -315,10 +323,14 @@ async def test_a_worker_without_a_server_fails_and_cleans_up() -> None:
     broker = StreamGroup(f"redis://127.0.0.1:{free_port()}/0", "s", partitions=2)
     async with MemoryStore() as store:
         worker = Partitioned(map_(number), broker, store=store, name="w")
-        with pytest.raises(redis.exceptions.ConnectionError):
+
+        async def run() -> None:
             async with worker:
                 async for _ in worker:
                     pass
+
+        with pytest.raises(redis.exceptions.ConnectionError):
+            await run()
     assert_no_pending_tasks()
 
 
