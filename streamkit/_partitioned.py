@@ -56,6 +56,30 @@ class PartitionSource(Generic[T]):
         acknowledge: Called once a checkpoint covering a position is saved.
         bound: Shared by the partitions of a worker: an item holds one slot
             while it goes through the pipeline.
+
+    Raises:
+        TypeError, ValueError: A bad partition name.
+
+    Examples:
+        A partition of ten numbers, read three at a time; the position is
+        the index of the next one:
+
+        >>> import asyncio
+        >>> async def main() -> None:
+        ...     async def fetch(position: int) -> list[tuple[int, int]]:
+        ...         return [(n, n + 1) for n in range(position, min(position + 3, 10))]
+        ...     async def acknowledge(position: int) -> None:
+        ...         print("acknowledged up to", position)
+        ...     source = PartitionSource(
+        ...         "0", start=0, fetch=fetch, acknowledge=acknowledge, bound=asyncio.Semaphore(1)
+        ...     )
+        ...     source.seek(6)
+        ...     print([await anext(source) for _ in range(4)], source.position())
+        ...     source.suspend()
+        ...     print([item async for item in source], source.suspended())
+        >>> asyncio.run(main())
+        [6, 7, 8, 9] 10
+        [] True
     """
 
     __slots__ = (
@@ -179,6 +203,40 @@ class Partitions:
     back with a last checkpoint, `abandon` to stop one at once (ownership
     was lost). A partition whose run ended on its own (another worker saved its
     checkpoint meanwhile) leaves `owned`: the broker then gives it up too.
+
+    Examples:
+        A broker that gives its worker one partition, and hands it back
+        when stopped:
+
+        >>> import asyncio
+        >>> from streamkit import MemoryStore, map_
+        >>> class One:
+        ...     def __init__(self) -> None:
+        ...         self.stopping = asyncio.Event()
+        ...     async def serve(self, partitions: Partitions) -> None:
+        ...         async def fetch(position: int) -> list[tuple[str, int]]:
+        ...             await asyncio.sleep(0)
+        ...             return [(f"item {position}", position + 1)] if position < 3 else []
+        ...         async def acknowledge(position: int) -> None: ...
+        ...         partitions.assign(
+        ...             partitions.source("7", start=0, fetch=fetch, acknowledge=acknowledge)
+        ...         )
+        ...         print(partitions.owned(), partitions.name("7"))
+        ...         await self.stopping.wait()
+        ...     def stop(self) -> None:
+        ...         self.stopping.set()
+        >>> async def main() -> None:
+        ...     worker = Partitioned(map_(str.upper), One(), store=MemoryStore(), name="orders")
+        ...     async with worker:
+        ...         async for item in worker:
+        ...             print(item)
+        ...             if item == "ITEM 2":
+        ...                 worker.stop()
+        >>> asyncio.run(main())
+        ('7',) orders.7
+        ITEM 0
+        ITEM 1
+        ITEM 2
     """
 
     __slots__ = ("_owner", "_tasks")
@@ -297,6 +355,18 @@ class Partitioned(Generic[T_co]):
         TypeError: An argument has the wrong type.
         ValueError: A bad ``name``, ``every`` or ``interval``, or ``concurrency`` or
             ``buffer`` < 1.
+
+    Examples:
+        A worker of a Redis Streams group (see docs/deploy.md; `Partitions`
+        has one that runs here, with a broker kept in memory):
+
+        >>> from streamkit import PostgresStore, map_
+        >>> from streamkit.redis import StreamGroup
+        >>> group = StreamGroup("redis://queue:6379/0", "orders", partitions=6)
+        >>> store = PostgresStore("postgresql://worker@db/pipelines")
+        >>> worker = Partitioned(map_(str), group, store=store, name="orders", every=500)
+        >>> worker
+        Partitioned('orders')
     """
 
     __slots__ = (
