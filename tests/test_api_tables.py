@@ -15,8 +15,9 @@ per public name::
 The tests check that
 
 * every name in ``streamkit.__all__``, ``streamkit.testing.__all__``,
-  ``streamkit.typing.__all__``, ``streamkit.otel.__all__`` and ``streamkit.redis.__all__`` has exactly one row (the testing kit's
-  re-exports of ``streamkit`` names excepted), and every row names one of them;
+  ``streamkit.typing.__all__``, ``streamkit.otel.__all__`` and
+  ``streamkit.redis.__all__`` has exactly one row (the testing kit's re-exports
+  of ``streamkit`` names excepted), and every row names one of them;
 * a row links to the object's anchor in the reference and sits in the table
   of the category whose section holds the object's ``:::`` directive;
 * the summary is the first line of the object's docstring, as the reference
