@@ -184,6 +184,14 @@ class Broker(Protocol):
     (each a `PartitionSource` made by `Partitions.source`), takes them back
     with `Partitions.revoke` when the group rebalances, and with
     `Partitions.abandon` when the worker lost one without handing it back.
+    The example of `Partitions` is a broker kept in memory.
+
+    Examples:
+        >>> class Idle:
+        ...     async def serve(self, partitions: Partitions) -> None: ...
+        ...     def stop(self) -> None: ...
+        >>> isinstance(Idle(), Broker), isinstance(object(), Broker)
+        (True, False)
     """
 
     async def serve(self, partitions: Partitions) -> None:
