@@ -387,6 +387,7 @@ class Partitioned(Generic[T_co]):
         "_pipeline",
         "_queue",
         "_semaphore",
+        "_stop_asked",
         "_version",
         "name",
         "store",
@@ -442,6 +443,7 @@ class Partitioned(Generic[T_co]):
         self._buffer = buffer
         self._queue: asyncio.Queue[Any] | None = None
         self._iterator: AsyncGenerator[T_co] | None = None
+        self._stop_asked = False
         self._semaphore: asyncio.Semaphore | None = None
 
     def __repr__(self) -> str:
@@ -549,11 +551,16 @@ class Partitioned(Generic[T_co]):
         The outputs of the partitions' last items still come out; the
         iteration ends once every partition is handed back. (Leaving the
         iteration early instead abandons the partitions without a last
-        checkpoint: see the class.)
+        checkpoint: see the class.) Called before the iteration starts, it
+        makes the iteration end at once.
         """
+        self._stop_asked = True
         self._broker.stop()
 
     async def _serve(self, partitions: Partitions, queue: asyncio.Queue[Any]) -> None:
+        if self._stop_asked:
+            await queue.put(_END)
+            return
         try:
             await self._broker.serve(partitions)
         except asyncio.CancelledError:

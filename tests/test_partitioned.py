@@ -405,3 +405,14 @@ async def test_leaving_early_covers_no_output_the_consumer_did_not_see() -> None
         # Whatever the table holds, the consumer saw: a checkpoint covers only seen outputs.
         assert set(await sink.rows()) <= set(seen)
     assert_no_pending_tasks()
+
+
+async def test_stop_before_the_iteration_ends_it_at_once() -> None:
+    broker = MemoryBroker(data(2, 10))
+    async with MemoryStore() as store:
+        worker = Partitioned(map_(lambda x: x), broker, store=store, name="w")
+        worker.stop()
+        async with worker:
+            assert [item async for item in worker] == []
+        assert await store.load("w.0") is None
+    assert_no_pending_tasks()
