@@ -260,7 +260,11 @@ class _Reader:
         return items
 
     async def _claim(self, client: Any, position: str) -> None:
-        """Take every entry pending on other consumers; acknowledge those the checkpoint covers."""
+        """Take every entry pending on other consumers; acknowledge those the checkpoint covers.
+
+        The lease says no other worker reads the partition: whatever other
+        consumers hold, they hold from before it was taken.
+        """
         consumer = self._stream.consumer
         cursor = "0-0"
         while True:
@@ -270,6 +274,11 @@ class _Reader:
             cursor = answer[0]
             if cursor == "0-0":
                 break
+        # Consumers left by earlier owners (a restarted worker has a new name) hold
+        # nothing now: forget them, so that the group does not grow without end.
+        for other in await client.xinfo_consumers(self._key, self._group):
+            if other["name"] != consumer and int(other["pending"]) == 0:
+                await client.xgroup_delconsumer(self._key, self._group, other["name"])
         if _id(position) == (0, 0):
             return
         while True:

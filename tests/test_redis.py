@@ -237,6 +237,18 @@ async def test_workers_share_partitions_as_they_join_and_leave(
         await two
         # b left, handing its partitions back: a takes them all again.
         await wait_for(lambda: len(a.owned()) == partitions)
+        # The consumers of earlier owners are forgotten as a takes the partitions back.
+        async def consumers() -> list[list[str]]:
+            return [
+                [found["name"] for found in await client.xinfo_consumers(key, "streamkit")]
+                for key in (f"{stream}:{p}" for p in range(partitions))
+            ]
+
+        for _ in range(500):
+            if await consumers() == [["a"]] * partitions:
+                break
+            await asyncio.sleep(0.02)
+        assert await consumers() == [["a"]] * partitions
         await wait_for(lambda: len(set(seen_a) | set(seen_b)) == partitions * 300, 30.0)
         stop_a.set()
         await one
