@@ -237,6 +237,7 @@ async def test_workers_share_partitions_as_they_join_and_leave(
         await two
         # b left, handing its partitions back: a takes them all again.
         await wait_for(lambda: len(a.owned()) == partitions)
+
         # The consumers of earlier owners are forgotten as a takes the partitions back.
         async def consumers() -> list[list[str]]:
             return [
