@@ -13,6 +13,8 @@ import asyncio
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from streamkit import (
     Broker,
@@ -416,3 +418,95 @@ async def test_stop_before_the_iteration_ends_it_at_once() -> None:
             assert [item async for item in worker] == []
         assert await store.load("w.0") is None
     assert_no_pending_tasks()
+
+
+ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["revoke", "abandon", "assign", "wait"]),
+        st.integers(0, 2),
+        st.integers(0, 5),
+    ),
+    max_size=10,
+)
+
+
+@settings(max_examples=25, deadline=None)
+@given(actions=ACTIONS, every=st.integers(1, 6))
+def test_any_schedule_of_revokes_and_abandons_keeps_the_table_exact(
+    actions: list[tuple[str, int, int]], every: int
+) -> None:
+    """Against the model: the table holds every item once; replays only after abandons."""
+    items = data(3, 25)
+    everything = sorted(x for values in items.values() for x in values)
+
+    async def scenario() -> None:
+        broker = MemoryBroker(items)
+        async with MemoryStore() as store:
+            sink = TableSink(store, "out")
+            worker = Partitioned(
+                map_(lambda x: x) | write_to(sink),
+                broker,
+                store=store,
+                name="w",
+                every=every,
+                buffer=2,
+            )
+            seen: list[int] = []
+
+            async def consume() -> None:
+                async with worker:
+                    async for item in worker:
+                        seen.append(item)
+
+            consumer = asyncio.ensure_future(consume())
+            owned = {"0", "1", "2"}
+            abandons = dict.fromkeys(range(3), 0)
+            since = dict.fromkeys(range(3), 0)
+            """Where the outputs of each partition's latest assignment begin in ``seen``."""
+
+            async def command(verb: str, partition: int) -> None:
+                if verb == "assign":
+                    since[partition] = len(seen)
+                await broker.commands.put((verb, str(partition)))
+
+            for verb, partition, pause in actions:
+                name = str(partition)
+                if verb == "assign" and name not in owned:
+                    owned.add(name)
+                elif verb in ("revoke", "abandon") and name in owned:
+                    owned.discard(name)
+                    abandons[partition] += verb == "abandon"
+                else:
+                    await asyncio.sleep(0.001 * pause)
+                    continue
+                await command(verb, partition)
+                await asyncio.sleep(0.001 * pause)
+            for name in sorted({"0", "1", "2"} - owned):
+                await command("assign", int(name))
+
+            async def finished(partition: int) -> bool:
+                # Its last item came out of its latest assignment, or a checkpoint covers it.
+                if partition * 1000 + 24 in seen[since[partition] :]:
+                    return True
+                checkpoint = await store.load(f"w.{partition}")
+                return checkpoint is not None and checkpoint.position == 25
+
+            for _ in range(2000):
+                if all([await finished(p) for p in range(3)]):
+                    break
+                await asyncio.sleep(0.005)
+            worker.stop()
+            await consumer
+            assert sorted(await sink.rows()) == everything
+            assert set(seen) == set(everything)
+            for partition, values in by_partition(seen).items():
+                repeats = len(values) - len(set(values))
+                assert repeats <= abandons[partition] * (2 * every + 4), (partition, values)
+                # No gap: every output continues what came before, or repeats some of it.
+                covered = partition * 1000
+                for value in values:
+                    assert value <= covered, (partition, values)
+                    covered = max(covered, value + 1)
+        assert_no_pending_tasks()
+
+    asyncio.run(scenario())
