@@ -309,6 +309,8 @@ class StreamGroup:
     same ``url``, ``stream``, ``partitions`` and ``group``, and its own
     ``consumer``. The consumer group is created on each partition's stream
     (from its first entry) if missing. The pipeline gets `Entry` items.
+    Needs Redis 6.2 or later (``XAUTOCLAIM``); not Redis Cluster (the keys of
+    a partition are not placed in one slot).
 
     Args:
         url: The Redis server (``redis://host:port/db``).
