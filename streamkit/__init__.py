@@ -77,6 +77,10 @@ from ._metrics import QuantileSketch as QuantileSketch
 from ._metrics import RunStatistics as RunStatistics
 from ._metrics import StageStatistics as StageStatistics
 from ._metrics import to_prometheus as to_prometheus
+from ._partitioned import Broker as Broker
+from ._partitioned import Partitioned as Partitioned
+from ._partitioned import Partitions as Partitions
+from ._partitioned import PartitionSource as PartitionSource
 from ._postgres import PostgresStore as PostgresStore
 from ._records import Envelope as Envelope
 from ._records import Key as Key
@@ -153,6 +157,7 @@ __all__ = [
     "Backoff",
     "BackoffPolicy",
     "BatchPipeline",
+    "Broker",
     "Checkpoint",
     "CheckpointError",
     "Clock",
@@ -179,6 +184,9 @@ __all__ = [
     "LateItemError",
     "MemoryStore",
     "OnError",
+    "PartitionSource",
+    "Partitioned",
+    "Partitions",
     "PostgresStore",
     "QuantileSketch",
     "Resumable",

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ._barrier import CONTROL, Control, DeadLetterWrite, Encoder, Slot
@@ -40,7 +40,7 @@ from ._combine import Combined
 from ._core import Flow, ItemOp, Stage, Step, Transform, aclose
 from ._failures import GuardedItem, GuardedTransform
 from ._records import Envelope, Key, State, StateLimits
-from ._resumable import Resumable, resumable
+from ._resumable import Resumable, Suspending, resumable
 from ._runtime import shielded, start_awaitable
 from ._store import Checkpoint, CheckpointError, Store
 from ._writes import DeadLetterRow, TableRows
@@ -232,9 +232,11 @@ class Checkpointing:
         "_sequence",
         "_shape",
         "_source",
+        "_suspended",
         "_writes",
         "last_saved",
         "name",
+        "on_saved",
         "resumed_from",
         "store",
         "version",
@@ -280,6 +282,10 @@ class Checkpointing:
         """The checkpoint this run resumed from."""
         self.last_saved: Checkpoint | None = None
         """The last checkpoint this run saved."""
+        self.on_saved: Callable[[Checkpoint], Awaitable[None]] | None = None
+        """Awaited with each checkpoint once it is saved and its sinks committed."""
+        self._suspended: int | None = None
+        """The sequence of the barrier a suspended source sent last (see `Suspending`)."""
         self._source = self._prepare_source(source, _SOURCE)
 
     @property
@@ -496,6 +502,15 @@ class Checkpointing:
                 except StopAsyncIteration:
                     leaf.ended = True
                     self._positions[key] = source.position()
+                    if isinstance(source, Suspending) and source.suspended():
+                        # Not an end: a last barrier, and the run stops once it is saved.
+                        self._trigger()
+                        barrier = self._barrier
+                        assert barrier is not None
+                        barrier.positions[key] = self._positions[key]
+                        barrier.counts[key] = leaf.count
+                        self._suspended = barrier.sequence
+                        yield barrier
                     return
                 self._pulled += 1
                 leaf.count += 1
@@ -527,6 +542,9 @@ class Checkpointing:
                     self._writes.append(item.write)
                 else:
                     await self._checkpoint(item)
+                    if item.sequence == self._suspended:
+                        await self._wait_for_save()
+                        return  # closes the pipeline: nothing after the barrier is flushed
         finally:
             await aclose(results)
 
@@ -579,6 +597,8 @@ class Checkpointing:
         self.last_saved = checkpoint
         for write in sinks:
             await write.sink.commit(write.prepared)
+        if self.on_saved is not None:
+            await self.on_saved(checkpoint)
 
     def _end_position(self) -> Any:
         positions = self._positions
@@ -603,7 +623,7 @@ class Checkpointing:
         if self._clock is None:
             return  # never started
         await self._wait_for_save()
-        if not succeeded or self._failed:
+        if not succeeded or self._failed or self._suspended is not None:
             return
         resumed = self.resumed_from
         if resumed is not None and resumed.complete:

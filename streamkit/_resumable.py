@@ -90,6 +90,23 @@ class Resumable(AsyncIterable[T_co], Protocol[T_co]):
         ...
 
 
+@runtime_checkable
+class Suspending(Protocol):
+    """A resumable source whose end may be a pause (a partition handed to another worker).
+
+    When iteration ends and ``suspended()`` is true, a checkpointed run sends
+    one last barrier, saves it, and stops without flushing its steps and
+    without marking the run complete: another run of the same name resumes
+    from that checkpoint.
+    """
+
+    __slots__ = ()
+
+    def suspended(self) -> bool:
+        """Whether the end of the iteration is a pause rather than the end of the data."""
+        ...
+
+
 def file_name(location: object, path: object) -> str:
     """``os.fspath(path)``, which must be a non-empty str (not bytes)."""
     if not isinstance(location, str) or not location:

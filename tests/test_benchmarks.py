@@ -77,10 +77,11 @@ EXPECTED_ROWS = {
     },
     "w": {"streamkit", "bytewax", "memory_small", "memory_large"},
     "y": {"streamkit", "scan_by", "handwritten"},
+    "r": {"list", "redis_1", "processes_1", "processes_3"},
 }
-MEASURED_ONLY = {"l"}
+MEASURED_ONLY = {"l", "r"}
 """Cases that report figures without a target."""
-STREAMKIT_ONLY = {"k", "l"}
+STREAMKIT_ONLY = {"k", "l", "r"}
 """Cases whose every row measures streamkit (whatever its key)."""
 
 
