@@ -617,6 +617,20 @@ class SegmentRun:
             return envelope
         return Envelope(value, state)
 
+    def rewraps(self) -> bool:
+        """Whether the stream carries envelopes and no function sees their state.
+
+        Then the plain chain (`compile_values`) runs on each envelope's value
+        and the segment's loop re-wraps the result once, in the loop itself.
+        """
+        return bool(self.enveloped) and not any(
+            op.with_state or op.sees_envelope for op in self.ops
+        )
+
+    def compile_values(self) -> tuple[Callable[[Any], Any], bool]:
+        """The chain over plain values (for a loop that re-wraps, see `rewraps`)."""
+        return self._compile()
+
     def compile(self) -> tuple[Callable[[Any], Any], bool]:
         """Build the per-item function; the flag says whether it is async."""
         if not self.enveloped:
@@ -877,6 +891,24 @@ async def _segment(
                     break
             else:
                 return
+        if run.rewraps():
+            step, is_async = run.compile_values()
+            if not is_async:
+                # Envelopes through a synchronous chain of the values: one new
+                # envelope per item (none when the value is passed on as it is).
+                async for item in upstream:
+                    index += 1
+                    try:
+                        value = item.value
+                        result = step(value)
+                    except Exception as exc:
+                        run.annotate(exc, index, item)
+                        raise
+                    if result is value:
+                        yield item
+                    elif result is not SKIP:
+                        yield Envelope(result, item.state)
+                return
         step, is_async = run.compile()
         if is_async:
             async for item in upstream:
@@ -1001,9 +1033,30 @@ async def _segment_sync(
                     break
             else:
                 return
-        step, is_async = run.compile()
         # In chunks, with a yield to the event loop between two.
         chunk = COOPERATE_EVERY
+        if run.rewraps():
+            step, is_async = run.compile_values()
+            if not is_async:
+                # As in `_segment`: one new envelope per item, made here.
+                while True:
+                    start = index
+                    for item in islice(upstream, chunk):
+                        index += 1
+                        try:
+                            value = item.value
+                            result = step(value)
+                        except Exception as exc:
+                            run.annotate(exc, index, item)
+                            raise
+                        if result is value:
+                            yield item
+                        elif result is not SKIP:
+                            yield Envelope(result, item.state)
+                    if index - start < chunk:
+                        return
+                    await cooperate()
+        step, is_async = run.compile()
         if is_async:
             while True:
                 start = index
@@ -1083,9 +1136,30 @@ async def run_segment_to_list(
                     break
             else:
                 return out
-        step, is_async = run.compile()
         # In chunks, with a yield to the event loop between two.
         chunk = COOPERATE_EVERY
+        if run.rewraps():
+            step, is_async = run.compile_values()
+            if not is_async:
+                # As in `_segment`: one new envelope per item, made here.
+                while True:
+                    start = index
+                    for item in islice(upstream, chunk):
+                        index += 1
+                        try:
+                            value = item.value
+                            result = step(value)
+                        except Exception as exc:
+                            run.annotate(exc, index, item)
+                            raise
+                        if result is value:
+                            append(item)
+                        elif result is not SKIP:
+                            append(Envelope(result, item.state))
+                    if index - start < chunk:
+                        return out
+                    await cooperate()
+        step, is_async = run.compile()
         if is_async:
             while True:
                 start = index
