@@ -888,7 +888,7 @@ async def _reduce(
         plain_out: State | None = None
         position = -1
         for item in items:
-            kind: type[Any] = type(item)
+            kind: object = type(item)  # pyright: ignore[reportUnknownVariableType] - any item
             position += 1
             if kind is _ENVELOPE or (kind is not CONTROL and isinstance(item, _ENVELOPE)):
                 state = item.state
@@ -929,7 +929,7 @@ async def _fold_buffering(
     """
     append = buffer.append
     async for item in upstream:
-        kind: type[Any] = type(item)
+        kind: object = type(item)  # pyright: ignore[reportUnknownVariableType] - any item
         if kind is CONTROL:
             plain = False
             append(item)  # goes on in its place among the items
