@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
+import operator
 import time
 import types
 from collections.abc import (
@@ -1105,13 +1106,19 @@ def _close_sync(iterator: Iterator[Any]) -> None:
 
 
 async def run_segment_to_list(
-    ops: tuple[ItemOp, ...], upstream: Iterator[Any], limit: int | None = None
+    ops: tuple[ItemOp, ...],
+    upstream: Iterator[Any],
+    limit: int | None = None,
+    *,
+    in_memory: bool = False,
 ) -> list[Any]:
     """Run a fused segment over a plain iterator as a plain loop, into a list.
 
     Used by terminal helpers when the whole pipeline is synchronous from end
     to end; observable behaviour (order of calls, notes) is that of the
-    generator path.
+    generator path. ``in_memory`` says that ``upstream`` iterates over a
+    list, tuple or range, whose items can be taken a chunk at a time without
+    side effects (see `_builtin_chain`).
     """
     if _watched(ops):
         return await _watched_to_list(ops, upstream)
@@ -1138,6 +1145,9 @@ async def run_segment_to_list(
                 return out
         # In chunks, with a yield to the event loop between two.
         chunk = COOPERATE_EVERY
+        if in_memory and _builtin_chain(run):
+            await _extend_builtin(run, upstream, index, out)
+            return out
         if run.rewraps():
             step, is_async = run.compile_values()
             if not is_async:
@@ -1192,6 +1202,82 @@ async def run_segment_to_list(
         return out
     finally:
         _close_sync(upstream)
+
+
+def _builtin_chain(run: SegmentRun) -> bool:
+    """Whether a decided segment can run as nested ``map``/``filter`` builtins.
+
+    It can when its items are plain, every operation is a synchronous map
+    (that never drops) or filter, at most one is a filter, and every function
+    is a plain Python function taking one argument, with a code object of its
+    own. Then the builtins call the functions in the generator path's order
+    (item by item, each through the whole chain), and a failure can be
+    traced to its operation: the frame below the loop's in the traceback is
+    the failing function's (a function of one argument cannot fail to bind).
+    The drops of the one filter are the items that entered minus those that
+    came out.
+    """
+    if run.enveloped or any(mode is not False for mode in run.modes):
+        return False
+    if sum(op.kind == "filter" for op in run.ops) > 1:
+        return False
+    codes: set[types.CodeType] = set()
+    for op, fn in zip(run.ops, run.fns, strict=True):
+        if op.kind not in ("map", "filter") or op.may_drop or type(fn) is not types.FunctionType:
+            return False
+        code = fn.__code__
+        if code in codes or not _takes_one(fn):
+            return False
+        codes.add(code)
+    return True
+
+
+def _takes_one(fn: types.FunctionType) -> bool:
+    try:
+        inspect.signature(fn).bind(None)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+async def _extend_builtin(
+    run: SegmentRun, upstream: Iterator[Any], index: int, out: list[Any]
+) -> None:
+    """Run the rest of ``upstream`` (in memory) through the builtins, onto ``out``.
+
+    See `_builtin_chain`. ``index`` is the index of the last item already
+    taken from ``upstream``. A chunk of `COOPERATE_EVERY` items at a time,
+    with a yield to the event loop between two.
+    """
+    ops, fns, drops = run.ops, run.fns, run.drops
+    dropping = next((k for k, op in enumerate(ops) if op.kind == "filter"), None)
+    codes = [cast("types.FunctionType", fn).__code__ for fn in fns]
+    while True:
+        part = list(islice(upstream, COOPERATE_EVERY))
+        items = iter(part)
+        chain: Iterator[Any] = items
+        for op, fn in zip(ops, fns, strict=True):
+            chain = map(fn, chain) if op.kind == "map" else filter(fn, chain)
+        before = len(out)
+        try:
+            out.extend(chain)
+        except Exception as exc:
+            # The failing item is the last one taken from the chunk; every
+            # item before it that is not in ``out`` was dropped by the filter.
+            failed = len(part) - operator.length_hint(items) - 1
+            if dropping is not None:
+                drops[dropping] += failed - (len(out) - before)
+            below = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+            if below is not None and below.tb_frame.f_code in codes:
+                run.failed = codes.index(below.tb_frame.f_code)
+            run.annotate(exc, index + 1 + failed, part[failed])
+            raise
+        if dropping is not None:
+            drops[dropping] += len(part) - (len(out) - before)
+        index += len(part)
+        if len(part) < COOPERATE_EVERY:
+            return
+        await cooperate()
 
 
 # A watched segment (in a `streamkit.Run`) counts the items that enter it in
