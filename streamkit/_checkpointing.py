@@ -30,17 +30,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+import operator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Final, cast
 
 from ._barrier import CONTROL, Control, DeadLetterWrite, Encoder, Slot
 from ._codec import DEFAULT_CODEC as TYPED_DEFAULT
 from ._codec import TypedCodec
 from ._combine import Combined
-from ._core import Flow, ItemOp, Stage, Step, Transform, aclose
+from ._core import COOPERATE_EVERY, Flow, ItemOp, Stage, Step, Transform, aclose, cooperate
 from ._failures import GuardedItem, GuardedTransform
 from ._records import Envelope, Key, State, StateLimits
-from ._resumable import Resumable, resumable
+from ._resumable import Resumable, SequenceSource, resumable
 from ._runtime import shielded, start_awaitable
 from ._store import Checkpoint, CheckpointError, Store
 from ._writes import DeadLetterRow, TableRows
@@ -189,6 +190,13 @@ def as_resumable(source: object) -> Resumable[Any] | None:
         return source  # pyright: ignore[reportUnknownVariableType] - any item type
     if isinstance(source, Sequence) and not isinstance(source, str | bytes):
         return resumable(source)  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType] - any item type
+    return None
+
+
+def _sequence_source(source: Resumable[Any]) -> SequenceSource[Any] | None:
+    """``source`` when it is `resumable`'s source over a sequence (read in batches)."""
+    if type(source) is SequenceSource:
+        return cast("SequenceSource[Any]", source)
     return None
 
 
@@ -466,12 +474,24 @@ class Checkpointing:
 
         One injector per source. Every injector sends the same barrier (the
         newest), each recording its own position in it.
+
+        The one source of a run that takes a checkpoint every n items, when
+        it is a sequence, is read a batch at a time instead (the same items
+        and barriers in the same order): a batch ends where the next barrier
+        is due, or after `COOPERATE_EVERY` items, and then other tasks may
+        run. The counts and the position move on by a whole batch before its
+        items go out; if the consumer stops within a batch, the items it
+        never got are put back.
         """
         source = leaf.source
         key = leaf.key
         sent = self._sequence
         every_items = self._every_items
         every_seconds = self._every_seconds
+        batched = _sequence_source(source) if every_seconds is None else None
+        if len(self._leaves) != 1:
+            batched = None
+        pending: Iterator[Any] = iter(())
         try:
             while True:
                 barrier = self._barrier
@@ -480,6 +500,25 @@ class Checkpointing:
                     barrier.positions[key] = self._positions[key] = source.position()
                     barrier.counts[key] = leaf.count
                     yield barrier
+                if batched is not None:
+                    size = COOPERATE_EVERY
+                    if every_items is not None:
+                        size = max(1, min(size, self._next_at - self._pulled))
+                    batch = batched.take(size)
+                    if not batch:
+                        leaf.ended = True
+                        self._positions[key] = source.position()
+                        return
+                    self._pulled += len(batch)
+                    leaf.count += len(batch)
+                    if every_items is not None and self._pulled >= self._next_at:
+                        self._trigger()
+                    pending = iter(batch)
+                    for item in pending:
+                        yield item
+                    if len(batch) == COOPERATE_EVERY:
+                        await cooperate()
+                    continue
                 try:
                     item = await source.__anext__()
                 except StopAsyncIteration:
@@ -494,6 +533,11 @@ class Checkpointing:
                     self._trigger()
                 yield item
         finally:
+            unsent = operator.length_hint(pending)
+            if batched is not None and unsent:
+                batched.put_back(unsent)
+                self._pulled -= unsent
+                leaf.count -= unsent
             await aclose(source)
 
     # -- results out -----------------------------------------------------
