@@ -479,8 +479,9 @@ class Checkpointing:
         it is a sequence, is read a batch at a time instead (the same items
         and barriers in the same order): a batch ends where the next barrier
         is due, or after `COOPERATE_EVERY` items, and then other tasks may
-        run. The counts and the position move on by a whole batch before its
-        items go out; if the consumer stops within a batch, the items it
+        run. The counts move on by the batch's items but its last before they
+        go out, and by the last one as it is pulled (only it can make a
+        checkpoint due); if the consumer stops within a batch, the items it
         never got are put back.
         """
         source = leaf.source
@@ -492,6 +493,7 @@ class Checkpointing:
         if len(self._leaves) != 1:
             batched = None
         pending: Iterator[Any] = iter(())
+        held = 0  # the batch's last item, taken but not pulled yet
         try:
             while True:
                 barrier = self._barrier
@@ -509,14 +511,23 @@ class Checkpointing:
                         leaf.ended = True
                         self._positions[key] = source.position()
                         return
+                    full = len(batch) == COOPERATE_EVERY
+                    # The last item is pulled after the others went out: only
+                    # it can make a checkpoint due.
+                    last = batch.pop()
+                    held = 1
                     self._pulled += len(batch)
                     leaf.count += len(batch)
-                    if every_items is not None and self._pulled >= self._next_at:
-                        self._trigger()
                     pending = iter(batch)
                     for item in pending:
                         yield item
-                    if len(batch) == COOPERATE_EVERY:
+                    held = 0
+                    self._pulled += 1
+                    leaf.count += 1
+                    if every_items is not None and self._pulled >= self._next_at:
+                        self._trigger()
+                    yield last
+                    if full:
                         await cooperate()
                     continue
                 try:
@@ -534,8 +545,8 @@ class Checkpointing:
                 yield item
         finally:
             unsent = operator.length_hint(pending)
-            if batched is not None and unsent:
-                batched.put_back(unsent)
+            if batched is not None and unsent + held:
+                batched.put_back(unsent + held)
                 self._pulled -= unsent
                 leaf.count -= unsent
             await aclose(source)
