@@ -533,8 +533,12 @@ class SegmentRun:
         assert self.watch is not None
         self.watch.record(self, k, _perf_counter() - start)
 
-    async def probe(self, item: Any) -> Any:
-        """Run one item through every operation, classifying functions."""
+    async def probe(self, item: Any, first: int = 0) -> Any:
+        """Run one item through every operation, classifying functions.
+
+        ``first`` > 0: ``item`` is the output of the operations before
+        ``first`` (see `prefix`), and runs through the rest.
+        """
         if self.enveloped is None:
             self.enveloped = is_envelope(item)
             if not self.enveloped:
@@ -549,6 +553,8 @@ class SegmentRun:
         modes = self.modes
         timed = self.watch is not None
         for k, op in enumerate(self.ops):
+            if k < first:
+                continue
             start = _perf_counter() if timed else 0.0
             try:
                 result = self.fns[k](item)
@@ -618,6 +624,26 @@ class SegmentRun:
             return envelope
         return Envelope(value, state)
 
+    def prefix(self) -> tuple[Callable[[Any], Any] | None, int]:
+        """The compiled chain of the operations before the first undecided one, and its length.
+
+        For a stream of plain items whose first operations are known to be
+        synchronous: items that a filter among them drops never need `probe`
+        (a selective filter before a map whose kind is not known yet).
+        ``(None, 0)`` when there is no such chain.
+        """
+        if self.enveloped is not False:
+            return None, 0
+        first = 0
+        while first < len(self.modes) and self.modes[first] is False:
+            first += 1
+        if first == 0 or first == len(self.modes):
+            return None, 0
+        step: Callable[[Any], Any] = _passed_on
+        for k in reversed(range(first)):
+            step = _sync_link(self, k, step, self.fns[k])
+        return step, first
+
     def rewraps(self) -> bool:
         """Whether the stream carries envelopes and no function sees their state.
 
@@ -666,6 +692,11 @@ class SegmentRun:
             astep = _async_link(self, k, astep, fns[k])
         assert astep is not None
         return astep, True
+
+
+def _passed_on(item: Any) -> Any:
+    """The end of a `SegmentRun.prefix` chain (so that its last link marks its failures)."""
+    return item
 
 
 def _sync_rewrap(step: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -879,17 +910,29 @@ async def _segment(
         if ends is not None:
             await ends.started()
         if not run.decided():
+            prefix: Callable[[Any], Any] | None = None
+            first = 0
             async for item in upstream:
                 index += 1
+                probed = True
                 try:
-                    result = await run.probe(item)
+                    if prefix is None:
+                        result = await run.probe(item)
+                    else:
+                        result = prefix(item)
+                        if result is SKIP or type(result) is CONTROL:
+                            probed = False
+                        else:
+                            result = await run.probe(result, first)
                 except Exception as exc:
                     run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     yield result
-                if run.decided():
-                    break
+                if probed:
+                    if run.decided():
+                        break
+                    prefix, first = run.prefix()
             else:
                 return
         if run.rewraps():

@@ -217,3 +217,44 @@ def test_an_envelope_passed_on_unchanged_is_the_same_object() -> None:
     out = asyncio.run(main())
     assert all(a is b for a, b in zip(out, items[::2], strict=True))
     asyncio.run(drain(_aiter(items) | map_(lambda x: x)))
+
+
+@given(
+    fail=st.none() | st.tuples(st.sampled_from(["select", "double"]), st.integers(0, 2100)),
+    awaits=st.booleans(),
+)
+def test_items_a_selective_filter_drops_skip_the_probe(
+    fail: tuple[str, int] | None, awaits: bool
+) -> None:
+    # Until an item passes the filter, nothing says whether double is sync or async:
+    # the dropped items take the compiled filter alone, the first one kept the probe.
+    calls: list[tuple[str, int]] = []
+
+    def select(x: int) -> bool:
+        calls.append(("select", x))
+        if fail == ("select", x):
+            raise Boom(f"select on {x}")
+        return x % 700 == 699
+
+    def double_sync(x: int) -> int:
+        calls.append(("double", x))
+        if fail == ("double", x):
+            raise Boom(f"double on {x}")
+        return x * 2
+
+    async def double_async(x: int) -> int:
+        return double_sync(x)
+
+    double: Callable[[int], Any] = double_async if awaits else double_sync
+    stage = filter_(select, name="select") | map_(double, name="double")
+    got = _outcome(_aiter(range(2100)), stage)
+    kept = [x for x in range(2100) if x % 700 == 699]
+    if fail is None or fail[1] >= 2100 or (fail[0] == "double" and fail[1] not in kept):
+        assert got == ("items", [x * 2 for x in kept])
+        return
+    step, value = fail
+    index = value if step == "select" else kept.index(value)
+    note = f"streamkit: raised by {step} on item {index} of its input"
+    assert got == ("error", (Boom, f"{step} on {value}", [note]))
+    last = ("select", value) if step == "select" else ("double", value)
+    assert calls[-1] == last
