@@ -14,7 +14,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from streamkit import Envelope, Stage, State, collect, drain, filter_, map_
@@ -258,3 +258,85 @@ def test_items_a_selective_filter_drops_skip_the_probe(
     assert got == ("error", (Boom, f"{step} on {value}", [note]))
     last = ("select", value) if step == "select" else ("double", value)
     assert calls[-1] == last
+
+
+def _random_chain(
+    kinds: list[tuple[str, int]], fail: tuple[int, int] | None
+) -> tuple[Stage[int, int], Callable[[int], tuple[str, object]]]:
+    """Maps (``x + c``) and filters (``x % c != 0``), and their model on ``range(n)``.
+
+    ``fail = (position, k)``: the operation at ``position`` raises on its ``k``-th call
+    (counted from 0, in this stage's every run: build a new chain for each run).
+    """
+
+    def make(position: int, kind: str, c: int) -> Callable[[int], Any]:
+        calls = 0
+
+        def fn(x: int) -> Any:
+            nonlocal calls
+            calls += 1
+            if fail == (position, calls - 1):
+                raise Boom(f"op {position} on {x}")
+            return x + c if kind == "map" else x % c != 0
+
+        return fn
+
+    stage: Stage[int, int] | None = None
+    for position, (kind, c) in enumerate(kinds):
+        fn = make(position, kind, c)
+        step = (
+            map_(fn, name=f"op{position}") if kind == "map" else filter_(fn, name=f"op{position}")
+        )
+        stage = step if stage is None else stage | step
+    assert stage is not None
+
+    def model(n: int) -> tuple[str, object]:
+        out: list[int] = []
+        seen = [0] * len(kinds)
+        for x in range(n):
+            value: int | None = x
+            for position, (kind, c) in enumerate(kinds):
+                assert value is not None
+                if fail == (position, seen[position]):
+                    note = (
+                        f"streamkit: raised by op{position} on item {seen[position]} of its input"
+                    )
+                    return "error", (Boom, f"op {position} on {value}", [note])
+                seen[position] += 1
+                if kind == "map":
+                    value += c
+                elif value % c == 0:
+                    value = None
+                    break
+            if value is not None:
+                out.append(value)
+        return "items", out
+
+    return stage, model
+
+
+_PAIRS = [
+    # every pair of neighbouring maps and filters, failing in its second operation, then more
+    ([(first, 2), (second, 3), ("map", 1)], 100, (1, 30))
+    for first in ("map", "filter")
+    for second in ("map", "filter")
+]
+
+
+@given(
+    kinds=st.lists(
+        st.tuples(st.sampled_from(["map", "filter"]), st.integers(2, 4)), min_size=1, max_size=6
+    ),
+    n=st.integers(0, 2500),
+    fail=st.none() | st.tuples(st.integers(0, 5), st.integers(0, 40)),
+)
+@example(*_PAIRS[0])
+@example(*_PAIRS[1])
+@example(*_PAIRS[2])
+@example(*_PAIRS[3])
+def test_every_fused_path_names_the_failing_operation(
+    kinds: list[tuple[str, int]], n: int, fail: tuple[int, int] | None
+) -> None:
+    expected = _random_chain(kinds, fail)[1](n)
+    for source in (list(range(n)), _aiter(range(n)), range(n)):
+        assert _outcome(source, _random_chain(kinds, fail)[0]) == expected
