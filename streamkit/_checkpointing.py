@@ -347,13 +347,14 @@ class Checkpointing:
                 "with another codec than an earlier step: give both the same Key"
             )
 
-    def _prepare_source(self, source: object, key: str) -> Any:
+    def _prepare_source(self, source: object, key: str, alone: bool = True) -> Any:
+        # ``alone``: the source is the run's only one (not an input of a combination).
         if isinstance(source, Flow):
             flow: Flow[Any] = source  # pyright: ignore[reportUnknownVariableType] - any item type
             inner, stage = flow.source, flow.stage
             if not flow._take_over():  # pyright: ignore[reportPrivateUsage]
                 raise ValueError(f"checkpoint=: the source {flow!r} was already iterated")
-            prepared = self._prepare_source(inner, key)
+            prepared = self._prepare_source(inner, key, alone)
             if not stage.steps:
                 return prepared
             return Flow(prepared, self._bind(stage, self._slot(f"{key}/stage", stage.label)))
@@ -361,7 +362,8 @@ class Checkpointing:
             combined: Combined[Any] = source  # pyright: ignore[reportUnknownVariableType] - any item type
             self._shape.append(f"{key} {combined.label}")
             inputs = [
-                self._prepare_source(each, f"{key}/{n}") for n, each in enumerate(combined.sources)
+                self._prepare_source(each, f"{key}/{n}", alone=False)
+                for n, each in enumerate(combined.sources)
             ]
             return combined.combine(inputs, self._slot(key, combined.label))
         leaf = as_resumable(source)
@@ -374,6 +376,9 @@ class Checkpointing:
         self._shape.append(f"{key} source")
         entry = _Leaf(key, leaf)
         self._leaves.append(entry)
+        sequence = _sequence_source(leaf)
+        if alone and sequence is not None and self._every_seconds is None:
+            return self._inject_sync(entry, sequence)
         return self._inject(entry)
 
     def source(self) -> Any:
@@ -550,6 +555,56 @@ class Checkpointing:
                 self._pulled -= unsent
                 leaf.count -= unsent
             await aclose(source)
+
+    def _inject_sync(self, leaf: _Leaf, source: SequenceSource[Any]) -> Iterator[Any]:
+        """`_inject` for the run's one source, a sequence, when barriers come every n items.
+
+        A plain generator (the pipeline's first fused segment then reads it in
+        a plain loop, and lets other tasks run every `COOPERATE_EVERY` items),
+        with the same items and barriers in the same order. It takes the items
+        from the sequence a batch at a time, each batch ending where the next
+        barrier is due; see `_inject` for the counts.
+        """
+        key = leaf.key
+        sent = self._sequence
+        every_items = self._every_items
+        pending: Iterator[Any] = iter(())
+        held = 0  # the batch's last item, taken but not pulled yet
+        try:
+            while True:
+                barrier = self._barrier
+                if barrier is not None and barrier.sequence > sent:
+                    sent = barrier.sequence
+                    barrier.positions[key] = self._positions[key] = source.position()
+                    barrier.counts[key] = leaf.count
+                    yield barrier
+                size = COOPERATE_EVERY
+                if every_items is not None:
+                    size = max(1, min(size, self._next_at - self._pulled))
+                batch = source.take(size)
+                if not batch:
+                    leaf.ended = True
+                    self._positions[key] = source.position()
+                    return
+                last = batch.pop()
+                held = 1
+                self._pulled += len(batch)
+                leaf.count += len(batch)
+                pending = iter(batch)
+                yield from pending
+                held = 0
+                self._pulled += 1
+                leaf.count += 1
+                if every_items is not None and self._pulled >= self._next_at:
+                    self._trigger()
+                yield last
+        finally:
+            unsent = operator.length_hint(pending)
+            if unsent + held:
+                source.put_back(unsent + held)
+                self._pulled -= unsent
+                leaf.count -= unsent
+            source.stop()
 
     # -- results out -----------------------------------------------------
 

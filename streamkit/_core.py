@@ -1177,12 +1177,68 @@ async def _barrier_segment(
                 await ends.ended(error, run.passed(n))
 
 
+async def _barrier_segment_sync(
+    ops: tuple[ItemOp, ...], upstream: Iterator[Any], ends: Ends | None
+) -> AsyncIterator[Any]:
+    """`_barrier_segment` over a plain iterator, in chunks of `COOPERATE_EVERY` elements."""
+    run = SegmentRun(ops)
+    watch = run.watch
+    step: Callable[[Any], Any] | None = None
+    is_async = False
+    n = 0
+    sample_at = 1
+    error: BaseException | None = None
+    try:
+        if ends is not None:
+            await ends.started()
+        if watch is not None and watch.paused:
+            await watch.wait()
+        while True:
+            taken = 0
+            for item in islice(upstream, COOPERATE_EVERY):
+                taken += 1
+                if type(item) is CONTROL:
+                    yield item
+                    continue
+                n += 1
+                run.entered = n
+                try:
+                    if n == sample_at:
+                        result = await run.probe(item)
+                        sample_at = run.next_sample(n)
+                        if step is None and run.decided():
+                            step, is_async = run.compile()
+                    elif is_async:
+                        result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                    else:
+                        result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                except Exception as exc:
+                    run.annotate(exc, n - 1, item)
+                    raise
+                if result is not SKIP:
+                    yield result
+                if watch is not None and watch.paused:
+                    await watch.wait()
+            if taken < COOPERATE_EVERY:
+                break
+            await cooperate()
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        try:
+            _close_sync(upstream)
+        finally:
+            if ends is not None:
+                await ends.ended(error, run.passed(n))
+
+
 def run_segment_sync(
     ops: tuple[ItemOp, ...], upstream: Iterator[Any], ends: Ends | None = None
 ) -> AsyncIterator[Any]:
     """Run a fused segment straight over a plain iterator (no adapter layer)."""
     if ops[0].barriers:
-        return _barrier_segment(ops, _from_sync(upstream), ends)
+        return _barrier_segment_sync(ops, upstream, ends)
     if _watched(ops):
         return _watched_segment_sync(ops, upstream, ends)
     return _segment_sync(ops, upstream, ends)

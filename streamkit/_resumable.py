@@ -135,6 +135,10 @@ class SequenceSource(Resumable[T]):
 
     async def aclose(self) -> None:
         """End the iteration (the position stays where it is)."""
+        self.stop()
+
+    def stop(self) -> None:
+        """`aclose`, without awaiting."""
         self._closed = True
 
     def take(self, count: int) -> list[T]:

@@ -80,19 +80,24 @@ async def _twice(
     return first, after_first, second, after_second
 
 
+# The first begins with a fused segment (which reads the source in a plain loop), the
+# second with a step that is not one (it reads the source as an async iterator).
+PIPELINES = [PIPELINE, scan(lambda a, x: a + x, 0) | map_(lambda x: x * 2) | filter_(bool)]
+
+
 @settings(max_examples=40, deadline=None)
 @given(
     n=st.integers(min_value=0, max_value=5000),
     every=st.integers(min_value=1, max_value=3000),
     stop_after=st.none() | st.integers(min_value=1, max_value=3500),
+    pipeline=st.sampled_from(PIPELINES),
 )
 def test_batched_reads_save_the_checkpoints_of_reads_one_by_one(
-    n: int, every: int, stop_after: int | None
+    n: int, every: int, stop_after: int | None, pipeline: Stage[Any, Any]
 ) -> None:
+    one_by_one = asyncio.run(_twice(OneByOne, n, every, stop_after, pipeline))
     for make in (list, resumable):
-        batched = asyncio.run(_twice(make, n, every, stop_after))
-        one_by_one = asyncio.run(_twice(OneByOne, n, every, stop_after))
-        assert batched == one_by_one
+        assert asyncio.run(_twice(make, n, every, stop_after, pipeline)) == one_by_one
 
 
 def test_a_run_stopped_within_a_batch_resumes_at_its_last_checkpoint() -> None:
