@@ -32,7 +32,7 @@ import dataclasses
 import datetime as dt
 import operator
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from ._barrier import CONTROL, Control, DeadLetterWrite, Encoder, Slot
 from ._codec import DEFAULT_CODEC as TYPED_DEFAULT
@@ -195,8 +195,8 @@ def as_resumable(source: object) -> Resumable[Any] | None:
 
 def _sequence_source(source: Resumable[Any]) -> SequenceSource[Any] | None:
     """``source`` when it is `resumable`'s source over a sequence (read in batches)."""
-    if type(source) is SequenceSource:
-        return cast("SequenceSource[Any]", source)
+    if isinstance(source, SequenceSource):
+        return source
     return None
 
 

@@ -126,3 +126,25 @@ def test_a_run_that_takes_part_of_its_source_saves_what_it_read(
     batched = asyncio.run(_twice(list, n, every, None, pipeline))
     one_by_one = asyncio.run(_twice(OneByOne, n, every, None, pipeline))
     assert batched == one_by_one
+
+
+def test_a_checkpointed_run_over_a_long_list_lets_other_tasks_run() -> None:
+    ticks: list[int] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0)
+
+    async def main() -> tuple[int, int]:
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        before = len(ticks)
+        run = Run(PIPELINE, list(range(20_000)), name="job", checkpoint=MemoryStore(), every=5000)
+        count = len(await run.collect())
+        task.cancel()
+        return count, len(ticks) - before
+
+    count, during = asyncio.run(main())
+    assert count == sum(1 for x in range(20_000) if (x + 1) % 3)
+    assert during >= 10
