@@ -30,17 +30,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import operator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ._barrier import CONTROL, Control, DeadLetterWrite, Encoder, Slot
 from ._codec import DEFAULT_CODEC as TYPED_DEFAULT
 from ._codec import TypedCodec
 from ._combine import Combined
-from ._core import Flow, ItemOp, Stage, Step, Transform, aclose
+from ._core import COOPERATE_EVERY, Flow, ItemOp, Stage, Step, Transform, aclose, cooperate
 from ._failures import GuardedItem, GuardedTransform
 from ._records import Envelope, Key, State, StateLimits
-from ._resumable import Resumable, Suspending, resumable
+from ._resumable import Resumable, SequenceSource, Suspending, resumable
 from ._runtime import shielded, start_awaitable
 from ._store import Checkpoint, CheckpointError, Store
 from ._writes import DeadLetterRow, TableRows
@@ -189,6 +190,13 @@ def as_resumable(source: object) -> Resumable[Any] | None:
         return source  # pyright: ignore[reportUnknownVariableType] - any item type
     if isinstance(source, Sequence) and not isinstance(source, str | bytes):
         return resumable(source)  # pyright: ignore[reportUnknownVariableType, reportUnknownArgumentType] - any item type
+    return None
+
+
+def _sequence_source(source: Resumable[Any]) -> SequenceSource[Any] | None:
+    """``source`` when it is `resumable`'s source over a sequence (read in batches)."""
+    if isinstance(source, SequenceSource):
+        return source
     return None
 
 
@@ -356,13 +364,14 @@ class Checkpointing:
                 "with another codec than an earlier step: give both the same Key"
             )
 
-    def _prepare_source(self, source: object, key: str) -> Any:
+    def _prepare_source(self, source: object, key: str, alone: bool = True) -> Any:
+        # ``alone``: the source is the run's only one (not an input of a combination).
         if isinstance(source, Flow):
             flow: Flow[Any] = source  # pyright: ignore[reportUnknownVariableType] - any item type
             inner, stage = flow.source, flow.stage
             if not flow._take_over():  # pyright: ignore[reportPrivateUsage]
                 raise ValueError(f"checkpoint=: the source {flow!r} was already iterated")
-            prepared = self._prepare_source(inner, key)
+            prepared = self._prepare_source(inner, key, alone)
             if not stage.steps:
                 return prepared
             return Flow(prepared, self._bind(stage, self._slot(f"{key}/stage", stage.label)))
@@ -370,7 +379,8 @@ class Checkpointing:
             combined: Combined[Any] = source  # pyright: ignore[reportUnknownVariableType] - any item type
             self._shape.append(f"{key} {combined.label}")
             inputs = [
-                self._prepare_source(each, f"{key}/{n}") for n, each in enumerate(combined.sources)
+                self._prepare_source(each, f"{key}/{n}", alone=False)
+                for n, each in enumerate(combined.sources)
             ]
             return combined.combine(inputs, self._slot(key, combined.label))
         leaf = as_resumable(source)
@@ -383,6 +393,9 @@ class Checkpointing:
         self._shape.append(f"{key} source")
         entry = _Leaf(key, leaf)
         self._leaves.append(entry)
+        sequence = _sequence_source(leaf)
+        if alone and sequence is not None and self._every_seconds is None:
+            return self._inject_sync(entry, sequence)
         return self._inject(entry)
 
     def source(self) -> Any:
@@ -483,12 +496,26 @@ class Checkpointing:
 
         One injector per source. Every injector sends the same barrier (the
         newest), each recording its own position in it.
+
+        The one source of a run that takes a checkpoint every n items, when
+        it is a sequence, is read a batch at a time instead (the same items
+        and barriers in the same order): a batch ends where the next barrier
+        is due, or after `COOPERATE_EVERY` items, and then other tasks may
+        run. The counts move on by the batch's items but its last before they
+        go out, and by the last one as it is pulled (only it can make a
+        checkpoint due); if the consumer stops within a batch, the items it
+        never got are put back.
         """
         source = leaf.source
         key = leaf.key
         sent = self._sequence
         every_items = self._every_items
         every_seconds = self._every_seconds
+        batched = _sequence_source(source) if every_seconds is None else None
+        if len(self._leaves) != 1:
+            batched = None
+        pending: Iterator[Any] = iter(())
+        held = 0  # the batch's last item, taken but not pulled yet
         try:
             while True:
                 barrier = self._barrier
@@ -497,6 +524,34 @@ class Checkpointing:
                     barrier.positions[key] = self._positions[key] = source.position()
                     barrier.counts[key] = leaf.count
                     yield barrier
+                if batched is not None:
+                    size = COOPERATE_EVERY
+                    if every_items is not None:
+                        size = max(1, min(size, self._next_at - self._pulled))
+                    batch = batched.take(size)
+                    if not batch:
+                        leaf.ended = True
+                        self._positions[key] = source.position()
+                        return
+                    full = len(batch) == COOPERATE_EVERY
+                    # The last item is pulled after the others went out: only
+                    # it can make a checkpoint due.
+                    last = batch.pop()
+                    held = 1
+                    self._pulled += len(batch)
+                    leaf.count += len(batch)
+                    pending = iter(batch)
+                    for item in pending:
+                        yield item
+                    held = 0
+                    self._pulled += 1
+                    leaf.count += 1
+                    if every_items is not None and self._pulled >= self._next_at:
+                        self._trigger()
+                    yield last
+                    if full:
+                        await cooperate()
+                    continue
                 try:
                     item = await source.__anext__()
                 except StopAsyncIteration:
@@ -520,7 +575,62 @@ class Checkpointing:
                     self._trigger()
                 yield item
         finally:
+            unsent = operator.length_hint(pending)
+            if batched is not None and unsent + held:
+                batched.put_back(unsent + held)
+                self._pulled -= unsent
+                leaf.count -= unsent
             await aclose(source)
+
+    def _inject_sync(self, leaf: _Leaf, source: SequenceSource[Any]) -> Iterator[Any]:
+        """`_inject` for the run's one source, a sequence, when barriers come every n items.
+
+        A plain generator (the pipeline's first fused segment then reads it in
+        a plain loop, and lets other tasks run every `COOPERATE_EVERY` items),
+        with the same items and barriers in the same order. It takes the items
+        from the sequence a batch at a time, each batch ending where the next
+        barrier is due; see `_inject` for the counts.
+        """
+        key = leaf.key
+        sent = self._sequence
+        every_items = self._every_items
+        pending: Iterator[Any] = iter(())
+        held = 0  # the batch's last item, taken but not pulled yet
+        try:
+            while True:
+                barrier = self._barrier
+                if barrier is not None and barrier.sequence > sent:
+                    sent = barrier.sequence
+                    barrier.positions[key] = self._positions[key] = source.position()
+                    barrier.counts[key] = leaf.count
+                    yield barrier
+                size = COOPERATE_EVERY
+                if every_items is not None:
+                    size = max(1, min(size, self._next_at - self._pulled))
+                batch = source.take(size)
+                if not batch:
+                    leaf.ended = True
+                    self._positions[key] = source.position()
+                    return
+                last = batch.pop()
+                held = 1
+                self._pulled += len(batch)
+                leaf.count += len(batch)
+                pending = iter(batch)
+                yield from pending
+                held = 0
+                self._pulled += 1
+                leaf.count += 1
+                if every_items is not None and self._pulled >= self._next_at:
+                    self._trigger()
+                yield last
+        finally:
+            unsent = operator.length_hint(pending)
+            if unsent + held:
+                source.put_back(unsent + held)
+                self._pulled -= unsent
+                leaf.count -= unsent
+            source.stop()
 
     # -- results out -----------------------------------------------------
 

@@ -66,6 +66,8 @@ EXPECTED_ROWS = {
         for mode in ("bare", "disabled", "enabled", "full")
     },
     "k": {"plain", "sqlite_1000", "sqlite_10000", "memory_1000"},
+    "p": {"streamkit", "streamkit_filter_alone", "handwritten"},
+    "q": {"streamkit_before", "streamkit_peak"},
     "m": {"streamkit", "queue", "wait", "aiostream"},
     "l": {
         "construct",
