@@ -1356,7 +1356,7 @@ async def run_segment_to_list(
     side effects (see `_builtin_chain`).
     """
     if _watched(ops):
-        return await _watched_to_list(ops, upstream)
+        return await _watched_to_list(ops, upstream, in_memory=in_memory)
     run = SegmentRun(ops)
     out: list[Any] = []
     append = out.append
@@ -1484,14 +1484,37 @@ async def _extend_builtin(
     taken from ``upstream``. A chunk of `COOPERATE_EVERY` items at a time,
     with a yield to the event loop between two.
     """
-    ops, fns, drops = run.ops, run.fns, run.drops
-    dropping = next((k for k, op in enumerate(ops) if op.kind == "filter"), None)
-    codes = [cast("types.FunctionType", fn).__code__ for fn in fns]
+    builtins = _Builtins(run)
     while True:
         part = list(islice(upstream, COOPERATE_EVERY))
+        builtins.extend(part, index, out)
+        index += len(part)
+        if len(part) < COOPERATE_EVERY:
+            return
+        await cooperate()
+
+
+class _Builtins:
+    """A decided segment run as nested ``map``/``filter`` builtins, a chunk at a time."""
+
+    __slots__ = ("codes", "dropping", "run")
+
+    def __init__(self, run: SegmentRun) -> None:
+        self.run = run
+        self.dropping = next((k for k, op in enumerate(run.ops) if op.kind == "filter"), None)
+        self.codes = [cast("types.FunctionType", fn).__code__ for fn in run.fns]
+
+    def extend(self, part: list[Any], index: int, out: list[Any]) -> int:
+        """Put the results of ``part`` on ``out``; ``index`` is that of the item before it.
+
+        Returns how many items of ``part`` went through: all of them (when
+        one fails, the exception propagates instead, and in a watched run
+        ``run.entered`` no longer counts the items after it).
+        """
+        run, dropping = self.run, self.dropping
         items = iter(part)
         chain: Iterator[Any] = items
-        for op, fn in zip(ops, fns, strict=True):
+        for op, fn in zip(run.ops, run.fns, strict=True):
             chain = map(fn, chain) if op.kind == "map" else filter(fn, chain)
         before = len(out)
         try:
@@ -1501,18 +1524,17 @@ async def _extend_builtin(
             # item before it that is not in ``out`` was dropped by the filter.
             failed = len(part) - operator.length_hint(items) - 1
             if dropping is not None:
-                drops[dropping] += failed - (len(out) - before)
+                run.drops[dropping] += failed - (len(out) - before)
             below = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
-            if below is not None and below.tb_frame.f_code in codes:
-                run.failed = codes.index(below.tb_frame.f_code)
+            if below is not None and below.tb_frame.f_code in self.codes:
+                run.failed = self.codes.index(below.tb_frame.f_code)
+            if run.watch is not None:
+                run.entered += failed + 1 - len(part)
             run.annotate(exc, index + 1 + failed, part[failed])
             raise
         if dropping is not None:
-            drops[dropping] += len(part) - (len(out) - before)
-        index += len(part)
-        if len(part) < COOPERATE_EVERY:
-            return
-        await cooperate()
+            run.drops[dropping] += len(part) - (len(out) - before)
+        return len(part)
 
 
 # A watched segment (in a `streamkit.Run`) counts the items that enter it in
@@ -1622,7 +1644,9 @@ async def _watched_segment_sync(
                 await ends.ended(error, run.passed(n))
 
 
-async def _watched_to_list(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> list[Any]:
+async def _watched_to_list(
+    ops: tuple[ItemOp, ...], upstream: Iterator[Any], *, in_memory: bool = False
+) -> list[Any]:
     run = SegmentRun(ops)
     watch = run.watch
     assert watch is not None
@@ -1630,13 +1654,14 @@ async def _watched_to_list(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> 
     append = out.append
     step: Callable[[Any], Any] | None = None
     is_async = False
+    builtins = False
     n = 0
     sample_at = 1
     try:
         if watch.paused:
             await watch.wait()
         # In chunks, with a yield to the event loop between two.
-        while True:
+        while not builtins:
             start = n
             for item in islice(upstream, COOPERATE_EVERY):
                 n += 1
@@ -1647,6 +1672,7 @@ async def _watched_to_list(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> 
                         sample_at = run.next_sample(n)
                         if step is None and run.decided():
                             step, is_async = run.compile()
+                            builtins = in_memory and _builtin_chain(run)
                     elif is_async:
                         result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
                     else:
@@ -1658,12 +1684,47 @@ async def _watched_to_list(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> 
                     append(result)
                 if watch.paused:
                     await watch.wait()
-            if n - start < COOPERATE_EVERY:
-                break
+                if builtins:
+                    break
+            else:
+                if n - start < COOPERATE_EVERY:
+                    return out
+                await cooperate()
+        # Decided, over a list, tuple or range: the items between two samples
+        # go through the builtins (see `_builtin_chain`), counted a chunk at a time.
+        chain = _Builtins(run)
+        while True:
+            size = COOPERATE_EVERY if sample_at < 0 else min(COOPERATE_EVERY, sample_at - n - 1)
+            part = list(islice(upstream, size))
+            run.entered = n + len(part)
+            n += chain.extend(part, n - 1, out)
+            if len(part) < size:
+                return out
+            if watch.paused:
+                await watch.wait()
+            if n + 1 == sample_at:
+                item = next(upstream, _NO_ITEM)
+                if item is _NO_ITEM:
+                    return out
+                n += 1
+                run.entered = n
+                try:
+                    result = await run.probe(item)
+                except Exception as exc:
+                    run.annotate(exc, n - 1, item)
+                    raise
+                sample_at = run.next_sample(n)
+                if result is not SKIP:
+                    append(result)
+                if watch.paused:
+                    await watch.wait()
             await cooperate()
-        return out
     finally:
         _close_sync(upstream)
+
+
+_NO_ITEM: Final = object()
+"""What `next` gives for an iterator with no item left (see `_watched_to_list`)."""
 
 
 # --------------------------------------------------------------------------- Stage

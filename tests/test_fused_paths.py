@@ -17,7 +17,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from streamkit import Envelope, Stage, State, collect, drain, filter_, map_
+from streamkit import Envelope, Run, Stage, State, collect, drain, filter_, map_
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Iterable
@@ -340,3 +340,36 @@ def test_every_fused_path_names_the_failing_operation(
     expected = _random_chain(kinds, fail)[1](n)
     for source in (list(range(n)), _aiter(range(n)), range(n)):
         assert _outcome(source, _random_chain(kinds, fail)[0]) == expected
+
+
+def _watched_outcome(source: Iterable[int], stage: Stage[int, int]) -> tuple[object, object]:
+    """What a watched `Run` collects from ``source``, with its per-step counts."""
+    run = Run(stage, source, metrics=True)
+    try:
+        outcome: object = ("items", asyncio.run(run.collect()))
+    except Exception as exc:  # the outcome under test
+        outcome = ("error", (type(exc), str(exc), getattr(exc, "__notes__", [])))
+    counts = [
+        (s.label, s.items_in, s.items_out, s.filtered, s.errors, s.status)
+        for s in run.statistics().stages
+    ]
+    return outcome, counts
+
+
+@given(
+    n=st.integers(min_value=0, max_value=5000),
+    fail=st.none() | st.tuples(st.sampled_from(["inc", "keep", "double"]), st.integers(0, 5001)),
+)
+@example(n=4100, fail=("double", 2050))
+@example(n=1026, fail=("inc", 1024))
+def test_a_watched_run_over_a_list_counts_as_over_an_iterator(
+    n: int, fail: tuple[str, int] | None
+) -> None:
+    """A watched run's builtin chunks give the items, calls, notes and counts of its item loop."""
+    log: list[tuple[str, int]] = []
+    stage, clear = _chain(log, fail)
+    expected = _watched_outcome(iter(range(n)), stage)
+    expected_calls = list(log)
+    clear()
+    assert _watched_outcome(list(range(n)), stage) == expected
+    assert log == expected_calls
