@@ -525,31 +525,18 @@ class Checkpointing:
                     barrier.counts[key] = leaf.count
                     yield barrier
                 if batched is not None:
-                    size = COOPERATE_EVERY
-                    if every_items is not None:
-                        size = max(1, min(size, self._next_at - self._pulled))
-                    batch = batched.take(size)
-                    if not batch:
-                        leaf.ended = True
-                        self._positions[key] = source.position()
+                    taken = self._take_batch(leaf, batched)
+                    if taken is None:
                         return
-                    full = len(batch) == COOPERATE_EVERY
-                    # The last item is pulled after the others went out: only
-                    # it can make a checkpoint due.
-                    last = batch.pop()
+                    batch, last = taken
                     held = 1
-                    self._pulled += len(batch)
-                    leaf.count += len(batch)
                     pending = iter(batch)
                     for item in pending:
                         yield item
                     held = 0
-                    self._pulled += 1
-                    leaf.count += 1
-                    if every_items is not None and self._pulled >= self._next_at:
-                        self._trigger()
+                    self._pulled_last(leaf)
                     yield last
-                    if full:
+                    if len(batch) + 1 == COOPERATE_EVERY:
                         await cooperate()
                     continue
                 try:
@@ -575,11 +562,8 @@ class Checkpointing:
                     self._trigger()
                 yield item
         finally:
-            unsent = operator.length_hint(pending)
-            if batched is not None and unsent + held:
-                batched.put_back(unsent + held)
-                self._pulled -= unsent
-                leaf.count -= unsent
+            if batched is not None:
+                self._put_back(leaf, batched, operator.length_hint(pending), held)
             await aclose(source)
 
     def _inject_sync(self, leaf: _Leaf, source: SequenceSource[Any]) -> Iterator[Any]:
@@ -593,7 +577,6 @@ class Checkpointing:
         """
         key = leaf.key
         sent = self._sequence
-        every_items = self._every_items
         pending: Iterator[Any] = iter(())
         held = 0  # the batch's last item, taken but not pulled yet
         try:
@@ -604,33 +587,53 @@ class Checkpointing:
                     barrier.positions[key] = self._positions[key] = source.position()
                     barrier.counts[key] = leaf.count
                     yield barrier
-                size = COOPERATE_EVERY
-                if every_items is not None:
-                    size = max(1, min(size, self._next_at - self._pulled))
-                batch = source.take(size)
-                if not batch:
-                    leaf.ended = True
-                    self._positions[key] = source.position()
+                taken = self._take_batch(leaf, source)
+                if taken is None:
                     return
-                last = batch.pop()
+                batch, last = taken
                 held = 1
-                self._pulled += len(batch)
-                leaf.count += len(batch)
                 pending = iter(batch)
                 yield from pending
                 held = 0
-                self._pulled += 1
-                leaf.count += 1
-                if every_items is not None and self._pulled >= self._next_at:
-                    self._trigger()
+                self._pulled_last(leaf)
                 yield last
         finally:
-            unsent = operator.length_hint(pending)
-            if unsent + held:
-                source.put_back(unsent + held)
-                self._pulled -= unsent
-                leaf.count -= unsent
+            self._put_back(leaf, source, operator.length_hint(pending), held)
             source.stop()
+
+    def _take_batch(self, leaf: _Leaf, source: SequenceSource[Any]) -> tuple[list[Any], Any] | None:
+        """The next batch of a sequence source, ending where the next barrier is due.
+
+        Returns the batch's items but its last, counted as pulled, and the
+        last one, to be counted by `_pulled_last` once the others went out
+        (only it can make a checkpoint due); or None at the source's end.
+        """
+        size = COOPERATE_EVERY
+        if self._every_items is not None:
+            size = max(1, min(size, self._next_at - self._pulled))
+        batch = source.take(size)
+        if not batch:
+            leaf.ended = True
+            self._positions[leaf.key] = source.position()
+            return None
+        last = batch.pop()
+        self._pulled += len(batch)
+        leaf.count += len(batch)
+        return batch, last
+
+    def _pulled_last(self, leaf: _Leaf) -> None:
+        """Count a batch's last item as pulled; a checkpoint may be due."""
+        self._pulled += 1
+        leaf.count += 1
+        if self._every_items is not None and self._pulled >= self._next_at:
+            self._trigger()
+
+    def _put_back(self, leaf: _Leaf, source: SequenceSource[Any], unsent: int, held: int) -> None:
+        """Return the items of a batch the consumer never got (``held``: its last, taken)."""
+        if unsent + held:
+            source.put_back(unsent + held)
+            self._pulled -= unsent
+            leaf.count -= unsent
 
     # -- results out -----------------------------------------------------
 
