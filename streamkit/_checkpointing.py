@@ -17,8 +17,9 @@ A `Run` given ``checkpoint=store`` hands its pipeline and source to a
    writes are kept, and a barrier that comes out means every output of the
    items before it has been handled: its positions, snapshots and the writes
    since the last one are saved as one checkpoint, in one store transaction
-   (in the background: the next items flow meanwhile; the next checkpoint
-   waits for it);
+   (in the background: the next items flow meanwhile; at most one save is
+   under way, and a checkpoint that comes meanwhile waits for it, replaced
+   by a newer one if that comes first);
 5. ends (`finish`): a run that succeeded saves a last checkpoint that marks
    it complete, with the writes still kept; a run that failed or was
    stopped keeps its last completed checkpoint.
@@ -241,7 +242,9 @@ class Checkpointing:
         "_shape",
         "_source",
         "_suspended",
+        "_waiting",
         "_writes",
+        "before_save",
         "last_saved",
         "name",
         "on_saved",
@@ -284,12 +287,17 @@ class Checkpointing:
         """Source items the checkpoint resumed from covers."""
         self._writes: list[Any] = []
         self._saving: Handle[None] | None = None
+        self._waiting: tuple[Checkpoint, list[Any]] | None = None
+        """The newest checkpoint that came while a save was under way, with its writes."""
         self._failed = False
         self._clock: Clock | None = None
         self.resumed_from: Checkpoint | None = None
         """The checkpoint this run resumed from."""
         self.last_saved: Checkpoint | None = None
         """The last checkpoint this run saved."""
+        self.before_save: Callable[[], Awaitable[None]] | None = None
+        """Awaited when a barrier comes out, before its checkpoint is made: for a
+        consumer that hands the outputs on (`Partitioned`), until they were taken."""
         self.on_saved: Callable[[Checkpoint], Awaitable[None]] | None = None
         """Awaited with each checkpoint once it is saved and its sinks committed."""
         self._suspended: int | None = None
@@ -662,7 +670,16 @@ class Checkpointing:
             await aclose(results)
 
     async def _checkpoint(self, barrier: Control) -> None:
-        await self._wait_for_save()
+        """Save the checkpoint of a barrier that came out, or have it wait for the save under way.
+
+        At most one save is under way. A checkpoint that comes meanwhile
+        waits, and is saved as soon as that save ends; a newer one replaces
+        it, taking on its writes. So the pipeline never waits for the store,
+        and a store slower than the pipeline saves fewer checkpoints, each
+        covering more.
+        """
+        if self.before_save is not None:
+            await self.before_save()
         positions = barrier.positions
         position = positions[self._leaves[0].key] if len(self._leaves) == 1 else dict(positions)
         counts = barrier.counts
@@ -671,7 +688,27 @@ class Checkpointing:
             position=position, state=barrier.snapshots, sequence=barrier.sequence, items=items
         )
         writes, self._writes = self._writes, []
-        self._saving = start_awaitable(self._save(checkpoint, writes))
+        saving = self._saving
+        if saving is not None and not saving.done():
+            waiting = self._waiting
+            if waiting is not None:
+                writes = waiting[1] + writes
+            self._waiting = (checkpoint, writes)
+            return
+        await self._wait_for_save()  # raises what a save that ended raised
+        self._saving = start_awaitable(self._saves(checkpoint, writes))
+        # Let the save start: a store that waits for nothing (a MemoryStore)
+        # finishes it here, and its checkpoints never wait.
+        await cooperate()
+
+    async def _saves(self, checkpoint: Checkpoint, writes: list[Any]) -> None:
+        """Save ``checkpoint``, then the checkpoint that came meanwhile, if any, and so on."""
+        while True:
+            await self._save(checkpoint, writes)
+            waiting, self._waiting = self._waiting, None
+            if waiting is None:
+                return
+            checkpoint, writes = waiting
 
     def _record(
         self, *, position: Any, state: dict[str, Any], sequence: int, items: int

@@ -482,6 +482,17 @@ class Partitioned(Generic[T_co]):
         layer = run._checkpointing  # pyright: ignore[reportPrivateUsage]
         assert layer is not None
         layer.on_saved = source.saved
+        loop = asyncio.get_running_loop()
+
+        async def taken() -> None:
+            # A checkpoint covers only outputs the consumer took: the outputs
+            # before the barrier wait in the queue until it comes back for the
+            # item after them.
+            handed = loop.create_future()
+            await queue.put(_Taken(handed))
+            await handed
+
+        layer.before_save = taken
         try:
             async with run:
                 async for item in run:
@@ -518,6 +529,10 @@ class Partitioned(Generic[T_co]):
         try:
             while True:
                 item = await queue.get()
+                if type(item) is _Taken:
+                    if not item.handed.done():
+                        item.handed.set_result(None)
+                    continue
                 if item is _END:
                     break
                 if isinstance(item, _Failure):
@@ -572,6 +587,15 @@ class Partitioned(Generic[T_co]):
             return
         await partitions.revoke_all()
         await queue.put(_END)
+
+
+class _Taken:
+    """In a worker's queue: the consumer has taken the outputs before it."""
+
+    __slots__ = ("handed",)
+
+    def __init__(self, handed: asyncio.Future[None]) -> None:
+        self.handed = handed
 
 
 class _Failure:

@@ -510,3 +510,28 @@ def test_any_schedule_of_revokes_and_abandons_keeps_the_table_exact(
         assert_no_pending_tasks()
 
     asyncio.run(scenario())
+
+
+async def test_a_checkpoint_covers_only_outputs_the_consumer_took_from_the_buffer() -> None:
+    # The partition's pipeline runs ahead into the worker's buffer; its barriers come out
+    # long before the consumer takes the outputs before them. A checkpoint waits for that.
+    items = data(1, 500)
+    broker = MemoryBroker(items)
+    async with MemoryStore() as store:
+        sink = TableSink(store, "out")
+        worker = Partitioned(
+            map_(lambda x: x) | write_to(sink), broker, store=store, name="w", every=2, buffer=64
+        )
+        seen: list[int] = []
+        async with worker:
+            async for item in worker:
+                seen.append(item)
+                await asyncio.sleep(0)  # the pipeline runs ahead meanwhile
+                if len(seen) == 11:
+                    break
+        checkpoint = await store.load("w.0")
+        assert checkpoint is not None
+        assert 2 <= checkpoint.position <= 11
+        assert set(await sink.rows()) <= set(seen)
+        assert broker.acked["0"][-1] == checkpoint.position
+    assert_no_pending_tasks()
