@@ -31,9 +31,19 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import operator
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
+from typing import TYPE_CHECKING, Any, Final, Self, cast
 
 from ._barrier import CONTROL, Control, DeadLetterWrite, Encoder, Slot
 from ._codec import DEFAULT_CODEC as TYPED_DEFAULT
@@ -202,6 +212,25 @@ def _sequence_source(source: Resumable[Any]) -> SequenceSource[Any] | None:
 
 
 # --------------------------------------------------------------------------- the layer
+
+
+class _Batches(itertools.chain[Any]):
+    """What `Checkpointing._inject_sync` hands out: items and barriers, batch after batch.
+
+    A chain of the batches a generator makes (its items come at C speed,
+    with no Python frame per item) that closes that generator when closed.
+    """
+
+    def __new__(cls, batches: Generator[Iterable[Any]]) -> Self:
+        made = cast("Self", cls.from_iterable(batches))  # an instance of cls, as any chain's
+        made.batches = batches
+        return made
+
+    batches: Generator[Iterable[Any]]
+
+    def close(self) -> None:
+        """Stop: the generator of batches puts back what was not handed out."""
+        self.batches.close()
 
 
 class Checkpointing:
@@ -509,10 +538,9 @@ class Checkpointing:
         it is a sequence, is read a batch at a time instead (the same items
         and barriers in the same order): a batch ends where the next barrier
         is due, or after `COOPERATE_EVERY` items, and then other tasks may
-        run. The counts move on by the batch's items but its last before they
-        go out, and by the last one as it is pulled (only it can make a
-        checkpoint due); if the consumer stops within a batch, the items it
-        never got are put back.
+        run. A batch is counted once the item after it is asked for (only
+        then can a checkpoint be due); if the consumer stops within a batch,
+        the items it never got are put back.
         """
         source = leaf.source
         key = leaf.key
@@ -523,7 +551,7 @@ class Checkpointing:
         if len(self._leaves) != 1:
             batched = None
         pending: Iterator[Any] = iter(())
-        held = 0  # the batch's last item, taken but not pulled yet
+        size = 0  # of the batch being handed out
         try:
             while True:
                 barrier = self._barrier
@@ -533,18 +561,16 @@ class Checkpointing:
                     barrier.counts[key] = leaf.count
                     yield barrier
                 if batched is not None:
-                    taken = self._take_batch(leaf, batched)
-                    if taken is None:
+                    batch = self._take(leaf, batched)
+                    if batch is None:
                         return
-                    batch, last = taken
-                    held = 1
+                    size = len(batch)
                     pending = iter(batch)
                     for item in pending:
                         yield item
-                    held = 0
-                    self._pulled_last(leaf)
-                    yield last
-                    if len(batch) + 1 == COOPERATE_EVERY:
+                    size = 0
+                    self._pulled_batch(leaf, len(batch))
+                    if len(batch) == COOPERATE_EVERY:
                         await cooperate()
                     continue
                 try:
@@ -571,22 +597,28 @@ class Checkpointing:
                 yield item
         finally:
             if batched is not None:
-                self._put_back(leaf, batched, operator.length_hint(pending), held)
+                self._stopped_within(leaf, batched, size, pending)
             await aclose(source)
 
     def _inject_sync(self, leaf: _Leaf, source: SequenceSource[Any]) -> Iterator[Any]:
         """`_inject` for the run's one source, a sequence, when barriers come every n items.
 
-        A plain generator (the pipeline's first fused segment then reads it in
+        A plain iterator (the pipeline's first fused segment then reads it in
         a plain loop, and lets other tasks run every `COOPERATE_EVERY` items),
         with the same items and barriers in the same order. It takes the items
         from the sequence a batch at a time, each batch ending where the next
-        barrier is due; see `_inject` for the counts.
+        barrier is due, and hands them out at C speed (`_Batches`); a batch is
+        counted once the item after it is asked for, and if the consumer stops
+        within a batch, the items it never got are put back.
         """
+        made = self._batches(leaf, source)
+        return _Batches(made)
+
+    def _batches(self, leaf: _Leaf, source: SequenceSource[Any]) -> Generator[Iterable[Any]]:
         key = leaf.key
         sent = self._sequence
         pending: Iterator[Any] = iter(())
-        held = 0  # the batch's last item, taken but not pulled yet
+        size = 0
         try:
             while True:
                 barrier = self._barrier
@@ -594,27 +626,23 @@ class Checkpointing:
                     sent = barrier.sequence
                     barrier.positions[key] = self._positions[key] = source.position()
                     barrier.counts[key] = leaf.count
-                    yield barrier
-                taken = self._take_batch(leaf, source)
-                if taken is None:
+                    yield (barrier,)
+                batch = self._take(leaf, source)
+                if batch is None:
                     return
-                batch, last = taken
-                held = 1
+                size = len(batch)
                 pending = iter(batch)
-                yield from pending
-                held = 0
-                self._pulled_last(leaf)
-                yield last
+                yield pending
+                size = 0
+                self._pulled_batch(leaf, len(batch))
         finally:
-            self._put_back(leaf, source, operator.length_hint(pending), held)
+            self._stopped_within(leaf, source, size, pending)
             source.stop()
 
-    def _take_batch(self, leaf: _Leaf, source: SequenceSource[Any]) -> tuple[list[Any], Any] | None:
+    def _take(self, leaf: _Leaf, source: SequenceSource[Any]) -> list[Any] | None:
         """The next batch of a sequence source, ending where the next barrier is due.
 
-        Returns the batch's items but its last, counted as pulled, and the
-        last one, to be counted by `_pulled_last` once the others went out
-        (only it can make a checkpoint due); or None at the source's end.
+        None at the source's end.
         """
         size = COOPERATE_EVERY
         if self._every_items is not None:
@@ -624,24 +652,31 @@ class Checkpointing:
             leaf.ended = True
             self._positions[leaf.key] = source.position()
             return None
-        last = batch.pop()
-        self._pulled += len(batch)
-        leaf.count += len(batch)
-        return batch, last
+        return batch
 
-    def _pulled_last(self, leaf: _Leaf) -> None:
-        """Count a batch's last item as pulled; a checkpoint may be due."""
-        self._pulled += 1
-        leaf.count += 1
+    def _pulled_batch(self, leaf: _Leaf, size: int) -> None:
+        """Count a batch handed out in full; a checkpoint may be due."""
+        self._pulled += size
+        leaf.count += size
         if self._every_items is not None and self._pulled >= self._next_at:
             self._trigger()
 
-    def _put_back(self, leaf: _Leaf, source: SequenceSource[Any], unsent: int, held: int) -> None:
-        """Return the items of a batch the consumer never got (``held``: its last, taken)."""
-        if unsent + held:
-            source.put_back(unsent + held)
-            self._pulled -= unsent
-            leaf.count -= unsent
+    def _stopped_within(
+        self, leaf: _Leaf, source: SequenceSource[Any], size: int, pending: Iterator[Any]
+    ) -> None:
+        """The consumer stopped within a batch of ``size`` (0: none): count what it got.
+
+        The items it never got go back to the source.
+        """
+        if not size:
+            return
+        unsent = operator.length_hint(pending)
+        if unsent:
+            source.put_back(unsent)
+            self._pulled += size - unsent
+            leaf.count += size - unsent
+        else:
+            self._pulled_batch(leaf, size)
 
     # -- results out -----------------------------------------------------
 
@@ -651,23 +686,38 @@ class Checkpointing:
         When a barrier comes out, the consumer has come back for the item
         after the last one before it: that one is handled too.
         """
-        resumed = self.resumed_from
-        if resumed is not None and resumed.complete:
-            await aclose(results)  # the run had ended: nothing is left to do
+        if await self.control(None):
+            await aclose(results)
             return
         try:
             async for item in results:
                 if type(item) is not CONTROL:
                     yield item
-                elif item.kind == "write":
-                    self._writes.append(item.write)
-                else:
-                    await self._checkpoint(item)
-                    if item.sequence == self._suspended:
-                        await self._wait_for_save()
-                        return  # closes the pipeline: nothing after the barrier is flushed
+                elif await self.control(item):
+                    return  # closes the pipeline: nothing after the barrier is flushed
         finally:
             await aclose(results)
+
+    async def control(self, item: Control | None) -> bool:
+        """Take a control element out of the pipeline; True: the run ends here.
+
+        A write is kept for the next checkpoint; a barrier's checkpoint is
+        saved (see `_checkpoint`), and the last barrier of a suspended
+        source ends the run once it is saved. With None (before the first
+        pull): True when the run resumed from a complete checkpoint, so that
+        nothing is left to do.
+        """
+        if item is None:
+            resumed = self.resumed_from
+            return resumed is not None and resumed.complete
+        if item.kind == "write":
+            self._writes.append(item.write)
+            return False
+        await self._checkpoint(item)
+        if item.sequence == self._suspended:
+            await self._wait_for_save()
+            return True
+        return False
 
     async def _checkpoint(self, barrier: Control) -> None:
         """Save the checkpoint of a barrier that came out, or have it wait for the save under way.

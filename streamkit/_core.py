@@ -52,6 +52,7 @@ from ._barrier import CONTROL, Control, RunFunction, Slot, Stateful
 from ._records import Envelope, Key
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
     from types import TracebackType
 
 T = TypeVar("T")
@@ -462,10 +463,18 @@ class Ends:
     ``ended`` gets the exception that ended the segment (None when its
     upstream was exhausted; a `BaseException` when it was closed or
     cancelled) and the number of items the segment passed on.
+
+    With ``control`` (for a checkpointed run, whose segments all pass
+    control elements), the control elements that reach the end of the flow
+    go to it instead of out, and it returns whether the segment ends there
+    (its upstream is then closed, flushing nothing); it is also awaited once
+    with None after ``started``, before the first pull, where True means
+    that there is nothing to do.
     """
 
     started: Callable[[], Awaitable[None]]
     ended: Callable[[BaseException | None, int], Awaitable[None]]
+    control: Callable[[Any], Awaitable[bool]] | None = None
 
 
 class SegmentRun:
@@ -1122,7 +1131,10 @@ async def _segment(
 
 
 async def _barrier_segment(
-    ops: tuple[ItemOp, ...], upstream: AsyncIterator[Any], ends: Ends | None
+    ops: tuple[ItemOp, ...],
+    upstream: AsyncIterator[Any] | None,
+    ends: Ends | None,
+    opener: Callable[[], AsyncIterator[Any]] | None = None,
 ) -> AsyncIterator[Any]:
     """A segment of a checkpointed run: control elements pass between the items.
 
@@ -1130,22 +1142,35 @@ async def _barrier_segment(
     state across items, so a barrier just passes. Watched or not, this one
     loop serves: it probes the first items (and every ``sample_every``-th of
     a watched segment), then runs the compiled chain.
+
+    With ``opener`` instead of ``upstream``, the upstream is opened once
+    ``ends.started`` has run (a checkpointed run restores its steps there).
     """
-    run = SegmentRun(ops)
-    watch = run.watch
+    run: SegmentRun | None = None
     step: Callable[[Any], Any] | None = None
     is_async = False
     n = 0
     sample_at = 1
     error: BaseException | None = None
+    control = None if ends is None else ends.control
     try:
         if ends is not None:
             await ends.started()
+            if control is not None and await control(None):
+                return
+        if opener is not None:
+            upstream = opener()
+        assert upstream is not None  # given, or opened
+        run = SegmentRun(ops)
+        watch = run.watch
         if watch is not None and watch.paused:
             await watch.wait()
         async for item in upstream:
             if type(item) is CONTROL:
-                yield item
+                if control is None:
+                    yield item
+                elif await control(item):
+                    return
                 continue
             n += 1
             run.entered = n
@@ -1163,7 +1188,10 @@ async def _barrier_segment(
                 run.annotate(exc, n - 1, item)
                 raise
             if result is not SKIP:
-                yield result
+                if control is not None and type(result) is CONTROL:
+                    await control(result)  # a dead-lettered item's write: never an end
+                else:
+                    yield result
             if watch is not None and watch.paused:
                 await watch.wait()
     except BaseException as exc:
@@ -1171,26 +1199,31 @@ async def _barrier_segment(
         raise
     finally:
         try:
-            await aclose(upstream)
+            if upstream is not None:
+                await aclose(upstream)
         finally:
             if ends is not None:
-                await ends.ended(error, run.passed(n))
+                await ends.ended(error, 0 if run is None else run.passed(n))
 
 
 async def _barrier_segment_sync(
     ops: tuple[ItemOp, ...], upstream: Iterator[Any], ends: Ends | None
 ) -> AsyncIterator[Any]:
     """`_barrier_segment` over a plain iterator, in chunks of `COOPERATE_EVERY` elements."""
-    run = SegmentRun(ops)
-    watch = run.watch
+    run: SegmentRun | None = None
     step: Callable[[Any], Any] | None = None
     is_async = False
     n = 0
     sample_at = 1
     error: BaseException | None = None
+    control = None if ends is None else ends.control
     try:
         if ends is not None:
             await ends.started()
+            if control is not None and await control(None):
+                return
+        run = SegmentRun(ops)  # after the start: a checkpointed run restores its steps there
+        watch = run.watch
         if watch is not None and watch.paused:
             await watch.wait()
         while True:
@@ -1198,7 +1231,10 @@ async def _barrier_segment_sync(
             for item in islice(upstream, COOPERATE_EVERY):
                 taken += 1
                 if type(item) is CONTROL:
-                    yield item
+                    if control is None:
+                        yield item
+                    elif await control(item):
+                        return
                     continue
                 n += 1
                 run.entered = n
@@ -1216,7 +1252,10 @@ async def _barrier_segment_sync(
                     run.annotate(exc, n - 1, item)
                     raise
                 if result is not SKIP:
-                    yield result
+                    if control is not None and type(result) is CONTROL:
+                        await control(result)  # a dead-lettered item's write: never an end
+                    else:
+                        yield result
                 if watch is not None and watch.paused:
                     await watch.wait()
             if taken < COOPERATE_EVERY:
@@ -1230,7 +1269,7 @@ async def _barrier_segment_sync(
             _close_sync(upstream)
         finally:
             if ends is not None:
-                await ends.ended(error, run.passed(n))
+                await ends.ended(error, 0 if run is None else run.passed(n))
 
 
 def run_segment_sync(
@@ -2591,7 +2630,7 @@ class Flow(AsyncIterator[T_co]):
             finally:
                 await given.ended(error, passed)
 
-        return Ends(given.started, ended)
+        return Ends(given.started, ended, given.control)
 
     def _open(self) -> AsyncIterator[T_co]:
         if self._state == "handed-over":
@@ -2599,32 +2638,56 @@ class Flow(AsyncIterator[T_co]):
         if self._state == "closed":
             return _EMPTY_ITERATOR
         parts = self.stage._plan  # pyright: ignore[reportPrivateUsage]
-        source = self.source
         ends = self._segment_ends()
-        last = len(parts) - 1
         # Every iterator of the chain is kept, so that closing the flow reaches
         # the source even through generators that never started (closing an
         # unstarted generator does not run its `finally`).
         chain = self._chain
         iterator: AsyncIterator[Any]
+        end = parts[-1] if parts else None
+        if ends is not None and ends.control is not None and len(parts) > 1:
+            # A checkpointed run restores its steps when it starts, which its
+            # last segment awaits first: the parts before it are made after.
+            assert isinstance(end, Segment)  # see `end_with`
+            assert end.ops[0].barriers
+
+            def opener() -> AsyncIterator[Any]:
+                return self._chained(parts[:-1], None, lambda made: chain.insert(-1, made))
+
+            iterator = _barrier_segment(end.ops, None, ends, opener)
+            chain.append(iterator)
+        else:
+            iterator = self._chained(parts, ends, chain.append)
+        self._iterator = iterator
+        self._state = "open"
+        return iterator
+
+    def _chained(
+        self,
+        parts: Sequence[Segment | Transform],
+        ends: Ends | None,
+        keep: Callable[[Iterator[Any] | AsyncIterator[Any]], None],
+    ) -> AsyncIterator[Any]:
+        """The source through ``parts`` (``ends`` to the last), each iterator made kept."""
+        source = self.source
+        last = len(parts) - 1
+        iterator: AsyncIterator[Any]
         first = 0
         if parts and isinstance(parts[0], Segment) and is_sync_source(source):
             items = iter(cast("Iterable[Any]", source))
-            chain.append(items)
+            keep(items)
             iterator = run_segment_sync(parts[0].ops, items, ends if last == 0 else None)
             first = 1
         else:
             iterator = open_async(source)
-        chain.append(iterator)
+        keep(iterator)
         for position in range(first, len(parts)):
             part = parts[position]
             if isinstance(part, Segment):
                 iterator = run_segment(part.ops, iterator, ends if position == last else None)
             else:
                 iterator = part.run(iterator)
-            chain.append(iterator)
-        self._iterator = iterator
-        self._state = "open"
+            keep(iterator)
         return iterator
 
     # -- AsyncIterator -----------------------------------------------------

@@ -1054,14 +1054,15 @@ class Run(AsyncIterable[T_co]):
     def __aiter__(self) -> AsyncIterator[T_co]:
         self._claim()
         hooks = self._hooks
-        if (
-            self._checkpointing is None
-            and (hooks is None or hooks.on_item is None)
-            and self._flow.end_with(Ends(self._start, self._ended))
+        layer = self._checkpointing
+        control = None if layer is None else layer.control
+        if (hooks is None or hooks.on_item is None) and self._flow.end_with(
+            Ends(self._start, self._ended, control)
         ):
             # Nothing to do per item: hand out the flow's own iterator; its
             # last fused segment starts the run and tells how it ended (and a
-            # watched one holds while paused). No relay layer, no cost per item.
+            # watched one holds while paused), and hands a checkpointed run's
+            # control elements to its checkpoints. No relay layer, no cost per item.
             self._direct = True
             iterator = self._relay = aiter(self._flow)
             return iterator

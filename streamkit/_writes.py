@@ -55,12 +55,34 @@ _MAX_IDENTIFIER: Final = 63  # PostgreSQL's limit (NAMEDATALEN - 1)
 _INT64: Final = 2**63
 
 
+def _plain(value: object) -> bool:
+    """Whether JSON gives ``value`` back as itself: None, a bool, an int, a UTF-8 str."""
+    kind = type(value)
+    if value is None or kind is int or kind is bool:
+        return True
+    if kind is str:
+        try:
+            cast("str", value).encode()
+        except UnicodeEncodeError:
+            return False
+        return True
+    return False
+
+
 def json_copy(value: object, parameter: str) -> Any:
     """``value`` as it comes back from JSON; `TypeError` naming ``parameter`` otherwise.
 
     Stores keep JSON as UTF-8, so a str holding a lone surrogate (which UTF-8
-    cannot encode) is refused too.
+    cannot encode) is refused too. Values that JSON gives back as they are
+    (None, bools, ints, strs, and dicts of them under str keys) are copied
+    without the round trip.
     """
+    if _plain(value):
+        return value
+    if type(value) is dict:
+        items = cast("dict[object, object]", value)
+        if all(type(k) is str and _plain(k) and _plain(v) for k, v in items.items()):
+            return dict(items)
     try:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False)
         text.encode()

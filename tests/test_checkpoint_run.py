@@ -27,6 +27,7 @@ from streamkit import (
     Checkpoint,
     CheckpointError,
     Envelope,
+    Hooks,
     Key,
     MemoryStore,
     Run,
@@ -808,3 +809,53 @@ async def test_a_keys_codec_encodes_the_aggregate_of_its_step(
     rest = await Run(pipeline, range(8), name="job", checkpoint=store, every=2).collect()
     assert rest == whole[len(whole) - len(rest) :]
     assert rest[-1].state[PRICE] == Money(2800, "EUR")
+
+
+def _with_a_bad_item(n: int) -> int:
+    if n % 11 == 5:
+        raise ValueError(f"bad {n}")
+    return n
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    names=st.lists(st.sampled_from(sorted(STATEFUL_STEPS)), min_size=0, max_size=3),
+    n=st.integers(0, 60),
+    every=st.integers(1, 7),
+    stop=st.none() | st.integers(1, 40),
+)
+def test_async_for_hands_the_checkpoints_what_a_relayed_run_does(
+    names: list[str], n: int, every: int, stop: int | None
+) -> None:
+    # `async for` over a run with no per-item hook iterates the pipeline's own last step,
+    # which takes the barriers and dead letters itself; with an `on_item` hook, a relay
+    # does. Both give the same outputs, checkpoints and dead letters, also resumed.
+    def build() -> Stage[Any, Any]:
+        pipeline: Stage[Any, Any] = map_(lambda x: x)
+        for name in names:
+            pipeline = pipeline | STATEFUL_STEPS[name]()
+        return pipeline | map_(_with_a_bad_item, on_error="split", dead_letter=lambda r: None)
+
+    async def attempts(relayed: bool) -> tuple[Any, ...]:
+        store = MemoryStore()
+        found: list[Any] = []
+        for limit in (stop, None):
+            hooks = [Hooks(on_item=lambda item: None)] if relayed else []
+            out: list[Any] = []
+            async with Run(
+                build(), list(range(n)), name="job", checkpoint=store, every=every, hooks=hooks
+            ) as run:
+                async for item in run:
+                    out.append(item)
+                    if len(out) == limit:
+                        break
+            found.append((out, run.status))
+        history = [
+            (c.position, c.items, c.complete, dict(c.state))
+            for c in await store.history("job", limit=1000)
+        ]
+        letters = [(d.stage, d.record["item"]) for d in await store.dead_letters("job")]
+        return found, history, letters
+
+    direct = asyncio.run(attempts(relayed=False))
+    assert direct == asyncio.run(attempts(relayed=True))
