@@ -214,6 +214,16 @@ def _sequence_source(source: Resumable[Any]) -> SequenceSource[Any] | None:
 # --------------------------------------------------------------------------- the layer
 
 
+SAVE_LAG: Final = 8
+"""Barriers that may come out while a checkpoint is being saved before the pipeline waits.
+
+The newest of them waits to be saved next (the others are replaced); the
+next barrier to come out then waits until it is saved. So a store slower
+than the pipeline lets it run ahead by at most this many checkpoint
+intervals, which bounds what a crash repeats.
+"""
+
+
 class _Batches(itertools.chain[Any]):
     """What `Checkpointing._inject_sync` hands out: items and barriers, batch after batch.
 
@@ -252,6 +262,7 @@ class Checkpointing:
     __slots__ = (
         "_barrier",
         "_base_items",
+        "_behind",
         "_bound",
         "_clock",
         "_codec",
@@ -318,6 +329,8 @@ class Checkpointing:
         self._saving: Handle[None] | None = None
         self._waiting: tuple[Checkpoint, list[Any]] | None = None
         """The newest checkpoint that came while a save was under way, with its writes."""
+        self._behind = 0
+        """Barriers that came out while the save under way was under way."""
         self._failed = False
         self._clock: Clock | None = None
         self.resumed_from: Checkpoint | None = None
@@ -724,9 +737,9 @@ class Checkpointing:
 
         At most one save is under way. A checkpoint that comes meanwhile
         waits, and is saved as soon as that save ends; a newer one replaces
-        it, taking on its writes. So the pipeline never waits for the store,
-        and a store slower than the pipeline saves fewer checkpoints, each
-        covering more.
+        it, taking on its writes. So a store slower than the pipeline saves
+        fewer checkpoints, each covering more, and the pipeline waits only
+        when `SAVE_LAG` barriers came out during one save.
         """
         if self.before_save is not None:
             await self.before_save()
@@ -744,8 +757,12 @@ class Checkpointing:
             if waiting is not None:
                 writes = waiting[1] + writes
             self._waiting = (checkpoint, writes)
+            self._behind += 1
+            if self._behind > SAVE_LAG:
+                await self._wait_for_save()  # until this one is saved too
             return
         await self._wait_for_save()  # raises what a save that ended raised
+        self._behind = 0
         self._saving = start_awaitable(self._saves(checkpoint, writes))
         # Let the save start: a store that waits for nothing (a MemoryStore)
         # finishes it here, and its checkpoints never wait.
@@ -759,6 +776,7 @@ class Checkpointing:
             if waiting is None:
                 return
             checkpoint, writes = waiting
+            self._behind = 0
 
     def _record(
         self, *, position: Any, state: dict[str, Any], sequence: int, items: int

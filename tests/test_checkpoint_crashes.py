@@ -31,14 +31,16 @@ from typing import Any
 import pytest
 
 from streamkit import SQLiteStore
+from streamkit._checkpointing import SAVE_LAG
 from tests.checkpoint_worker import CASES, N
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = int(os.environ.get("STREAMKIT_CRASH_KILLS", "20"))
 EVERY = 10
-REPLAY = 64
-"""The most outputs an attempt repeats: those of two checkpoint intervals and what the
-steps hold (concurrent calls, batches, windows), with room to spare."""
+REPLAY = (SAVE_LAG + 2) * EVERY + 24
+"""The most outputs an attempt repeats: those of the checkpoint intervals a run may get
+ahead of its store (`SAVE_LAG`, and the interval being saved, and the one before it) and
+what the steps hold (concurrent calls, batches, windows), with room to spare."""
 
 
 def start(folder: Path, case: str, *, attempt: int, plain: bool = False) -> subprocess.Popen[bytes]:

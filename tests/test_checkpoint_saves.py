@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from streamkit import MemoryStore, Run, TableSink, map_, write_to
+from streamkit._checkpointing import SAVE_LAG
 from streamkit.testing import assert_no_pending_tasks
 
 if TYPE_CHECKING:
@@ -78,8 +79,7 @@ async def _items_flow_while_a_save_is_under_way_and_the_newest_checkpoint_comes_
                     assert store.started == [1]
                     store.release()
         assert seen == [x * 2 for x in range(100)]
-        sequences = [c.sequence for c in reversed(await store.history("job", limit=100))]
-        assert sequences[:2] == [1, 5]
+        assert store.started[:2] == [1, 5]
         history = await store.history("job", limit=1)
         assert history[0].complete
         # The replaced checkpoints' sink rows went with the newer ones: each output once.
@@ -111,6 +111,33 @@ async def _a_run_left_early_saves_the_checkpoint_that_waited() -> None:
         # The next run goes on from there: every item once in the table.
         await Run(pipeline, range(100), name="job", checkpoint=store, every=10).drain()
         assert await sink.rows() == [x + 1 for x in range(100)]
+
+
+async def test_a_run_gets_at_most_save_lag_intervals_ahead_of_its_store() -> None:
+    await asyncio.wait_for(_a_run_gets_at_most_save_lag_intervals_ahead_of_its_store(), HANG)
+    assert_no_pending_tasks()
+
+
+async def _a_run_gets_at_most_save_lag_intervals_ahead_of_its_store() -> None:
+    async with HeldStore() as store:
+        run = Run(map_(lambda x: x), range(1000), name="job", checkpoint=store, every=10)
+        seen: list[int] = []
+
+        async def consume() -> None:
+            async for item in run:
+                seen.append(item)
+
+        consuming = asyncio.create_task(consume())
+        for _ in range(5000):
+            await asyncio.sleep(0)
+        # The first barrier's save is held; SAVE_LAG more came out meanwhile, and the one
+        # after them waits until the newest is saved: nothing more comes out.
+        assert store.started == [1]
+        assert len(seen) == (SAVE_LAG + 2) * 10
+        store.release()
+        await consuming
+        assert seen == list(range(1000))
+        assert store.started[:2] == [1, SAVE_LAG + 2]
 
 
 async def test_a_failed_save_fails_the_run_and_the_waiting_checkpoint_is_not_saved() -> None:
