@@ -167,12 +167,18 @@ class Partitions:
 
     def name(self, partition: str) -> str:
         """The checkpoint name of ``partition``."""
-        return f"{self._owner.name}/{partition}"
+        return f"{self._owner.name}.{partition}"
 
     async def position(self, partition: str) -> Any:
         """The position the checkpoint of ``partition`` holds, or None if it has none."""
         checkpoint = await self._owner.store.load(self.name(partition))
         return None if checkpoint is None else checkpoint.position
+
+    def source(
+        self, partition: str, *, start: Any, fetch: Fetch, acknowledge: Acknowledge
+    ) -> PartitionSource[Any]:
+        """A `PartitionSource` sharing the worker's concurrency bound, to `assign`."""
+        return self._owner.source(partition, start=start, fetch=fetch, acknowledge=acknowledge)
 
     def assign(self, source: PartitionSource[Any]) -> None:
         """Start the run of a partition."""

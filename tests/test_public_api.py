@@ -42,6 +42,7 @@ PUBLIC = [
     "LateItemError",
     "MemoryStore",
     "OnError",
+    "Partitioned",
     "PostgresStore",
     "QuantileSketch",
     "Resumable",
