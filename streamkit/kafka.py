@@ -28,7 +28,7 @@ import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, Self
 
 try:
     _aiokafka: Any = importlib.import_module("aiokafka")
@@ -37,7 +37,7 @@ except ImportError as error:  # pragma: no cover - exercised in a subprocess by 
     raise ImportError("streamkit.kafka needs aiokafka: pip install 'streamkit[kafka]'") from error
 
 if TYPE_CHECKING:
-    from ._partitioned import PartitionSource, Partitions
+    from ._partitioned import Partitions, PartitionSource
 
 __all__ = ["BATCH_HEADER", "INDEX_HEADER", "ConsumerGroup", "KafkaRecord", "KafkaSink"]
 
@@ -174,8 +174,8 @@ class ConsumerGroup:
         "_fetch_timeout",
         "_max_records",
         "_options",
-        "_serving",
         "_servers",
+        "_serving",
         "_stopping",
         "failed_commits",
         "group",
@@ -278,9 +278,7 @@ class ConsumerGroup:
                     )
             except TimeoutError:
                 return []
-            return [
-                (_record(message), message.offset + 1) for message in batches.get(tp, ())
-            ]
+            return [(_record(message), message.offset + 1) for message in batches.get(tp, ())]
 
         async def acknowledge(position: Any) -> None:
             if position is None:
@@ -327,7 +325,9 @@ class _Listener:
         for tp in sorted(assigned, key=lambda tp: tp.partition):
             if tp.topic != self._group.topic or str(tp.partition) in owned:
                 continue
-            self._partitions.assign(self._group.source(self._partitions, self._consumer, tp.partition))
+            self._partitions.assign(
+                self._group.source(self._partitions, self._consumer, tp.partition)
+            )
 
 
 _aiokafka.ConsumerRebalanceListener.register(_Listener)
@@ -442,7 +442,7 @@ class KafkaSink:
         if producer is not None:
             await producer.stop()
 
-    async def __aenter__(self) -> KafkaSink:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

@@ -319,7 +319,12 @@ class KafkaCluster:
         lib.rd_kafka_conf_new.restype = ctypes.c_void_p
         lib.rd_kafka_conf_set.argtypes = [ctypes.c_void_p, *[ctypes.c_char_p] * 3, ctypes.c_size_t]
         lib.rd_kafka_new.restype = ctypes.c_void_p
-        lib.rd_kafka_new.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+        lib.rd_kafka_new.argtypes = [
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+        ]
         lib.rd_kafka_handle_mock_cluster.restype = ctypes.c_void_p
         lib.rd_kafka_handle_mock_cluster.argtypes = [ctypes.c_void_p]
         lib.rd_kafka_mock_cluster_bootstraps.restype = ctypes.c_char_p
