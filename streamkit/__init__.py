@@ -74,7 +74,6 @@ from ._metrics import QuantileSketch as QuantileSketch
 from ._metrics import RunStatistics as RunStatistics
 from ._metrics import StageStatistics as StageStatistics
 from ._metrics import to_prometheus as to_prometheus
-from ._partitioned import Partitioned as Partitioned
 from ._postgres import PostgresStore as PostgresStore
 from ._records import Envelope as Envelope
 from ._records import Key as Key
@@ -177,7 +176,6 @@ __all__ = [
     "LateItemError",
     "MemoryStore",
     "OnError",
-    "Partitioned",
     "PostgresStore",
     "QuantileSketch",
     "Resumable",

@@ -1,10 +1,10 @@
 """Kafka for per-partition pipelines: a consumer group and a producer sink.
 
 Install with ``pip install 'streamkit[kafka]'`` (aiokafka). `ConsumerGroup`
-is a broker for `streamkit.Partitioned`: the group decides which worker
+is a broker for `Partitioned` (streamkit._partitioned): the group decides which worker
 owns which partition of a topic, and each worker runs the pipeline once per
-partition it owns, checkpointed under ``"{name}/{partition}"`` with the
-partition's offset in the checkpoint's own transaction::
+partition it owns, each with checkpoints of its own, the partition's
+offset saved in the checkpoint's own transaction::
 
     group = ConsumerGroup("orders", group="billing", bootstrap_servers="kafka:9092")
     worker = Partitioned(pipeline, group, store=PostgresStore(dsn), name="billing")
@@ -28,7 +28,7 @@ import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self, cast
 
 try:
     _aiokafka: Any = importlib.import_module("aiokafka")
@@ -117,7 +117,7 @@ def _check_options(options: object, owned: frozenset[str], parameter: str) -> di
 
 
 class ConsumerGroup:
-    """A Kafka consumer group as the broker of a `streamkit.Partitioned` worker.
+    """A Kafka consumer group as the broker of a `Partitioned` (streamkit._partitioned) worker.
 
     One aiokafka consumer per worker joins the group on ``topic``; each
     partition the group assigns runs its own copy of the pipeline, its own
@@ -199,7 +199,8 @@ class ConsumerGroup:
             raise TypeError(f"max_records must be an int, got {type(max_records).__name__}")
         if max_records < 1:
             raise ValueError(f"max_records must be >= 1, got {max_records}")
-        if not isinstance(fetch_timeout, int | float) or isinstance(fetch_timeout, bool):
+        timeout = cast("object", fetch_timeout)  # untyped callers may pass anything
+        if not isinstance(timeout, int | float) or isinstance(timeout, bool):
             raise TypeError(
                 f"fetch_timeout must be a number of seconds, got {type(fetch_timeout).__name__}"
             )

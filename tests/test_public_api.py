@@ -42,7 +42,6 @@ PUBLIC = [
     "LateItemError",
     "MemoryStore",
     "OnError",
-    "Partitioned",
     "PostgresStore",
     "QuantileSketch",
     "Resumable",

@@ -166,3 +166,25 @@ def test_a_missing_postgres_fails_its_tests_when_servers_are_required(
 
 def test_a_test_without_a_server_is_not_marked(request: pytest.FixtureRequest) -> None:
     assert request.node.get_closest_marker("server") is None
+
+
+@pytest.fixture
+def no_confluent_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers, "librdkafka", lambda: None)
+    monkeypatch.setattr(servers, "_MISSING", {})
+
+
+@pytest.mark.usefixtures("no_confluent_kafka")
+def test_a_missing_kafka_skips_its_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers, "REQUIRE_SERVERS", False)
+    with pytest.raises(pytest.skip.Exception, match="kafka unavailable"), servers.kafka_cluster():
+        pass
+
+
+@pytest.mark.usefixtures("no_confluent_kafka")
+def test_a_missing_kafka_fails_its_tests_when_servers_are_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(servers, "REQUIRE_SERVERS", True)
+    with pytest.raises(pytest.fail.Exception, match="kafka is required"), servers.kafka_cluster():
+        pass
