@@ -202,7 +202,7 @@ def checkpointed_run(settings: Settings) -> CaseResult:
         "into a `MemoryStore` (the barriers and snapshots without the disk). The store is "
         "opened (file and schema created) before the clock starts and closed after it "
         "stops; the run's last checkpoint, which marks it complete, is inside the timed "
-        "run. The ratio is the run's median {DIVIDE} the reference's "
+        f"run. The ratio is the run's median {DIVIDE} the reference's "
         "median; the last column is the difference in microseconds per source item.",
         f"n = {n:,}",
         (

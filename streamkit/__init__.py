@@ -64,16 +64,23 @@ from ._failures import error_report as error_report
 from ._failures import failures as failures
 from ._failures import successes as successes
 from ._failures import with_retry as with_retry
+from ._group import group_by as group_by
+from ._group import switch_map as switch_map
 from ._hooks import HookError as HookError
 from ._hooks import Hooks as Hooks
 from ._hooks import RetryEvent as RetryEvent
 from ._initial import Factory as Factory
 from ._keyed import scan_by as scan_by
+from ._keyed import scan_state_by as scan_state_by
 from ._keyed import throttle_by as throttle_by
 from ._metrics import QuantileSketch as QuantileSketch
 from ._metrics import RunStatistics as RunStatistics
 from ._metrics import StageStatistics as StageStatistics
 from ._metrics import to_prometheus as to_prometheus
+from ._partitioned import Broker as Broker
+from ._partitioned import Partitioned as Partitioned
+from ._partitioned import Partitions as Partitions
+from ._partitioned import PartitionSource as PartitionSource
 from ._postgres import PostgresStore as PostgresStore
 from ._records import Envelope as Envelope
 from ._records import Key as Key
@@ -150,6 +157,7 @@ __all__ = [
     "Backoff",
     "BackoffPolicy",
     "BatchPipeline",
+    "Broker",
     "Checkpoint",
     "CheckpointError",
     "Clock",
@@ -176,6 +184,9 @@ __all__ = [
     "LateItemError",
     "MemoryStore",
     "OnError",
+    "PartitionSource",
+    "Partitioned",
+    "Partitions",
     "PostgresStore",
     "QuantileSketch",
     "Resumable",
@@ -238,6 +249,7 @@ __all__ = [
     "flatten",
     "fold",
     "fork",
+    "group_by",
     "iterate",
     "last",
     "lines",
@@ -252,12 +264,14 @@ __all__ = [
     "scan",
     "scan_by",
     "scan_state",
+    "scan_state_by",
     "set_state",
     "skip",
     "skip_while",
     "spaced",
     "stage",
     "successes",
+    "switch_map",
     "take",
     "take_while",
     "tap",

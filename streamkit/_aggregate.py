@@ -384,7 +384,8 @@ async def collect(source: Source[T], /) -> list[T]:
         items, segment = fast
         if segment is None:
             return list(items)
-        return await run_segment_to_list(segment.ops, iter(items))
+        in_memory = type(items) in (list, tuple, range)
+        return await run_segment_to_list(segment.ops, iter(items), in_memory=in_memory)
     iterator = open_async(source)
     try:
         return [item async for item in iterator]

@@ -226,6 +226,19 @@ class Slot:
         """The slot of a part of this step (a branch, an inner step)."""
         return Slot(f"{self.key}/{name}", label, self._restored, self._codec, self._binder)
 
+    def instance(self, restored: dict[str, Any]) -> Slot:
+        """This slot for one of several instances of the step's parts (a key of `group_by`).
+
+        The instance's steps restore from ``restored`` (step key to saved state,
+        as `save` records them) instead of the run's checkpoint.
+        """
+        return Slot(self.key, self.label, restored, self._codec, self._binder)
+
+    @property
+    def snapshots(self) -> dict[str, Any]:
+        """What this slot and the slots of its parts restore from, by step key."""
+        return self._restored
+
     def bind(self, stage: Stage[Any, Any], name: str) -> Stage[Any, Any]:
         """``stage`` prepared for this run, its steps keyed under ``<key>/<name>``."""
         return self._binder(stage, self.child(name, stage.label))

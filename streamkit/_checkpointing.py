@@ -30,17 +30,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+import operator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 from ._barrier import CONTROL, Control, DeadLetterWrite, Encoder, Slot
 from ._codec import DEFAULT_CODEC as TYPED_DEFAULT
 from ._codec import TypedCodec
 from ._combine import Combined
-from ._core import Flow, ItemOp, Stage, Step, Transform, aclose
+from ._core import COOPERATE_EVERY, Flow, ItemOp, Stage, Step, Transform, aclose, cooperate
 from ._failures import GuardedItem, GuardedTransform
 from ._records import Envelope, Key, State, StateLimits
-from ._resumable import Resumable, Suspending, resumable
+from ._resumable import Resumable, SequenceSource, Suspending, resumable
 from ._runtime import shielded, start_awaitable
 from ._store import Checkpoint, CheckpointError, Store
 from ._writes import DeadLetterRow, TableRows
@@ -192,6 +193,13 @@ def as_resumable(source: object) -> Resumable[Any] | None:
     return None
 
 
+def _sequence_source(source: Resumable[Any]) -> SequenceSource[Any] | None:
+    """``source`` when it is `resumable`'s source over a sequence (read in batches)."""
+    if isinstance(source, SequenceSource):
+        return source
+    return None
+
+
 # --------------------------------------------------------------------------- the layer
 
 
@@ -214,6 +222,7 @@ class Checkpointing:
     __slots__ = (
         "_barrier",
         "_base_items",
+        "_bound",
         "_clock",
         "_codec",
         "_due",
@@ -263,6 +272,7 @@ class Checkpointing:
         self._restored: dict[str, Any] = {}
         """The snapshots of the checkpoint resumed from (filled by `start`)."""
         self._shape: list[str] = []
+        self._bound: set[str] = set()
         self._leaves: list[_Leaf] = []
         self._positions: dict[str, Any] = {}
         self._pulled = 0
@@ -293,11 +303,12 @@ class Checkpointing:
 
     # -- preparing the pipeline ------------------------------------------
 
-    def _slot(self, key: str, label: str) -> Slot:
-        return Slot(key, label, self._restored, self._codec, self._bind)
+    def _slot(self, key: str, label: str, restored: dict[str, Any] | None = None) -> Slot:
+        restored = self._restored if restored is None else restored
+        return Slot(key, label, restored, self._codec, self._bind)
 
     def _bind(self, stage: Stage[Any, Any], slot: Slot) -> Stage[Any, Any]:
-        return Stage(self._steps(stage.steps, f"{slot.key}/"))
+        return Stage(self._steps(stage.steps, f"{slot.key}/", slot.snapshots))
 
     def prepare(self, steps: tuple[Step, ...]) -> tuple[Step, ...]:
         """The pipeline's steps as this run runs them (keys ``"0"``, ``"1"``, ...).
@@ -305,28 +316,36 @@ class Checkpointing:
         Raises:
             ValueError: A step cannot take part in a checkpoint.
         """
-        return self._steps(steps, "")
+        return self._steps(steps, "", self._restored)
 
-    def _steps(self, steps: tuple[Step, ...], prefix: str) -> tuple[Step, ...]:
-        return tuple(self._step(step, f"{prefix}{n}") for n, step in enumerate(steps))
+    def _steps(
+        self, steps: tuple[Step, ...], prefix: str, restored: dict[str, Any]
+    ) -> tuple[Step, ...]:
+        return tuple(self._step(step, f"{prefix}{n}", restored) for n, step in enumerate(steps))
 
-    def _step(self, step: Step, key: str) -> Step:
-        self._shape.append(f"{key} {step.label}")
+    def _step(self, step: Step, key: str, restored: dict[str, Any]) -> Step:
+        if key not in self._bound:  # a step bound again (group_by's keys) is one step
+            self._bound.add(key)
+            self._shape.append(f"{key} {step.label}")
         if isinstance(step, Transform):
             for state_key in step.keys:
                 self._key_codec(state_key, key, step.label)
         if isinstance(step, ItemOp):
             per_run = step.per_run
             if isinstance(per_run, GuardedItem):
-                guard = dataclasses.replace(per_run.guard, staging=self._slot(key, step.label))
+                guard = dataclasses.replace(
+                    per_run.guard, staging=self._slot(key, step.label, restored)
+                )
                 per_run = GuardedItem(guard, per_run.base)
             return dataclasses.replace(step, barriers=True, per_run=per_run)
         run = step.run
         if isinstance(run, GuardedTransform):
-            guard = dataclasses.replace(run.guard, staging=self._slot(key, step.label))
+            guard = dataclasses.replace(run.guard, staging=self._slot(key, step.label, restored))
             return dataclasses.replace(step, run=GuardedTransform(guard, run.base))
         if step.restorable is not None:
-            return dataclasses.replace(step, run=step.restorable(self._slot(key, step.label)))
+            return dataclasses.replace(
+                step, run=step.restorable(self._slot(key, step.label, restored))
+            )
         if step.barriers:
             return step
         raise ValueError(
@@ -345,13 +364,14 @@ class Checkpointing:
                 "with another codec than an earlier step: give both the same Key"
             )
 
-    def _prepare_source(self, source: object, key: str) -> Any:
+    def _prepare_source(self, source: object, key: str, alone: bool = True) -> Any:
+        # ``alone``: the source is the run's only one (not an input of a combination).
         if isinstance(source, Flow):
             flow: Flow[Any] = source  # pyright: ignore[reportUnknownVariableType] - any item type
             inner, stage = flow.source, flow.stage
             if not flow._take_over():  # pyright: ignore[reportPrivateUsage]
                 raise ValueError(f"checkpoint=: the source {flow!r} was already iterated")
-            prepared = self._prepare_source(inner, key)
+            prepared = self._prepare_source(inner, key, alone)
             if not stage.steps:
                 return prepared
             return Flow(prepared, self._bind(stage, self._slot(f"{key}/stage", stage.label)))
@@ -359,7 +379,8 @@ class Checkpointing:
             combined: Combined[Any] = source  # pyright: ignore[reportUnknownVariableType] - any item type
             self._shape.append(f"{key} {combined.label}")
             inputs = [
-                self._prepare_source(each, f"{key}/{n}") for n, each in enumerate(combined.sources)
+                self._prepare_source(each, f"{key}/{n}", alone=False)
+                for n, each in enumerate(combined.sources)
             ]
             return combined.combine(inputs, self._slot(key, combined.label))
         leaf = as_resumable(source)
@@ -372,6 +393,9 @@ class Checkpointing:
         self._shape.append(f"{key} source")
         entry = _Leaf(key, leaf)
         self._leaves.append(entry)
+        sequence = _sequence_source(leaf)
+        if alone and sequence is not None and self._every_seconds is None:
+            return self._inject_sync(entry, sequence)
         return self._inject(entry)
 
     def source(self) -> Any:
@@ -472,12 +496,26 @@ class Checkpointing:
 
         One injector per source. Every injector sends the same barrier (the
         newest), each recording its own position in it.
+
+        The one source of a run that takes a checkpoint every n items, when
+        it is a sequence, is read a batch at a time instead (the same items
+        and barriers in the same order): a batch ends where the next barrier
+        is due, or after `COOPERATE_EVERY` items, and then other tasks may
+        run. The counts move on by the batch's items but its last before they
+        go out, and by the last one as it is pulled (only it can make a
+        checkpoint due); if the consumer stops within a batch, the items it
+        never got are put back.
         """
         source = leaf.source
         key = leaf.key
         sent = self._sequence
         every_items = self._every_items
         every_seconds = self._every_seconds
+        batched = _sequence_source(source) if every_seconds is None else None
+        if len(self._leaves) != 1:
+            batched = None
+        pending: Iterator[Any] = iter(())
+        held = 0  # the batch's last item, taken but not pulled yet
         try:
             while True:
                 barrier = self._barrier
@@ -486,6 +524,21 @@ class Checkpointing:
                     barrier.positions[key] = self._positions[key] = source.position()
                     barrier.counts[key] = leaf.count
                     yield barrier
+                if batched is not None:
+                    taken = self._take_batch(leaf, batched)
+                    if taken is None:
+                        return
+                    batch, last = taken
+                    held = 1
+                    pending = iter(batch)
+                    for item in pending:
+                        yield item
+                    held = 0
+                    self._pulled_last(leaf)
+                    yield last
+                    if len(batch) + 1 == COOPERATE_EVERY:
+                        await cooperate()
+                    continue
                 try:
                     item = await source.__anext__()
                 except StopAsyncIteration:
@@ -509,7 +562,78 @@ class Checkpointing:
                     self._trigger()
                 yield item
         finally:
+            if batched is not None:
+                self._put_back(leaf, batched, operator.length_hint(pending), held)
             await aclose(source)
+
+    def _inject_sync(self, leaf: _Leaf, source: SequenceSource[Any]) -> Iterator[Any]:
+        """`_inject` for the run's one source, a sequence, when barriers come every n items.
+
+        A plain generator (the pipeline's first fused segment then reads it in
+        a plain loop, and lets other tasks run every `COOPERATE_EVERY` items),
+        with the same items and barriers in the same order. It takes the items
+        from the sequence a batch at a time, each batch ending where the next
+        barrier is due; see `_inject` for the counts.
+        """
+        key = leaf.key
+        sent = self._sequence
+        pending: Iterator[Any] = iter(())
+        held = 0  # the batch's last item, taken but not pulled yet
+        try:
+            while True:
+                barrier = self._barrier
+                if barrier is not None and barrier.sequence > sent:
+                    sent = barrier.sequence
+                    barrier.positions[key] = self._positions[key] = source.position()
+                    barrier.counts[key] = leaf.count
+                    yield barrier
+                taken = self._take_batch(leaf, source)
+                if taken is None:
+                    return
+                batch, last = taken
+                held = 1
+                pending = iter(batch)
+                yield from pending
+                held = 0
+                self._pulled_last(leaf)
+                yield last
+        finally:
+            self._put_back(leaf, source, operator.length_hint(pending), held)
+            source.stop()
+
+    def _take_batch(self, leaf: _Leaf, source: SequenceSource[Any]) -> tuple[list[Any], Any] | None:
+        """The next batch of a sequence source, ending where the next barrier is due.
+
+        Returns the batch's items but its last, counted as pulled, and the
+        last one, to be counted by `_pulled_last` once the others went out
+        (only it can make a checkpoint due); or None at the source's end.
+        """
+        size = COOPERATE_EVERY
+        if self._every_items is not None:
+            size = max(1, min(size, self._next_at - self._pulled))
+        batch = source.take(size)
+        if not batch:
+            leaf.ended = True
+            self._positions[leaf.key] = source.position()
+            return None
+        last = batch.pop()
+        self._pulled += len(batch)
+        leaf.count += len(batch)
+        return batch, last
+
+    def _pulled_last(self, leaf: _Leaf) -> None:
+        """Count a batch's last item as pulled; a checkpoint may be due."""
+        self._pulled += 1
+        leaf.count += 1
+        if self._every_items is not None and self._pulled >= self._next_at:
+            self._trigger()
+
+    def _put_back(self, leaf: _Leaf, source: SequenceSource[Any], unsent: int, held: int) -> None:
+        """Return the items of a batch the consumer never got (``held``: its last, taken)."""
+        if unsent + held:
+            source.put_back(unsent + held)
+            self._pulled -= unsent
+            leaf.count -= unsent
 
     # -- results out -----------------------------------------------------
 

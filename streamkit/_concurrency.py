@@ -310,6 +310,9 @@ class _Calls:
             elif result is not _FAILED and self.kind != "flat_map":
                 self.finished.append(result)
                 self._wake_consumer()
+            elif self.fed and not self.tasks:
+                # The last call ended, maybe with no element to wake the consumer.
+                self._wake_consumer()
             if self.feeder_signal is not None:
                 self._wake_feeder()
         return result

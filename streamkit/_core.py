@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
+import operator
 import time
 import types
 from collections.abc import (
@@ -532,8 +533,12 @@ class SegmentRun:
         assert self.watch is not None
         self.watch.record(self, k, _perf_counter() - start)
 
-    async def probe(self, item: Any) -> Any:
-        """Run one item through every operation, classifying functions."""
+    async def probe(self, item: Any, first: int = 0) -> Any:
+        """Run one item through every operation, classifying functions.
+
+        ``first`` > 0: ``item`` is the output of the operations before
+        ``first`` (see `prefix`), and runs through the rest.
+        """
         if self.enveloped is None:
             self.enveloped = is_envelope(item)
             if not self.enveloped:
@@ -548,6 +553,8 @@ class SegmentRun:
         modes = self.modes
         timed = self.watch is not None
         for k, op in enumerate(self.ops):
+            if k < first:
+                continue
             start = _perf_counter() if timed else 0.0
             try:
                 result = self.fns[k](item)
@@ -617,6 +624,40 @@ class SegmentRun:
             return envelope
         return Envelope(value, state)
 
+    def prefix(self) -> tuple[Callable[[Any], Any] | None, int]:
+        """The compiled chain of the operations before the first undecided one, and its length.
+
+        For a stream of plain items whose first operations are known to be
+        synchronous: items that a filter among them drops never need `probe`
+        (a selective filter before a map whose kind is not known yet).
+        ``(None, 0)`` when there is no such chain.
+        """
+        if self.enveloped is not False:
+            return None, 0
+        first = 0
+        while first < len(self.modes) and self.modes[first] is False:
+            first += 1
+        if first == 0 or first == len(self.modes):
+            return None, 0
+        step: Callable[[Any], Any] = _passed_on
+        for k in reversed(range(first)):
+            step = _sync_link(self, k, step, self.fns[k])
+        return step, first
+
+    def rewraps(self) -> bool:
+        """Whether the stream carries envelopes and no function sees their state.
+
+        Then the plain chain (`compile_values`) runs on each envelope's value
+        and the segment's loop re-wraps the result once, in the loop itself.
+        """
+        return bool(self.enveloped) and not any(
+            op.with_state or op.sees_envelope for op in self.ops
+        )
+
+    def compile_values(self) -> tuple[Callable[[Any], Any], bool]:
+        """The chain over plain values (for a loop that re-wraps, see `rewraps`)."""
+        return self._compile()
+
     def compile(self) -> tuple[Callable[[Any], Any], bool]:
         """Build the per-item function; the flag says whether it is async."""
         if not self.enveloped:
@@ -634,15 +675,32 @@ class SegmentRun:
         ]
         return self._compile(fns)
 
+    def _pairs(self, k: int) -> bool:
+        """Whether operations ``k`` and ``k + 1`` can share a link (`_pair_link`)."""
+        return all(
+            op.kind == "filter" or (op.kind == "map" and not op.may_drop)
+            for op in self.ops[k : k + 2]
+        )
+
     def _compile(
         self, fns: list[Callable[..., Any]] | None = None
     ) -> tuple[Callable[[Any], Any], bool]:
         if fns is None:
             fns = self.fns
         if all(mode is False for mode in self.modes):
+            # Two neighbouring plain maps or filters share one link (one call less
+            # per item), paired from the first operation on.
+            starts: list[int] = []
+            k = 0
+            while k < len(self.ops):
+                starts.append(k)
+                k += 2 if k + 1 < len(self.ops) and self._pairs(k) else 1
             step: Callable[[Any], Any] | None = None
-            for k in reversed(range(len(self.ops))):
-                step = _sync_link(self, k, step, fns[k])
+            for k in reversed(starts):
+                if k + 1 < len(self.ops) and self._pairs(k) and (k + 1) not in starts:
+                    step = _pair_link(self, k, step, fns[k], fns[k + 1])
+                else:
+                    step = _sync_link(self, k, step, fns[k])
             assert step is not None
             return step, False
             # (an empty segment never reaches compile: plan() makes none)
@@ -651,6 +709,11 @@ class SegmentRun:
             astep = _async_link(self, k, astep, fns[k])
         assert astep is not None
         return astep, True
+
+
+def _passed_on(item: Any) -> Any:
+    """The end of a `SegmentRun.prefix` chain (so that its last link marks its failures)."""
+    return item
 
 
 def _sync_rewrap(step: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -805,6 +868,125 @@ def _sync_link(
     return tap_link
 
 
+def _pair_link(
+    run: SegmentRun,
+    k: int,
+    nxt: Callable[[Any], Any] | None,
+    first: Callable[[Any], Any],
+    second: Callable[[Any], Any],
+) -> Callable[[Any], Any]:
+    """One link for operations ``k`` and ``k + 1``, plain maps or filters.
+
+    It does what two `_sync_link` links do, in one call: each failure is
+    marked with its operation (a last map's is left unmarked, as there), and
+    the truth of a filter's result is tested outside the marking.
+    """
+    j = k + 1
+    drops = run.drops
+    kinds = (run.ops[k].kind, run.ops[j].kind)
+    then: Callable[[Any], Any] = _passed_on if nxt is None else nxt
+    if kinds == ("map", "map"):
+        if nxt is None:
+
+            def map_map_last(item: Any) -> Any:
+                try:
+                    value = first(item)
+                except Exception:
+                    run.failed = k
+                    raise
+                return second(value)
+
+            return map_map_last
+
+        def map_map(item: Any) -> Any:
+            try:
+                value = first(item)
+            except Exception:
+                run.failed = k
+                raise
+            try:
+                value = second(value)
+            except Exception:
+                run.failed = j
+                raise
+            return then(value)
+
+        return map_map
+    if kinds == ("map", "filter"):
+
+        def map_filter(item: Any) -> Any:
+            try:
+                value = first(item)
+            except Exception:
+                run.failed = k
+                raise
+            try:
+                keep = second(value)
+            except Exception:
+                run.failed = j
+                raise
+            if keep:
+                return then(value)
+            drops[j] += 1
+            return SKIP
+
+        return map_filter
+    if kinds == ("filter", "map"):
+        if nxt is None:
+
+            def filter_map_last(item: Any) -> Any:
+                try:
+                    keep = first(item)
+                except Exception:
+                    run.failed = k
+                    raise
+                if keep:
+                    return second(item)
+                drops[k] += 1
+                return SKIP
+
+            return filter_map_last
+
+        def filter_map(item: Any) -> Any:
+            try:
+                keep = first(item)
+            except Exception:
+                run.failed = k
+                raise
+            if not keep:
+                drops[k] += 1
+                return SKIP
+            try:
+                value = second(item)
+            except Exception:
+                run.failed = j
+                raise
+            return then(value)
+
+        return filter_map
+
+    def filter_filter(item: Any) -> Any:
+        try:
+            keep = first(item)
+        except Exception:
+            run.failed = k
+            raise
+        if not keep:
+            drops[k] += 1
+            return SKIP
+        try:
+            keep = second(item)
+        except Exception:
+            run.failed = j
+            raise
+        if keep:
+            return then(item)
+        drops[j] += 1
+        return SKIP
+
+    return filter_filter
+
+
 def _async_link(
     run: SegmentRun, k: int, nxt: Callable[[Any], Awaitable[Any]] | None, fn: Callable[..., Any]
 ) -> Callable[[Any], Awaitable[Any]]:
@@ -864,18 +1046,48 @@ async def _segment(
         if ends is not None:
             await ends.started()
         if not run.decided():
+            prefix: Callable[[Any], Any] | None = None
+            first = 0
             async for item in upstream:
                 index += 1
+                probed = True
                 try:
-                    result = await run.probe(item)
+                    if prefix is None:
+                        result = await run.probe(item)
+                    else:
+                        result = prefix(item)
+                        if result is SKIP or type(result) is CONTROL:
+                            probed = False
+                        else:
+                            result = await run.probe(result, first)
                 except Exception as exc:
                     run.annotate(exc, index, item)
                     raise
                 if result is not SKIP:
                     yield result
-                if run.decided():
-                    break
+                if probed:
+                    if run.decided():
+                        break
+                    prefix, first = run.prefix()
             else:
+                return
+        if run.rewraps():
+            step, is_async = run.compile_values()
+            if not is_async:
+                # Envelopes through a synchronous chain of the values: one new
+                # envelope per item (none when the value is passed on as it is).
+                async for item in upstream:
+                    index += 1
+                    try:
+                        value = item.value
+                        result = step(value)
+                    except Exception as exc:
+                        run.annotate(exc, index, item)
+                        raise
+                    if result is value:
+                        yield item
+                    elif result is not SKIP:
+                        yield Envelope(result, item.state)
                 return
         step, is_async = run.compile()
         if is_async:
@@ -965,12 +1177,68 @@ async def _barrier_segment(
                 await ends.ended(error, run.passed(n))
 
 
+async def _barrier_segment_sync(
+    ops: tuple[ItemOp, ...], upstream: Iterator[Any], ends: Ends | None
+) -> AsyncIterator[Any]:
+    """`_barrier_segment` over a plain iterator, in chunks of `COOPERATE_EVERY` elements."""
+    run = SegmentRun(ops)
+    watch = run.watch
+    step: Callable[[Any], Any] | None = None
+    is_async = False
+    n = 0
+    sample_at = 1
+    error: BaseException | None = None
+    try:
+        if ends is not None:
+            await ends.started()
+        if watch is not None and watch.paused:
+            await watch.wait()
+        while True:
+            taken = 0
+            for item in islice(upstream, COOPERATE_EVERY):
+                taken += 1
+                if type(item) is CONTROL:
+                    yield item
+                    continue
+                n += 1
+                run.entered = n
+                try:
+                    if n == sample_at:
+                        result = await run.probe(item)
+                        sample_at = run.next_sample(n)
+                        if step is None and run.decided():
+                            step, is_async = run.compile()
+                    elif is_async:
+                        result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                    else:
+                        result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                except Exception as exc:
+                    run.annotate(exc, n - 1, item)
+                    raise
+                if result is not SKIP:
+                    yield result
+                if watch is not None and watch.paused:
+                    await watch.wait()
+            if taken < COOPERATE_EVERY:
+                break
+            await cooperate()
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        try:
+            _close_sync(upstream)
+        finally:
+            if ends is not None:
+                await ends.ended(error, run.passed(n))
+
+
 def run_segment_sync(
     ops: tuple[ItemOp, ...], upstream: Iterator[Any], ends: Ends | None = None
 ) -> AsyncIterator[Any]:
     """Run a fused segment straight over a plain iterator (no adapter layer)."""
     if ops[0].barriers:
-        return _barrier_segment(ops, _from_sync(upstream), ends)
+        return _barrier_segment_sync(ops, upstream, ends)
     if _watched(ops):
         return _watched_segment_sync(ops, upstream, ends)
     return _segment_sync(ops, upstream, ends)
@@ -1001,9 +1269,30 @@ async def _segment_sync(
                     break
             else:
                 return
-        step, is_async = run.compile()
         # In chunks, with a yield to the event loop between two.
         chunk = COOPERATE_EVERY
+        if run.rewraps():
+            step, is_async = run.compile_values()
+            if not is_async:
+                # As in `_segment`: one new envelope per item, made here.
+                while True:
+                    start = index
+                    for item in islice(upstream, chunk):
+                        index += 1
+                        try:
+                            value = item.value
+                            result = step(value)
+                        except Exception as exc:
+                            run.annotate(exc, index, item)
+                            raise
+                        if result is value:
+                            yield item
+                        elif result is not SKIP:
+                            yield Envelope(result, item.state)
+                    if index - start < chunk:
+                        return
+                    await cooperate()
+        step, is_async = run.compile()
         if is_async:
             while True:
                 start = index
@@ -1052,16 +1341,22 @@ def _close_sync(iterator: Iterator[Any]) -> None:
 
 
 async def run_segment_to_list(
-    ops: tuple[ItemOp, ...], upstream: Iterator[Any], limit: int | None = None
+    ops: tuple[ItemOp, ...],
+    upstream: Iterator[Any],
+    limit: int | None = None,
+    *,
+    in_memory: bool = False,
 ) -> list[Any]:
     """Run a fused segment over a plain iterator as a plain loop, into a list.
 
     Used by terminal helpers when the whole pipeline is synchronous from end
     to end; observable behaviour (order of calls, notes) is that of the
-    generator path.
+    generator path. ``in_memory`` says that ``upstream`` iterates over a
+    list, tuple or range, whose items can be taken a chunk at a time without
+    side effects (see `_builtin_chain`).
     """
     if _watched(ops):
-        return await _watched_to_list(ops, upstream)
+        return await _watched_to_list(ops, upstream, in_memory=in_memory)
     run = SegmentRun(ops)
     out: list[Any] = []
     append = out.append
@@ -1083,9 +1378,33 @@ async def run_segment_to_list(
                     break
             else:
                 return out
-        step, is_async = run.compile()
         # In chunks, with a yield to the event loop between two.
         chunk = COOPERATE_EVERY
+        if in_memory and _builtin_chain(run):
+            await _extend_builtin(run, upstream, index, out)
+            return out
+        if run.rewraps():
+            step, is_async = run.compile_values()
+            if not is_async:
+                # As in `_segment`: one new envelope per item, made here.
+                while True:
+                    start = index
+                    for item in islice(upstream, chunk):
+                        index += 1
+                        try:
+                            value = item.value
+                            result = step(value)
+                        except Exception as exc:
+                            run.annotate(exc, index, item)
+                            raise
+                        if result is value:
+                            append(item)
+                        elif result is not SKIP:
+                            append(Envelope(result, item.state))
+                    if index - start < chunk:
+                        return out
+                    await cooperate()
+        step, is_async = run.compile()
         if is_async:
             while True:
                 start = index
@@ -1118,6 +1437,104 @@ async def run_segment_to_list(
         return out
     finally:
         _close_sync(upstream)
+
+
+def _builtin_chain(run: SegmentRun) -> bool:
+    """Whether a decided segment can run as nested ``map``/``filter`` builtins.
+
+    It can when its items are plain, every operation is a synchronous map
+    (that never drops) or filter, at most one is a filter, and every function
+    is a plain Python function taking one argument, with a code object of its
+    own. Then the builtins call the functions in the generator path's order
+    (item by item, each through the whole chain), and a failure can be
+    traced to its operation: the frame below the loop's in the traceback is
+    the failing function's (a function of one argument cannot fail to bind).
+    The drops of the one filter are the items that entered minus those that
+    came out.
+    """
+    if run.enveloped or any(mode is not False for mode in run.modes):
+        return False
+    if sum(op.kind == "filter" for op in run.ops) > 1:
+        return False
+    codes: set[types.CodeType] = set()
+    for op, fn in zip(run.ops, run.fns, strict=True):
+        if op.kind not in ("map", "filter") or op.may_drop or type(fn) is not types.FunctionType:
+            return False
+        code = fn.__code__
+        if code in codes or not _takes_one(fn):
+            return False
+        codes.add(code)
+    return True
+
+
+def _takes_one(fn: types.FunctionType) -> bool:
+    try:
+        inspect.signature(fn).bind(None)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
+async def _extend_builtin(
+    run: SegmentRun, upstream: Iterator[Any], index: int, out: list[Any]
+) -> None:
+    """Run the rest of ``upstream`` (in memory) through the builtins, onto ``out``.
+
+    See `_builtin_chain`. ``index`` is the index of the last item already
+    taken from ``upstream``. A chunk of `COOPERATE_EVERY` items at a time,
+    with a yield to the event loop between two.
+    """
+    builtins = _Builtins(run)
+    while True:
+        part = list(islice(upstream, COOPERATE_EVERY))
+        builtins.extend(part, index, out)
+        index += len(part)
+        if len(part) < COOPERATE_EVERY:
+            return
+        await cooperate()
+
+
+class _Builtins:
+    """A decided segment run as nested ``map``/``filter`` builtins, a chunk at a time."""
+
+    __slots__ = ("codes", "dropping", "run")
+
+    def __init__(self, run: SegmentRun) -> None:
+        self.run = run
+        self.dropping = next((k for k, op in enumerate(run.ops) if op.kind == "filter"), None)
+        self.codes = [cast("types.FunctionType", fn).__code__ for fn in run.fns]
+
+    def extend(self, part: list[Any], index: int, out: list[Any]) -> int:
+        """Put the results of ``part`` on ``out``; ``index`` is that of the item before it.
+
+        Returns how many items of ``part`` went through: all of them (when
+        one fails, the exception propagates instead, and in a watched run
+        ``run.entered`` no longer counts the items after it).
+        """
+        run, dropping = self.run, self.dropping
+        items = iter(part)
+        chain: Iterator[Any] = items
+        for op, fn in zip(run.ops, run.fns, strict=True):
+            chain = map(fn, chain) if op.kind == "map" else filter(fn, chain)
+        before = len(out)
+        try:
+            out.extend(chain)
+        except Exception as exc:
+            # The failing item is the last one taken from the chunk; every
+            # item before it that is not in ``out`` was dropped by the filter.
+            failed = len(part) - operator.length_hint(items) - 1
+            if dropping is not None:
+                run.drops[dropping] += failed - (len(out) - before)
+            below = exc.__traceback__.tb_next if exc.__traceback__ is not None else None
+            if below is not None and below.tb_frame.f_code in self.codes:
+                run.failed = self.codes.index(below.tb_frame.f_code)
+            if run.watch is not None:
+                run.entered += failed + 1 - len(part)
+            run.annotate(exc, index + 1 + failed, part[failed])
+            raise
+        if dropping is not None:
+            run.drops[dropping] += len(part) - (len(out) - before)
+        return len(part)
 
 
 # A watched segment (in a `streamkit.Run`) counts the items that enter it in
@@ -1227,7 +1644,9 @@ async def _watched_segment_sync(
                 await ends.ended(error, run.passed(n))
 
 
-async def _watched_to_list(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> list[Any]:
+async def _watched_to_list(
+    ops: tuple[ItemOp, ...], upstream: Iterator[Any], *, in_memory: bool = False
+) -> list[Any]:
     run = SegmentRun(ops)
     watch = run.watch
     assert watch is not None
@@ -1235,13 +1654,14 @@ async def _watched_to_list(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> 
     append = out.append
     step: Callable[[Any], Any] | None = None
     is_async = False
+    builtins = False
     n = 0
     sample_at = 1
     try:
         if watch.paused:
             await watch.wait()
         # In chunks, with a yield to the event loop between two.
-        while True:
+        while not builtins:
             start = n
             for item in islice(upstream, COOPERATE_EVERY):
                 n += 1
@@ -1252,6 +1672,7 @@ async def _watched_to_list(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> 
                         sample_at = run.next_sample(n)
                         if step is None and run.decided():
                             step, is_async = run.compile()
+                            builtins = in_memory and _builtin_chain(run)
                     elif is_async:
                         result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
                     else:
@@ -1263,12 +1684,47 @@ async def _watched_to_list(ops: tuple[ItemOp, ...], upstream: Iterator[Any]) -> 
                     append(result)
                 if watch.paused:
                     await watch.wait()
-            if n - start < COOPERATE_EVERY:
-                break
+                if builtins:
+                    break
+            else:
+                if n - start < COOPERATE_EVERY:
+                    return out
+                await cooperate()
+        # Decided, over a list, tuple or range: the items between two samples
+        # go through the builtins (see `_builtin_chain`), counted a chunk at a time.
+        chain = _Builtins(run)
+        while True:
+            size = COOPERATE_EVERY if sample_at < 0 else min(COOPERATE_EVERY, sample_at - n - 1)
+            part = list(islice(upstream, size))
+            run.entered = n + len(part)
+            n += chain.extend(part, n - 1, out)
+            if len(part) < size:
+                return out
+            if watch.paused:
+                await watch.wait()
+            if n + 1 == sample_at:
+                item = next(upstream, _NO_ITEM)
+                if item is _NO_ITEM:
+                    return out
+                n += 1
+                run.entered = n
+                try:
+                    result = await run.probe(item)
+                except Exception as exc:
+                    run.annotate(exc, n - 1, item)
+                    raise
+                sample_at = run.next_sample(n)
+                if result is not SKIP:
+                    append(result)
+                if watch.paused:
+                    await watch.wait()
             await cooperate()
-        return out
     finally:
         _close_sync(upstream)
+
+
+_NO_ITEM: Final = object()
+"""What `next` gives for an iterator with no item left (see `_watched_to_list`)."""
 
 
 # --------------------------------------------------------------------------- Stage

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from ._barrier import CONTROL
 from ._core import (
     Passthrough,
+    StateStage,
     aclose,
     annotate,
     check_callable,
@@ -23,9 +24,11 @@ from ._core import (
     describe,
     is_async_callable,
     is_envelope,
+    stage_label,
     transform_stage,
 )
-from ._records import Envelope
+from ._initial import initial_maker
+from ._records import EMPTY, Envelope, Key, State, StateLimits, key_name
 from ._runtime import current_clock
 
 if TYPE_CHECKING:
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
     from ._barrier import RunFunction, Slot
     from ._core import Stage
+    from ._initial import Factory
 
 T = TypeVar("T")
 A = TypeVar("A")
@@ -258,3 +262,172 @@ async def _throttle_by(
             yield item
     finally:
         await aclose(upstream)
+
+
+# --------------------------------------------------------------------------- scan_state_by
+
+
+@overload
+def scan_state_by(
+    key: Callable[[T], Hashable],
+    state_key: Key[A] | str,
+    fn: Callable[[A, T], Awaitable[A]],
+    initial: A | Factory[A],
+    /,
+    *,
+    max_keys: int | None = None,
+    name: str | None = None,
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
+@overload
+def scan_state_by(
+    key: Callable[[T], Hashable],
+    state_key: Key[A] | str,
+    fn: Callable[[A, T], A],
+    initial: A | Factory[A],
+    /,
+    *,
+    max_keys: int | None = None,
+    name: str | None = None,
+) -> StateStage[T | Envelope[T], Envelope[T]]: ...
+def scan_state_by(
+    key: Callable[[Any], Any],
+    state_key: Key[Any] | str,
+    fn: Callable[[Any, Any], Any],
+    initial: Any,
+    /,
+    *,
+    max_keys: int | None = None,
+    name: str | None = None,
+) -> Stage[Any, Any]:
+    """`scan_state` with one aggregate per key: each item's state gets its own key's aggregate.
+
+    Every key's aggregate starts at ``initial``; each item updates the
+    aggregate of its key (``acc = fn(acc, value)``) and goes on in an envelope
+    whose state holds it under ``state_key``, so later stages read it as
+    ``state[state_key]`` (typed by a `Key`). Plain items are put into
+    envelopes. With ``max_keys`` at most that many aggregates are kept: a new
+    key drops the least recently updated one, whose next item starts again
+    from ``initial``. Under a checkpoint every kept aggregate is saved (keys
+    and aggregates must be values the run's codec encodes, or the `Key`'s
+    codec for aggregates).
+
+    Args:
+        key: Maps an item (its value, for `Envelope` items) to its key (sync, hashable).
+        state_key: The `Key` (or string key) the aggregate is set under.
+        fn: Combines a key's aggregate with the next value of that key (sync or async).
+        initial: Every key's aggregate before its first item: an immutable value, or
+            a `Factory` that makes a new one for each key.
+        max_keys: Keep at most this many keys' aggregates (None: every key's).
+        name: The stage's label in statistics, events, errors and the history.
+
+    Examples:
+        >>> import asyncio
+        >>> from streamkit import Key, collect
+        >>> SPENT = Key[int]("spent")
+        >>> orders = [("ann", 3), ("bob", 5), ("ann", 4)]
+        >>> stage = scan_state_by(lambda o: o[0], SPENT, lambda n, o: n + o[1], 0)
+        >>> [item.state[SPENT] for item in asyncio.run(collect(orders | stage))]
+        [3, 5, 7]
+    """
+    check_callable(key, "key")
+    state_name = key_name(state_key, "state_key")
+    check_callable(fn, "fn")
+    if max_keys is not None:
+        check_count(max_keys, "max_keys", minimum=1)
+    label = stage_label(name, f"scan_state_by({describe(key)}, {state_name!r}, {describe(fn)})")
+    make = initial_maker(initial, label)
+    codec_keys: tuple[Key[Any], ...] = (
+        (state_key,) if isinstance(state_key, Key) and state_key.codec is not None else ()
+    )
+    spec = _StateBy(key, state_name, fn, make, max_keys, is_async_callable(fn), label)
+    spec.coded = bool(codec_keys)
+
+    def run(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+        return spec.run(upstream, {}, None)
+
+    def restorable(slot: Slot) -> RunFunction:
+        def checkpointed(upstream: AsyncIterator[Any]) -> AsyncIterator[Any]:
+            saved = _restored(slot.restore(None))
+            if codec_keys:
+                saved = {k: state[state_name] for k, state in saved.items()}
+            return spec.run(upstream, saved, slot)
+
+        return checkpointed
+
+    steps = transform_stage(label, run, restorable=restorable, keys=codec_keys).steps
+    return StateStage(steps)
+
+
+class _StateBy:
+    """What a `scan_state_by` stage keeps between runs: its parameters."""
+
+    __slots__ = ("coded", "fn", "key", "known_async", "label", "make", "max_keys", "name")
+
+    def __init__(
+        self,
+        key: Callable[[Any], Any],
+        name: str,
+        fn: Callable[[Any, Any], Any],
+        make: Callable[[], Any],
+        max_keys: int | None,
+        known_async: bool,
+        label: str,
+    ) -> None:
+        self.key = key
+        self.coded = False
+        """The state key has a codec: the aggregates are saved in states, for it."""
+        self.name = name
+        self.fn = fn
+        self.make = make
+        self.max_keys = max_keys
+        self.known_async = known_async
+        self.label = label
+
+    def _saved(self, states: dict[Any, Any]) -> list[list[Any]]:
+        if not self.coded:
+            return _pairs(states)
+        name = self.name
+        return [[k, State({name: v}, limits=StateLimits.UNLIMITED)] for k, v in states.items()]
+
+    async def run(
+        self, upstream: AsyncIterator[Any], states: dict[Any, Any], slot: Slot | None
+    ) -> AsyncIterator[Any]:
+        key, fn, make, name, label = self.key, self.fn, self.make, self.name, self.label
+        max_keys = self.max_keys
+        awaits: bool | None = True if self.known_async else None
+        index = -1
+        try:
+            async for item in upstream:
+                if type(item) is CONTROL:
+                    if slot is not None and item.kind == "barrier":
+                        slot.save(item, self._saved(states))
+                    yield item
+                    continue
+                index += 1
+                if is_envelope(item):
+                    value, state = item.value, item.state
+                else:
+                    value, state = item, EMPTY
+                try:
+                    k = key(value)
+                    acc = states.get(k, _MISSING)
+                    result = fn(make() if acc is _MISSING else acc, value)
+                    if awaits is None:
+                        awaits = inspect.isawaitable(result)
+                    if awaits:
+                        result = await result
+                except Exception as exc:
+                    annotate(exc, label, index)
+                    raise
+                if acc is _MISSING:
+                    if max_keys is not None and len(states) >= max_keys:
+                        del states[next(iter(states))]  # the least recently updated
+                else:
+                    del states[k]  # to go last: the most recently updated
+                states[k] = result
+                yield Envelope(value, state.set(name, result))
+        finally:
+            await aclose(upstream)
+
+
+_MISSING: Any = object()

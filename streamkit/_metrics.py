@@ -139,6 +139,8 @@ class StageStatistics:
     """Failed items recorded by ``on_error="collect"``."""
     dead_lettered: int = 0
     """Failed items sent to a dead-letter sink (``on_error="split"``)."""
+    abandoned: int = 0
+    """Items that entered but were neither passed on, dropped nor failed when the step stopped."""
     in_flight: int = 0
     """Calls running now (concurrent steps; fused steps: at most 1)."""
     timed_calls: int = 0
@@ -237,6 +239,7 @@ _STAGE_COUNTERS: Final = (
     ("skipped", "Failed items skipped."),
     ("collected", "Failed items collected."),
     ("dead_lettered", "Failed items dead-lettered."),
+    ("abandoned", "Items left unfinished when the stage stopped."),
 )
 
 

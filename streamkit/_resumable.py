@@ -125,7 +125,7 @@ def _check_offset(position: object, parameter: str = "position") -> int:
 # --------------------------------------------------------------------------- sequences
 
 
-class _SequenceSource(Resumable[T]):
+class SequenceSource(Resumable[T]):
     """The items of a sequence; the position is the index of the next item."""
 
     __slots__ = ("_closed", "_index", "_items", "_started")
@@ -139,7 +139,7 @@ class _SequenceSource(Resumable[T]):
     def __repr__(self) -> str:
         return f"resumable(<{len(self._items)} items>, position={self._index})"
 
-    def __aiter__(self) -> _SequenceSource[T]:
+    def __aiter__(self) -> SequenceSource[T]:
         return self
 
     async def __anext__(self) -> T:
@@ -152,7 +152,25 @@ class _SequenceSource(Resumable[T]):
 
     async def aclose(self) -> None:
         """End the iteration (the position stays where it is)."""
+        self.stop()
+
+    def stop(self) -> None:
+        """`aclose`, without awaiting."""
         self._closed = True
+
+    def take(self, count: int) -> list[T]:
+        """Up to ``count`` next items at once, as ``count`` pulls would hand them out."""
+        self._started = True
+        if self._closed:
+            return []
+        start = self._index
+        taken = list(self._items[start : start + count])
+        self._index = start + len(taken)
+        return taken
+
+    def put_back(self, count: int) -> None:
+        """Undo the handing out of the last ``count`` items `take` gave (never sent on)."""
+        self._index -= count
 
     def position(self) -> int:
         """The index of the next item (the number of items handed out since 0)."""
@@ -189,7 +207,7 @@ def resumable(items: Sequence[T]) -> Resumable[T]:
     """
     if not isinstance(items, Sequence):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
         raise TypeError(f"items must be a sequence, got {type(items).__name__}")
-    return _SequenceSource(items)
+    return SequenceSource(items)
 
 
 # --------------------------------------------------------------------------- lines

@@ -139,7 +139,9 @@ class _Live:
 
     __slots__ = (
         "baseline",
+        "completed",
         "errors",
+        "filtered",
         "guard",
         "in_flight",
         "items_in",
@@ -150,6 +152,7 @@ class _Live:
         "op",
         "own_failure",
         "position",
+        "raised",
         "records_start",
         "segment",
         "siblings",
@@ -170,6 +173,12 @@ class _Live:
         self.items_in = 0
         self.items_out = 0
         self.errors = 0
+        self.filtered = 0
+        """Items a concurrent filter's predicate rejected."""
+        self.completed = 0
+        """Calls of a concurrent flat_map that returned (inputs done)."""
+        self.raised: set[BaseException] = set()
+        """Exceptions of calls already counted in ``errors`` (unguarded steps)."""
         self.in_flight = 0
         self.waiting = 0
         """Items of this step in a backoff wait now (status "retrying")."""
@@ -260,8 +269,12 @@ class _Live:
             if segment is not None:
                 filtered = max(0, segment.drops[self.position] - dropped)
             else:
-                filtered = max(0, items_in - items_out - dropped - in_flight)
+                filtered = self.filtered
         status = self.status
+        abandoned = 0
+        if segment is None and status not in ("pending", "executing"):
+            done = self.completed if self.kind == "flat_map" else items_out + filtered
+            abandoned = max(0, items_in - done - errors - in_flight)
         if status == "executing" and self.waiting > 0:
             status = "retrying"
         sketch = self.sketch
@@ -278,6 +291,7 @@ class _Live:
             skipped=skipped,
             collected=collected,
             dead_lettered=dead_lettered,
+            abandoned=abandoned,
             in_flight=in_flight,
             timed_calls=sketch.count,
             time_sum=self.time_sum,
@@ -393,6 +407,7 @@ class _TimedPerRun:
 def _counting_call(live: _Live, fn: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap the per-item function of a concurrent step (every call is timed)."""
     guarded = live.guard is not None
+    kind = live.kind
 
     async def call(*args: Any) -> Any:
         live.in_flight += 1
@@ -404,11 +419,17 @@ def _counting_call(live: _Live, fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if not guarded:
                 live.errors += 1
+                live.raised.add(exc)
             live.failure = exc
             raise
         finally:
             live.in_flight -= 1
             live.record(_perf_counter() - start)
+        if kind == "filter":
+            if not result:
+                live.filtered += 1
+        elif kind == "flat_map":
+            live.completed += 1
         return result
 
     return call
@@ -439,10 +460,12 @@ async def _count_out(results: AsyncIterator[Any], live: _Live) -> AsyncIterator[
             except StopAsyncIteration:
                 return
             except Exception as exc:
-                if exc is not live.upstream_error and exc is not live.failure:
-                    live.failure = exc
-                    if live.guard is None:
+                if exc is not live.upstream_error:
+                    if exc in live.raised:
+                        live.raised.discard(exc)  # raised by a call, counted there
+                    elif live.guard is None:
                         live.errors += 1
+                    live.failure = exc  # several calls may fail: this one propagates
                 raise
             if type(item) is not CONTROL:
                 live.items_out += 1

@@ -809,11 +809,16 @@ async def _reduce(
     spill = _Spill(min(memory_limit, _SPILL_CHUNK)) if memory_limit is not None else None
     limit = memory_limit if memory_limit is not None else sys.maxsize
     index = -1
+    # With a synchronous reducer of the values alone, once the first item has
+    # shown it, the fold runs in its own loop (`_fold_buffering`).
+    fast = buffering and not with_state
+    plain = True  # no envelope and no control element among the items so far
     try:
         # Phase 1: fold the whole upstream, then close it.
         try:
             async for item in upstream:
                 if type(item) is CONTROL:
+                    plain = False
                     if buffering:
                         append(item)  # goes on in its place among the items
                         continue
@@ -824,6 +829,7 @@ async def _reduce(
                     continue
                 index += 1
                 if isinstance(item, _ENVELOPE):
+                    plain = False
                     value = item.value
                     last_state = item.state
                 else:
@@ -848,6 +854,14 @@ async def _reduce(
                         spill.write(buffer, label, spill.count)
                         buffer = []
                         append = buffer.append
+                if fast and not awaits:
+                    break
+            else:
+                fast = False
+            if fast:
+                accumulator, buffer, index, plain = await _fold_buffering(
+                    upstream, reducer, accumulator, buffer, index, limit, spill, label, plain
+                )
         finally:
             await aclose(upstream)
         # Phase 2: every item, with the aggregate in its state.
@@ -860,25 +874,33 @@ async def _reduce(
                 yield item
             return
         chunks: Iterable[list[Any]] = spill.read() if spill is not None else ()
+        items = itertools.chain(itertools.chain.from_iterable(chunks), buffer)
+        if plain:
+            # Plain items only: every one gets the same new state.
+            stamped = stamp(EMPTY, 0) if index >= 0 else EMPTY
+            for item in items:
+                yield Envelope(item, stamped)
+            return
         # The items of one run mostly share a few state objects: the aggregate
         # is set once per distinct state, not once per item.
         last_in: State | None = None
         last_out = EMPTY
         plain_out: State | None = None
         position = -1
-        for item in itertools.chain(itertools.chain.from_iterable(chunks), buffer):
-            if type(item) is CONTROL:
-                if slot is not None and item.kind == "barrier":
-                    slot.save(item, ["emitting", _kept(spec.name, accumulator, spec.keyed)])
-                yield item
-                continue
+        for item in items:
+            kind: object = type(item)  # pyright: ignore[reportUnknownVariableType] - any item
             position += 1
-            if isinstance(item, _ENVELOPE):
+            if kind is _ENVELOPE or (kind is not CONTROL and isinstance(item, _ENVELOPE)):
                 state = item.state
                 if state is not last_in:
                     last_out = stamp(state, position)
                     last_in = state
                 yield Envelope(item.value, last_out)
+            elif kind is CONTROL:
+                position -= 1
+                if slot is not None and item.kind == "barrier":
+                    slot.save(item, ["emitting", _kept(spec.name, accumulator, spec.keyed)])
+                yield item
             else:
                 if plain_out is None:
                     plain_out = stamp(EMPTY, position)
@@ -886,6 +908,48 @@ async def _reduce(
     finally:
         if spill is not None:
             spill.close()
+
+
+async def _fold_buffering(
+    upstream: AsyncIterator[Any],
+    reducer: Callable[[Any, Any], Any],
+    accumulator: Any,
+    buffer: list[Any],
+    index: int,
+    limit: int,
+    spill: _Spill | None,
+    label: str,
+    plain: bool,
+) -> tuple[Any, list[Any], int, bool]:
+    """The rest of a buffering fold with a synchronous ``reducer(acc, value)``.
+
+    The same steps as the general loop of `_reduce`, without its per-item
+    choices; returns the aggregate, the buffer, the last item's index and
+    whether every item was a plain one (no envelope, no control element).
+    """
+    append = buffer.append
+    async for item in upstream:
+        kind: object = type(item)  # pyright: ignore[reportUnknownVariableType] - any item
+        if kind is CONTROL:
+            plain = False
+            append(item)  # goes on in its place among the items
+            continue
+        index += 1
+        try:
+            if kind is _ENVELOPE or isinstance(item, _ENVELOPE):
+                plain = False
+                accumulator = reducer(accumulator, item.value)
+            else:
+                accumulator = reducer(accumulator, item)
+        except Exception as exc:
+            annotate(exc, label, index)
+            raise
+        append(item)
+        if len(buffer) > limit and spill is not None:
+            spill.write(buffer, label, spill.count)
+            buffer = []
+            append = buffer.append
+    return accumulator, buffer, index, plain
 
 
 async def _emitting(

@@ -63,6 +63,7 @@ _COUNTERS: Final = (
     ("skipped", "{item}", "Failed items skipped (on_error='skip')."),
     ("collected", "{item}", "Failed items collected (on_error='collect')."),
     ("dead_lettered", "{item}", "Failed items sent to a dead-letter sink (on_error='split')."),
+    ("abandoned", "{item}", "Items left unfinished when the stage stopped."),
 )
 """The stage counters: (``StageStatistics`` field, unit, description)."""
 

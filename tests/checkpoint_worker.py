@@ -113,6 +113,18 @@ class Case:
     completed checkpoint (not so for a reduction point: none completes before its fold)."""
 
 
+def keyed_total(acc: tuple[int, int], x: int) -> tuple[int, int]:
+    """A running total that carries its key (distinct outputs across keys)."""
+    return (x % 5, acc[1] + x)
+
+
+async def three_of(x: int) -> AsyncIterator[list[int]]:
+    """The inner stream of `switch_map`: three elements, with work between them."""
+    for n in range(3):
+        await asyncio.sleep(0.0005)
+        yield [x, n]
+
+
 def _each_fork() -> sk.Stage[Any, Any]:
     return sk.map_(pause) | sk.fork(sk.map_(lambda x: x * 2), sk.map_(lambda x: -x))
 
@@ -202,6 +214,20 @@ CASES: dict[str, Case] = {
             sk.map_(pause) | sk.map_(bad_sevens, on_error="split", dead_letter=lambda record: None)
         ),
         dead_letters=sum(1 for x in range(1, N + 1) if x % 7 == 3),
+    ),
+    "group_by": Case(
+        lambda _: (
+            sk.map_(pause) | sk.group_by(lambda x: x % 5, sk.scan(keyed_total, (0, 0)), max_keys=4)
+        ),
+        ordered=False,
+    ),
+    "group_by-chunk": Case(
+        lambda _: sk.map_(pause) | sk.group_by(lambda x: x % 3, sk.chunk(4), max_keys=2),
+        ordered=False,
+    ),
+    "switch_map": Case(
+        lambda _: sk.map_(pause) | sk.switch_map(lambda x: x, three_of),
+        ordered=False,
     ),
     "windowed": Case(
         lambda _: (

@@ -15,8 +15,9 @@ per public name::
 The tests check that
 
 * every name in ``streamkit.__all__``, ``streamkit.testing.__all__``,
-  ``streamkit.typing.__all__`` and ``streamkit.otel.__all__`` has exactly one row (the testing kit's
-  re-exports of ``streamkit`` names excepted), and every row names one of them;
+  ``streamkit.typing.__all__``, ``streamkit.otel.__all__`` and
+  ``streamkit.redis.__all__`` has exactly one row (the testing kit's re-exports
+  of ``streamkit`` names excepted), and every row names one of them;
 * a row links to the object's anchor in the reference and sits in the table
   of the category whose section holds the object's ``:::`` directive;
 * the summary is the first line of the object's docstring, as the reference
@@ -38,6 +39,7 @@ import pytest
 
 import streamkit
 import streamkit.otel
+import streamkit.redis
 import streamkit.testing
 import streamkit.typing
 
@@ -64,7 +66,7 @@ def public_names() -> list[str]:
     """The qualified names the tables must list."""
     names = [f"streamkit.{name}" for name in streamkit.__all__]
     exported = {id(getattr(streamkit, name)) for name in streamkit.__all__}
-    for module in (streamkit.testing, streamkit.typing, streamkit.otel):
+    for module in (streamkit.testing, streamkit.typing, streamkit.otel, streamkit.redis):
         for name in module.__all__:
             if id(getattr(module, name)) not in exported:  # e.g. testing's use_clock
                 names.append(f"{module.__name__}.{name}")

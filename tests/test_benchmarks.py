@@ -66,6 +66,8 @@ EXPECTED_ROWS = {
         for mode in ("bare", "disabled", "enabled", "full")
     },
     "k": {"plain", "sqlite_1000", "sqlite_10000", "memory_1000"},
+    "p": {"streamkit", "streamkit_filter_alone", "handwritten"},
+    "q": {"streamkit_before", "streamkit_peak"},
     "m": {"streamkit", "queue", "wait", "aiostream"},
     "l": {
         "construct",
@@ -76,10 +78,12 @@ EXPECTED_ROWS = {
         "run_difference",
     },
     "w": {"streamkit", "bytewax", "memory_small", "memory_large"},
+    "y": {"streamkit", "scan_by", "handwritten"},
+    "r": {"list", "redis_1", "processes_1", "processes_3"},
 }
-MEASURED_ONLY = {"l"}
+MEASURED_ONLY = {"l", "r"}
 """Cases that report figures without a target."""
-STREAMKIT_ONLY = {"k", "l"}
+STREAMKIT_ONLY = {"k", "l", "r"}
 """Cases whose every row measures streamkit (whatever its key)."""
 
 

@@ -30,6 +30,7 @@ from streamkit import (
     flat_map,
     flatten,
     fork,
+    group_by,
     iterate,
     map_,
     merge,
@@ -38,12 +39,14 @@ from streamkit import (
     scan,
     scan_by,
     scan_state,
+    scan_state_by,
     set_state,
     skip,
     skip_while,
     spaced,
     stage,
     successes,
+    switch_map,
     take,
     take_while,
     tap,
@@ -150,6 +153,10 @@ STAGES: dict[str, Callable[[], Stage[Any, Any]]] = {
     "buffer drop_newest": lambda: buffer(3, overflow="drop_newest", on_drop=lambda x: None),
     "throttle": lambda: throttle(4, burst=2),
     "throttle_by": lambda: throttle_by(lambda x: x % 2, 4, burst=2),
+    "group_by": lambda: group_by(lambda x: x % 3, scan(lambda a, x: a + x, 0) | take(3)),
+    "group_by idle": lambda: group_by(lambda x: x % 3, chunk(2), idle=0.5, max_keys=2),
+    "switch_map": lambda: switch_map(lambda x: x % 3, lambda x: range(x % 4)),
+    "scan_state_by": lambda: scan_state_by(lambda x: x % 3, "n", lambda a, x: a + x, 0),
     "spaced": lambda: spaced(0.5),
     "debounce": lambda: debounce(0.5),
     "timeout": lambda: timeout(1.0),
@@ -181,7 +188,16 @@ STAGES: dict[str, Callable[[], Stage[Any, Any]]] = {
     ),
 }
 
-UNORDERED = {"map_ unordered", "filter_ unordered", "flat_map unordered", "fork", "branch"}
+UNORDERED = {
+    "map_ unordered",
+    "filter_ unordered",
+    "flat_map unordered",
+    "fork",
+    "branch",
+    "group_by",
+    "group_by idle",
+    "switch_map",
+}
 LOSSY = {"buffer drop_oldest", "buffer drop_newest"}
 
 

@@ -90,25 +90,35 @@ def written(path: Path, since: int) -> int:
         return 0
 
 
-def crash_and_resume(folder: Path, case: str, rng: random.Random, outputs: int) -> int:
+def crash_and_resume(
+    folder: Path, case: str, rng: random.Random, reference: list[str], *, resumes: bool
+) -> int:
     """Kill the checkpointed run ``KILLS`` times, then let it finish; the attempts made.
 
     Each attempt is killed at a random moment: after a random number of outputs (up to a
-    tenth of the run's ``outputs``, so that it makes some progress and the run needs many
+    tenth of the run's outputs, so that it makes some progress and the run needs many
     attempts), or, one time in four, at a random time from its start (during start-up,
     or between outputs) if that comes first.
+
+    A series of attempts that ends before ``KILLS`` kills starts over from scratch (the
+    kills made so far still count). With ``resumes``, a series must also have an attempt
+    that resumed past the first output (from a checkpoint that covered outputs); one
+    that ended without such an attempt starts over too, with a few more kills to make.
     """
     out = folder / "runs.out"
+    place = {item: n for n, item in enumerate(reference)}
     kills = attempt = 0
+    wanted = KILLS
+    resumed = not resumes
     while True:
         since = out.stat().st_size if out.exists() else 0
         process = start(folder, case, attempt=attempt)
-        if kills < KILLS:
+        if kills < wanted:
             # One kill in four at a random moment of start-up or of the first outputs;
             # the others after a random number of outputs, whatever the machine's load.
             early = rng.random() < 0.25
             deadline = time.monotonic() + (rng.uniform(0.02, 0.4) if early else 60.0)
-            enough = rng.randrange(max(16, outputs // 10))
+            enough = rng.randrange(max(16, len(reference) // 10))
             while process.poll() is None and time.monotonic() < deadline:
                 if written(out, since) >= enough:
                     break
@@ -118,11 +128,17 @@ def crash_and_resume(folder: Path, case: str, rng: random.Random, outputs: int) 
                 kills += 1
         _, error = process.communicate(timeout=60)
         assert process.returncode in (0, -signal.SIGKILL), error.decode()
+        made = outputs(out).get(attempt, []) if out.exists() else []
+        resumed = resumed or (bool(made) and place.get(made[0], 0) > 0)
         attempt += 1
         if process.returncode == 0:
-            if kills >= KILLS:
+            if kills >= wanted and resumed:
                 return attempt
-            # It finished before enough kills: start over from scratch, keeping the count.
+            if kills >= wanted:
+                assert wanted < 3 * KILLS, f"no series of attempts resumed in {kills} kills"
+                wanted = kills + 4
+            # It finished too early: start over from scratch, keeping the count.
+            resumed = not resumes
             for path in folder.glob("runs.*"):
                 path.unlink()
 
@@ -184,7 +200,7 @@ def test_killed_at_random_moments_and_resumed(tmp_path: Path, case: str) -> None
     reference = uninterrupted(tmp_path, case)
     assert reference
     rng = random.Random(case)
-    made = crash_and_resume(tmp_path, case, rng, len(reference))
+    made = crash_and_resume(tmp_path, case, rng, reference, resumes=spec.ordered and spec.resumes)
     found = outputs(tmp_path / "runs.out")
     attempts = [found.get(n, []) for n in range(made)]
     # Only the attempts of the last series count (a series that finished too early was

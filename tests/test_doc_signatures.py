@@ -344,9 +344,7 @@ def _documented() -> list[Found]:
 
 # Signatures known to be wrong: (page, name) -> what is wrong. An entry whose
 # signature is fixed fails (xfail is strict) and must then be removed.
-_KNOWN_WRONG = {
-    ("docs/persistence.md", "lines"): "the page leaves out block_size",
-}
+_KNOWN_WRONG: dict[tuple[str, str], str] = {}
 
 
 def _cases() -> list[Any]:

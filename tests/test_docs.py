@@ -34,6 +34,7 @@ import pytest
 
 import streamkit
 import streamkit.otel
+import streamkit.redis
 import streamkit.testing
 import streamkit.typing
 
@@ -237,6 +238,10 @@ def _public_callables() -> list[tuple[str, object]]:
     names += [
         (f"streamkit.otel.{name}", getattr(streamkit.otel, name)) for name in streamkit.otel.__all__
     ]
+    names += [
+        (f"streamkit.redis.{name}", getattr(streamkit.redis, name))
+        for name in streamkit.redis.__all__
+    ]
     # Functions and classes. Type aliases such as `Source` are not called, and exceptions
     # are shown by the examples of what raises them.
     return [
@@ -258,11 +263,12 @@ def test_api_page_documents_every_public_name(name: str) -> None:
 
 
 def test_api_page_documents_the_testing_kit_and_the_exporter() -> None:
-    assert {"streamkit.testing", "streamkit.typing", "streamkit.otel"} <= _api_directives()
+    submodules = {"streamkit.testing", "streamkit.typing", "streamkit.otel", "streamkit.redis"}
+    assert submodules <= _api_directives()
 
 
 def test_api_page_documents_only_public_names() -> None:
-    submodules = {"streamkit.testing", "streamkit.typing", "streamkit.otel"}
+    submodules = {"streamkit.testing", "streamkit.typing", "streamkit.otel", "streamkit.redis"}
     public = {f"streamkit.{name}" for name in streamkit.__all__} | submodules
     assert _api_directives() <= public
 

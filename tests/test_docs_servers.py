@@ -1,10 +1,11 @@
 """Documentation examples that need a server run against the test suite's own.
 
 docs/persistence.md shows `PostgresStore` connecting to a server the reader
-has; the block is marked ``<!-- no-test -->`` for tests/test_docs.py, and run
-here instead, with its connection string replaced by a fresh database of the
-throwaway PostgreSQL server, and its output compared with the text block
-after it.
+has, docs/deploy.md a worker of a Redis stream with one; the blocks are marked
+``<!-- no-test -->`` for tests/test_docs.py, and run here instead, with their
+connection strings replaced by a fresh database of the throwaway PostgreSQL
+server and the throwaway Redis server's URL, and their output compared with
+the text block after them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import TYPE_CHECKING
 from tests.test_docs import DOCS, _python_blocks
 
 if TYPE_CHECKING:
-    from tests.servers import PostgresServer
+    from tests.servers import PostgresServer, RedisServer
 
 PAGE = DOCS / "persistence.md"
 DOC_DSN = "postgresql://worker@db.internal:5432/pipelines"
@@ -43,4 +44,31 @@ def test_the_postgres_store_example_runs_against_a_real_server(postgres: Postgre
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         exec(code, {"__name__": "docs_persistence_postgres"})  # the documentation's example
+    assert output.getvalue().rstrip() == block.expected_output.rstrip()
+
+
+DEPLOY = DOCS / "deploy.md"
+DOC_REDIS = "redis://queue.internal:6379/0"
+
+
+def test_the_deploy_example_runs_against_real_servers(
+    postgres: PostgresServer, redis: RedisServer
+) -> None:
+    import psycopg
+
+    blocks = [block for block in _python_blocks(DEPLOY) if DOC_REDIS in block.code]
+    assert len(blocks) == 1, f"{DEPLOY.name} should have one example connecting to {DOC_REDIS}"
+    [block] = blocks
+    assert block.skipped, "the example cannot run on its own: it is marked <!-- no-test -->"
+    assert block.expected_output is not None, "the example is followed by its output"
+
+    database = f"deploy{os.getpid()}_{next(_databases)}"
+    with psycopg.connect(postgres.dsn, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {database}")
+    dsn = f"postgresql://postgres@127.0.0.1:{postgres.port}/{database}"
+    text = block.code.replace(DOC_DSN, dsn).replace(DOC_REDIS, redis.url)
+    code = compile(text, block.where, "exec", dont_inherit=True)
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        exec(code, {"__name__": "docs_deploy"})  # the documentation's example
     assert output.getvalue().rstrip() == block.expected_output.rstrip()

@@ -214,3 +214,29 @@ def test_concurrent_flat_map_agrees_with_the_sequential_one(
         assert sorted(concurrent) == sequential  # every element once
         for x in range(len(sizes)):  # each inner stream's elements in their order
             assert [e for e in concurrent if e[0] == x] == [(x, k) for k in range(sizes[x])]
+
+
+@given(
+    sizes=st.lists(st.integers(0, 3), max_size=12),
+    waits=st.lists(st.integers(0, 3), min_size=12, max_size=12),
+    concurrency=st.integers(2, 6),
+    ordered=st.booleans(),
+)
+def test_calls_with_empty_inner_streams_end_the_stream(
+    sizes: list[int], waits: list[int], concurrency: int, ordered: bool
+) -> None:
+    """The last call may end with no element after the source ended: the stream still ends."""
+
+    async def inner(x: int) -> list[int]:
+        for _ in range(waits[x]):
+            await asyncio.sleep(0)
+        return [x] * sizes[x]
+
+    async def main() -> list[int]:
+        stage = flat_map(inner, concurrency=concurrency, ordered=ordered)
+        # A hang fails the example instead of hanging the suite.
+        return await asyncio.wait_for(collect(range(len(sizes)) | stage), 30)
+
+    got = asyncio.run(main())
+    expected = [x for x, size in enumerate(sizes) for _ in range(size)]
+    assert (got if ordered else sorted(got)) == expected

@@ -15,7 +15,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from streamkit import MemoryStore, Run, Stage, map_, write_to
-from streamkit._partitioned import Partitioned  # exported by the per-partition core
+from streamkit import Partitioned
 from streamkit.kafka import BATCH_HEADER, INDEX_HEADER, ConsumerGroup, KafkaRecord, KafkaSink
 from streamkit.testing import assert_no_pending_tasks
 from tests.servers import KafkaCluster, fresh_group

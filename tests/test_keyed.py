@@ -1,14 +1,27 @@
-"""Keyed operators: scan_by (one accumulator per key) and throttle_by (one bucket per key)."""
+"""Keyed operators: scan_by, scan_state_by (an aggregate per key), throttle_by (per-key rates)."""
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamkit import Envelope, MemoryStore, Run, collect, scan_by, throttle_by
+from streamkit import (
+    Envelope,
+    Factory,
+    Key,
+    MemoryStore,
+    Run,
+    State,
+    collect,
+    map_,
+    scan_by,
+    scan_state_by,
+    throttle_by,
+)
 from streamkit.testing import check_stage, virtual_clock
 
 pairs = st.lists(st.tuples(st.integers(0, 4), st.integers(-50, 50)), max_size=40)
@@ -183,3 +196,114 @@ async def test_throttle_by_buckets_survive_a_checkpoint() -> None:
         async with Run(pipeline, items, name="t", checkpoint=store, every=1) as rerun:
             rest = [(item, clock.now() - start) async for item in rerun]
     assert rest == [(0, pytest.approx(1.0)), (1, pytest.approx(1.0)), (0, pytest.approx(2.0))]
+
+
+# --------------------------------------------------------------------------- scan_state_by
+
+SPENT = Key[int]("spent")
+
+
+def state_model(items: list[tuple[int, int]], max_keys: int | None) -> list[int]:
+    """Per-key totals; beyond ``max_keys`` the least recently updated key starts over."""
+    totals: OrderedDict[int, int] = OrderedDict()
+    out: list[int] = []
+    for k, v in items:
+        if k in totals:
+            totals.move_to_end(k)
+        elif max_keys is not None and len(totals) >= max_keys:
+            totals.popitem(last=False)
+        totals[k] = totals.get(k, 0) + v
+        out.append(totals[k])
+    return out
+
+
+@given(pairs, st.one_of(st.none(), st.integers(1, 4)))
+async def test_scan_state_by_agrees_with_a_dict_of_totals(
+    items: list[tuple[int, int]], max_keys: int | None
+) -> None:
+    out = await collect(items | scan_state_by(first, SPENT, add, 0, max_keys=max_keys))
+    assert [item.value for item in out] == items
+    assert [item.state[SPENT] for item in out] == state_model(items, max_keys)
+
+
+async def test_scan_state_by_is_read_by_later_stages_and_keeps_the_state() -> None:
+    async def add_async(total: int, pair: tuple[str, int]) -> int:
+        return total + pair[1]
+
+    items = [Envelope(("a", 2), State({"i": 0})), Envelope(("a", 3), State({"i": 1}))]
+    stage = scan_state_by(lambda p: p[0], SPENT, add_async, 0) | map_(
+        lambda pair, state: (state["i"], state[SPENT]), with_state=True
+    )
+    assert [item.value for item in await collect(items | stage)] == [(0, 2), (1, 5)]
+
+
+async def test_scan_state_by_makes_each_keys_initial_value() -> None:
+    def keep(seen: list[int], pair: tuple[int, int]) -> list[int]:
+        return [*seen, pair[1]]
+
+    seen = Key[list[int]]("seen")
+    out = await collect([(0, 1), (1, 2), (0, 3)] | scan_state_by(first, seen, keep, Factory(list)))
+    assert [item.state[seen] for item in out] == [[1], [2], [1, 3]]
+
+
+async def test_scan_state_by_cleans_up() -> None:
+    await check_stage(lambda: scan_state_by(lambda x: x % 3, "n", lambda a, x: a + x, 0), range(8))
+
+
+async def test_scan_state_by_errors_name_the_step_and_keep_the_key() -> None:
+    def picky(total: int, pair: tuple[int, int]) -> int:
+        if pair[1] < 0:
+            raise ValueError("negative")
+        return total + pair[1]
+
+    with pytest.raises(ValueError, match="negative") as info:
+        await collect([(0, 1), (0, -1)] | scan_state_by(first, SPENT, picky, 0))
+    assert any("scan_state_by" in note and "item 1" in note for note in info.value.__notes__)
+
+
+def test_scan_state_by_bad_parameters() -> None:
+    with pytest.raises(TypeError, match="key"):
+        scan_state_by(None, SPENT, add, 0)  # type: ignore[call-overload]  # pyright: ignore[reportCallIssue, reportArgumentType]
+    with pytest.raises(TypeError, match="state_key"):
+        scan_state_by(first, 3, add, 0)  # type: ignore[call-overload]  # pyright: ignore[reportCallIssue, reportArgumentType]
+    with pytest.raises(TypeError, match="fn"):
+        scan_state_by(first, SPENT, None, 0)  # type: ignore[call-overload]  # pyright: ignore[reportCallIssue, reportArgumentType]
+    with pytest.raises(ValueError, match="max_keys"):
+        scan_state_by(first, SPENT, add, 0, max_keys=0)
+    with pytest.raises(ValueError, match="initial"):
+        scan_state_by(first, "seen", lambda a, p: a, [])
+
+
+@settings(max_examples=30, deadline=None)
+@given(pairs.filter(bool), st.integers(1, 40), st.one_of(st.none(), st.integers(1, 3)))
+async def test_scan_state_by_resumed_equals_uninterrupted(
+    items: list[tuple[int, int]], stop: int, max_keys: int | None
+) -> None:
+    pipeline = scan_state_by(first, SPENT, add, 0, max_keys=max_keys) | map_(
+        lambda pair, state: state[SPENT], with_state=True
+    )
+    whole = await Run(pipeline, items, name="w", checkpoint=MemoryStore(), every=1).collect()
+    assert [item.value for item in whole] == state_model(items, max_keys)
+    resumed = await _broken_and_resumed(pipeline, items, min(stop, len(items)))
+    assert [item.value for item in resumed] == [item.value for item in whole]
+
+
+async def test_scan_state_by_saves_with_the_keys_codec() -> None:
+    class Money:
+        def __init__(self, cents: int) -> None:
+            self.cents = cents
+
+    class MoneyCodec:
+        def encode(self, value: Money) -> Any:
+            return f"{value.cents}c"
+
+        def decode(self, data: Any) -> Money:
+            return Money(int(str(data)[:-1]))
+
+    total = Key[Money]("total", codec=MoneyCodec())
+    items = [("a", 5), ("b", 1), ("a", 7)]
+    pipeline = scan_state_by(first, total, lambda m, p: Money(m.cents + p[1]), Money(0)) | map_(
+        lambda pair, state: state[total].cents, with_state=True
+    )
+    out = await _broken_and_resumed(pipeline, items, 2)
+    assert [item.value for item in out] == [5, 1, 12]

@@ -41,6 +41,7 @@ STAGE_COUNTERS = (
     "skipped",
     "collected",
     "dead_lettered",
+    "abandoned",
 )
 
 

@@ -95,7 +95,7 @@
     ["throughput", "items/s avg", perSecond], ["in_flight", "in flight", count],
     ["time_p50", "p50", duration], ["time_p95", "p95", duration], ["errors", "errors", count],
     ["retries", "retries", count], ["dead_lettered", "dead letters", count],
-    ["filtered", "filtered", count]
+    ["filtered", "filtered", count], ["abandoned", "abandoned", count]
   ];
 
   function buildGraph() {

@@ -1,0 +1,154 @@
+"""A checkpointed run reads a sequence source in batches, with the same checkpoints.
+
+The run's one source, when it is a sequence (or `resumable` over one), is
+read a batch at a time. These tests run the same pipeline over the same
+items through a resumable source that is not a sequence (read one item at a
+time) and compare what comes out and what the store holds, also when the
+consumer stops in the middle of a batch and the run is resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from streamkit import MemoryStore, Run, Stage, filter_, map_, resumable, scan, take
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from streamkit import Checkpoint
+
+
+class OneByOne:
+    """A resumable source over a list that is not a sequence source: read per item."""
+
+    def __init__(self, items: Sequence[int]) -> None:
+        self.items = items
+        self.index = 0
+
+    def __aiter__(self) -> OneByOne:
+        return self
+
+    async def __anext__(self) -> int:
+        if self.index >= len(self.items):
+            raise StopAsyncIteration
+        self.index += 1
+        return self.items[self.index - 1]
+
+    async def aclose(self) -> None:
+        pass
+
+    def position(self) -> int:
+        return self.index
+
+    def seek(self, position: object) -> None:
+        assert isinstance(position, int)
+        self.index = position
+
+
+PIPELINE = map_(lambda x: x + 1) | filter_(lambda x: x % 3 != 0) | scan(lambda a, x: a + x, 0)
+
+
+def _checkpoints(history: Sequence[Checkpoint]) -> list[tuple[Any, int, int, bool, Any]]:
+    return [(c.position, c.items, c.sequence, c.complete, c.state) for c in history]
+
+
+async def _attempt(
+    source: Any, store: MemoryStore, every: int, stop_after: int | None, pipeline: Stage[Any, Any]
+) -> tuple[list[Any], str]:
+    out: list[Any] = []
+    async with Run(pipeline, source, name="job", checkpoint=store, every=every) as run:
+        async for item in run:
+            out.append(item)
+            if len(out) == stop_after:
+                break
+    return out, run.status
+
+
+async def _twice(
+    make: Any, n: int, every: int, stop_after: int | None, pipeline: Stage[Any, Any] = PIPELINE
+) -> tuple[Any, ...]:
+    store = MemoryStore()
+    first = await _attempt(make(list(range(n))), store, every, stop_after, pipeline)
+    after_first = _checkpoints(await store.history("job", limit=1000))
+    second = await _attempt(make(list(range(n))), store, every, None, pipeline)
+    after_second = _checkpoints(await store.history("job", limit=1000))
+    return first, after_first, second, after_second
+
+
+# The first begins with a fused segment (which reads the source in a plain loop), the
+# second with a step that is not one (it reads the source as an async iterator).
+PIPELINES = [PIPELINE, scan(lambda a, x: a + x, 0) | map_(lambda x: x * 2) | filter_(bool)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(min_value=0, max_value=5000),
+    every=st.integers(min_value=1, max_value=3000),
+    stop_after=st.none() | st.integers(min_value=1, max_value=3500),
+    pipeline=st.sampled_from(PIPELINES),
+)
+def test_batched_reads_save_the_checkpoints_of_reads_one_by_one(
+    n: int, every: int, stop_after: int | None, pipeline: Stage[Any, Any]
+) -> None:
+    one_by_one = asyncio.run(_twice(OneByOne, n, every, stop_after, pipeline))
+    for make in (list, resumable):
+        assert asyncio.run(_twice(make, n, every, stop_after, pipeline)) == one_by_one
+
+
+def test_a_run_stopped_within_a_batch_resumes_at_its_last_checkpoint() -> None:
+    whole = asyncio.run(Run(PIPELINE, list(range(5000)), name="whole").collect())
+    (first, status), saved, (second, _), _ = asyncio.run(_twice(list, 5000, 1000, 1500))
+    assert status == "cancelled"
+    assert first == whole[:1500]
+    # The last checkpoint before the stop is after 2,000 source items: the second
+    # attempt repeats the results after it and goes on to the end.
+    assert saved[0][:2] == (2000, 2000)
+    assert second == whole[sum(1 for x in range(2000) if (x + 1) % 3) :]
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    n=st.integers(min_value=0, max_value=5000),
+    every=st.integers(min_value=1, max_value=3000),
+    taken=st.integers(min_value=0, max_value=3500),
+)
+def test_a_run_that_takes_part_of_its_source_saves_what_it_read(
+    n: int, every: int, taken: int
+) -> None:
+    # take() closes the source in the middle of a batch and the run succeeds: its last
+    # checkpoint counts the items read, not those taken from the sequence for the batch.
+    pipeline = PIPELINE | take(taken)
+    batched = asyncio.run(_twice(list, n, every, None, pipeline))
+    one_by_one = asyncio.run(_twice(OneByOne, n, every, None, pipeline))
+    assert batched == one_by_one
+
+
+def test_a_checkpointed_run_over_a_long_list_lets_other_tasks_run() -> None:
+    ticks: list[int] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(1)
+            await asyncio.sleep(0)
+
+    async def main() -> tuple[int, int]:
+        task = asyncio.create_task(ticker())
+        await asyncio.sleep(0)
+        before = len(ticks)
+        # Item steps only: the first fused segment reads the source in a plain loop;
+        # no barrier (only the last checkpoint) makes the run wait on its own.
+        pipeline = map_(lambda x: x + 1) | filter_(lambda x: x % 3 != 0)
+        store = MemoryStore()
+        run = Run(pipeline, list(range(20_000)), name="job", checkpoint=store, every=10**6)
+        count = len(await run.collect())
+        task.cancel()
+        return count, len(ticks) - before
+
+    count, during = asyncio.run(main())
+    assert count == sum(1 for x in range(20_000) if (x + 1) % 3)
+    assert during >= 10
