@@ -1,15 +1,16 @@
 """Kafka for per-partition pipelines: a consumer group and a producer sink.
 
 Install with ``pip install 'streamkit[kafka]'`` (aiokafka). `ConsumerGroup`
-is a broker for `Partitioned` (streamkit._partitioned): the group decides which worker
+is a broker for `streamkit.Partitioned`: the group decides which worker
 owns which partition of a topic, and each worker runs the pipeline once per
 partition it owns, each with checkpoints of its own, the partition's
 offset saved in the checkpoint's own transaction::
 
     group = ConsumerGroup("orders", group="billing", bootstrap_servers="kafka:9092")
     worker = Partitioned(pipeline, group, store=PostgresStore(dsn), name="billing")
-    async for output in worker:  # at least once; exactly once into a TableSink
-        ...
+    async with worker:
+        async for output in worker:  # at least once; exactly once into a TableSink
+            ...
 
 Offsets are committed to the group only after the checkpoint that covers
 them is saved (``enable_auto_commit`` is off); on assignment a partition
@@ -25,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import math
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -117,7 +119,7 @@ def _check_options(options: object, owned: frozenset[str], parameter: str) -> di
 
 
 class ConsumerGroup:
-    """A Kafka consumer group as the broker of a `Partitioned` (streamkit._partitioned) worker.
+    """A Kafka consumer group as the broker of a `streamkit.Partitioned` worker.
 
     One aiokafka consumer per worker joins the group on ``topic``; each
     partition the group assigns runs its own copy of the pipeline, its own
@@ -150,6 +152,8 @@ class ConsumerGroup:
         bootstrap_servers: ``"host:port"``, or several.
         max_records: Records taken from a partition's buffer at once.
         fetch_timeout: Seconds a pull waits for records (at most 1).
+        commit_timeout: Seconds an offset commit may take before it is
+            given up (and counted in ``failed_commits``).
         options: More keyword arguments for ``aiokafka.AIOKafkaConsumer``
             (``session_timeout_ms``, ``auto_offset_reset``, security...);
             not those streamkit sets (``group_id``, ``enable_auto_commit``,
@@ -157,8 +161,16 @@ class ConsumerGroup:
 
     Attributes:
         failed_commits: Offset commits the group refused (the partition had
-            moved on meanwhile). They lose nothing: the checkpoints decide
-            where a partition resumes.
+            moved on meanwhile) or that took longer than ``commit_timeout``.
+        skipped_commits: Offset commits not made because the consumer was
+            stopping: when the worker leaves early (its partitions are
+            abandoned, see `streamkit.Partitioned`) or fails, a checkpoint
+            saved meanwhile commits nothing, and a commit under way is
+            given up, since the stopping consumer could not complete it.
+
+        Neither loses anything: a partition resumes from its checkpoint's
+        offset, which the checkpoint holds whatever the group committed; a
+        missing commit only leaves the group's advisory offset behind.
 
     Raises:
         TypeError: An argument has the wrong type.
@@ -171,6 +183,8 @@ class ConsumerGroup:
     """
 
     __slots__ = (
+        "_closing",
+        "_commit_timeout",
         "_fetch_timeout",
         "_max_records",
         "_options",
@@ -179,6 +193,7 @@ class ConsumerGroup:
         "_stopping",
         "failed_commits",
         "group",
+        "skipped_commits",
         "topic",
     )
 
@@ -190,6 +205,7 @@ class ConsumerGroup:
         bootstrap_servers: str | Sequence[str],
         max_records: int = 500,
         fetch_timeout: float = 0.5,
+        commit_timeout: float = 10.0,
         options: Mapping[str, Any] | None = None,
     ) -> None:
         self.topic = _check_name(topic, "topic")
@@ -206,12 +222,22 @@ class ConsumerGroup:
             )
         if not 0 < fetch_timeout <= 1:
             raise ValueError(f"fetch_timeout must be > 0 and <= 1 second, got {fetch_timeout!r}")
+        commit = cast("object", commit_timeout)
+        if not isinstance(commit, int | float) or isinstance(commit, bool):
+            raise TypeError(
+                f"commit_timeout must be a number of seconds, got {type(commit_timeout).__name__}"
+            )
+        if not 0 < commit_timeout < math.inf:
+            raise ValueError(f"commit_timeout must be a positive number, got {commit_timeout!r}")
         self._max_records = max_records
         self._fetch_timeout = float(fetch_timeout)
+        self._commit_timeout = float(commit_timeout)
         self._options = _check_options(options, _OWNED_OPTIONS, "options")
         self._stopping: asyncio.Event | None = None
+        self._closing = asyncio.Event()
         self._serving = False
         self.failed_commits = 0
+        self.skipped_commits = 0
 
     def __repr__(self) -> str:
         return f"ConsumerGroup({self.topic!r}, group={self.group!r})"
@@ -258,7 +284,10 @@ class ConsumerGroup:
                 stopped.cancel()
             await partitions.revoke_all()
         finally:
-            await asyncio.shield(consumer.stop())
+            # From here on no commit is sent, and those under way are given up:
+            # the consumer stops, and a commit on a stopping consumer never ends.
+            self._closing.set()
+            await _stop_consumer(consumer)
 
     def source(self, partitions: Partitions, consumer: Any, number: int) -> PartitionSource[Any]:
         """The `PartitionSource` of partition ``number`` (for the rebalance listener)."""
@@ -282,14 +311,50 @@ class ConsumerGroup:
             return [(_record(message), message.offset + 1) for message in batches.get(tp, ())]
 
         async def acknowledge(position: Any) -> None:
-            if position is None:
-                return
-            try:
-                await consumer.commit({tp: position})
-            except (_errors.CommitFailedError, _errors.IllegalStateError):
-                self.failed_commits += 1
+            if position is not None:
+                await self._commit(consumer, {tp: position})
 
         return partitions.source(str(number), start=None, fetch=fetch, acknowledge=acknowledge)
+
+    async def _commit(self, consumer: Any, offsets: dict[Any, int]) -> None:
+        """Commit ``offsets``, unless the consumer is stopping; within ``commit_timeout``."""
+        closing = self._closing
+        if closing.is_set():
+            self.skipped_commits += 1
+            return
+        commit = asyncio.ensure_future(consumer.commit(offsets))
+        closed = asyncio.ensure_future(closing.wait())
+        try:
+            await asyncio.wait(
+                {commit, closed}, timeout=self._commit_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            closed.cancel()
+            commit.cancel()  # no effect once it is done
+            await asyncio.gather(commit, closed, return_exceptions=True)
+        if commit.cancelled():
+            if closing.is_set():
+                self.skipped_commits += 1
+            else:
+                self.failed_commits += 1  # it took longer than commit_timeout
+            return
+        error = commit.exception()
+        if error is None:
+            return
+        if isinstance(error, _errors.CommitFailedError | _errors.IllegalStateError):
+            self.failed_commits += 1
+            return
+        raise error
+
+
+async def _stop_consumer(consumer: Any) -> None:
+    """Stop ``consumer``; if the caller is cancelled meanwhile, the stop still completes first."""
+    stopping = asyncio.ensure_future(consumer.stop())
+    try:
+        await asyncio.shield(stopping)
+    except asyncio.CancelledError:
+        await stopping
+        raise
 
 
 def _record(message: Any) -> KafkaRecord:

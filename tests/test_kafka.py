@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from streamkit import MemoryStore, Run, Stage, map_, write_to
-from streamkit import Partitioned
+from streamkit import MemoryStore, Partitioned, Run, Stage, map_, write_to
 from streamkit.kafka import BATCH_HEADER, INDEX_HEADER, ConsumerGroup, KafkaRecord, KafkaSink
 from streamkit.testing import assert_no_pending_tasks
 from tests.servers import KafkaCluster, fresh_group
@@ -81,13 +79,14 @@ def as_pair(record: KafkaRecord) -> tuple[int, int, str]:
 
 
 async def take_outputs(worker: Partitioned[Any], count: int) -> list[Any]:
-    """The first ``count`` outputs of ``worker``; then it is closed (its partitions handed back)."""
+    """The outputs of ``worker`` until ``count``, then until `Partitioned.stop` has handed back
+    every partition with a last checkpoint (the outputs of its last items come out too)."""
     found: list[Any] = []
-    async with contextlib.aclosing(aiter(worker)) as outputs:
-        async for item in outputs:
+    async with worker:
+        async for item in worker:
             found.append(item)
             if len(found) == count:
-                break
+                worker.stop()
     return found
 
 
@@ -134,30 +133,31 @@ async def test_offsets_are_committed_only_once_a_checkpoint_covers_them(
     group = fresh_group()
     await produce(kafka, topic, [(n % 2, f"v{n}") for n in range(60)])
     store = MemoryStore()
-    worker = Partitioned(
-        map_(as_pair), group_of(kafka, topic, group), store=store, name="ack", every=4
-    )
+    worker_group = group_of(kafka, topic, group)
+    worker = Partitioned(map_(as_pair), worker_group, store=store, name="ack", every=4)
     samples: list[tuple[list[Any], list[Any]]] = []
     seen = 0
-    async with contextlib.aclosing(aiter(worker)) as outputs:
-        async for _ in outputs:
+    async with worker:
+        async for _ in worker:
             seen += 1
             if seen % 10 == 0:
                 offsets = await committed(kafka, topic, group, 2)
                 saved = [await store.load(f"ack.{p}") for p in range(2)]
                 samples.append((offsets, [None if c is None else c.position for c in saved]))
             if seen == 50:
-                break
+                worker.stop()
     for offsets, positions in samples:
         for offset, position in zip(offsets, positions, strict=True):
             # A commit never runs ahead of the checkpoint, read after it.
             assert offset is None or (position is not None and offset <= position)
     assert any(offset is not None for offsets, _ in samples for offset in offsets)
-    # Closing the worker saved a last checkpoint per partition and committed it.
+    # Stopping saved a last checkpoint per partition, covering every output seen, and
+    # committed it.
     final = [await store.load(f"ack.{p}") for p in range(2)]
     positions = [checkpoint.position for checkpoint in final if checkpoint is not None]
-    assert sum(positions) >= 50  # and the outputs waiting in the worker's buffer
+    assert sum(positions) == seen >= 50
     assert await committed(kafka, topic, group, 2) == positions
+    assert worker_group.skipped_commits == worker_group.failed_commits == 0
     assert_no_pending_tasks()
 
 
@@ -223,25 +223,26 @@ async def test_a_partition_handed_back_goes_on_exactly_after_its_checkpoint(
     seen = await take_outputs(one, 30)
     saved = [await store.load(f"rb.{p}") for p in range(4)]
     covered = sum(checkpoint.position for checkpoint in saved if checkpoint is not None)
+    # Handed back with last checkpoints that cover exactly what came out.
+    assert covered == len(seen)
     assert 30 <= covered < 80
     two = Partitioned(pipeline, group_of(kafka, topic, fresh_group()), store=store, name="rb")
     rest = await take_outputs(two, 80 - covered)
-    # The first worker's outputs that its last checkpoints cover, then the second's.
     for partition, checkpoint in enumerate(saved):
         position = 0 if checkpoint is None else checkpoint.position
+        handed = [offset for p, offset, _ in seen if p == partition]
+        assert handed == list(range(position))
         offsets = [offset for p, offset, _ in rest if p == partition]
         assert offsets == list(range(position, 20))
-        handed = [offset for p, offset, _ in seen if p == partition]
-        assert handed == list(range(len(handed)))
-        assert len(handed) <= position
-    assert len(set(seen + rest)) == len(seen + rest)
+    # Every record exactly once across the two workers.
+    assert sorted(value for _, _, value in seen + rest) == sorted(f"a{n}" for n in range(80))
     assert_no_pending_tasks()
 
 
 # ------------------------------------------------------------------ early exit, cancellation
 
 
-async def test_breaking_out_saves_each_partition_and_stops_the_consumer(
+async def test_leaving_early_abandons_the_partitions_without_a_last_checkpoint(
     kafka: KafkaCluster,
 ) -> None:
     topic = kafka.create_topic(2)
@@ -251,13 +252,42 @@ async def test_breaking_out_saves_each_partition_and_stops_the_consumer(
     worker = Partitioned(
         map_(as_pair), group_of(kafka, topic, group), store=store, name="brk", every=100
     )
-    first = await take_outputs(worker, 1)
-    assert len(first) == 1
-    saved = [await store.load(f"brk.{p}") for p in range(2)]
-    positions = [checkpoint.position if checkpoint else None for checkpoint in saved]
-    assert first[0][0] in {0, 1}
-    assert positions[first[0][0]] is not None
-    assert positions[first[0][0]] >= 1
+    async with worker:
+        async for _ in worker:
+            break
+    # No checkpoint covers outputs the consumer never saw, and nothing was committed.
+    assert [await store.load(f"brk.{p}") for p in range(2)] == [None, None]
+    assert await committed(kafka, topic, group, 2) == [None, None]
+    assert_no_pending_tasks()
+    # The next owner repeats the partitions from their last checkpoints (here: none).
+    again = Partitioned(
+        map_(as_pair), group_of(kafka, topic, fresh_group()), store=store, name="brk"
+    )
+    assert sorted(value for _, _, value in await take_outputs(again, 10)) == sorted(
+        f"v{n}" for n in range(10)
+    )
+
+
+async def test_leaving_early_while_checkpoints_commit_gives_the_commits_up(
+    kafka: KafkaCluster,
+) -> None:
+    # Checkpoints every item: saves (and their offset commits) are under way when the
+    # worker leaves; the consumer stops, so the commits in flight are given up, not awaited.
+    topic = kafka.create_topic(4)
+    await produce(kafka, topic, [(n % 4, f"v{n}") for n in range(200)])
+    store = MemoryStore()
+    group = group_of(kafka, topic, fresh_group())
+    worker = Partitioned(map_(as_pair), group, store=store, name="inflight", every=1, buffer=1)
+    seen = 0
+    async with asyncio.timeout(60):  # a commit awaited on the stopped consumer never ends
+        async with worker:
+            async for _ in worker:
+                seen += 1
+                if seen == 40:
+                    break
+    assert group.failed_commits == 0
+    saved = [await store.load(f"inflight.{p}") for p in range(4)]
+    assert sum(checkpoint.position for checkpoint in saved if checkpoint is not None) >= 1
     assert_no_pending_tasks()
 
 
@@ -353,6 +383,8 @@ async def test_a_replayed_batch_carries_the_same_markers(kafka: KafkaCluster) ->
         ({"max_records": 0}, ValueError, "max_records must be >= 1"),
         ({"fetch_timeout": "1"}, TypeError, "fetch_timeout must be a number"),
         ({"fetch_timeout": 5}, ValueError, "fetch_timeout must be > 0"),
+        ({"commit_timeout": None}, TypeError, "commit_timeout must be a number"),
+        ({"commit_timeout": 0}, ValueError, "commit_timeout must be a positive"),
         ({"options": [1]}, TypeError, "options must be a mapping"),
         ({"options": {"group_id": "x"}}, ValueError, "options: 'group_id' is set by streamkit"),
         ({"options": {"enable_auto_commit": True}}, ValueError, "'enable_auto_commit'"),
