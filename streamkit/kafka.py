@@ -264,7 +264,10 @@ class ConsumerGroup:
             enable_auto_commit=False,
             **options,
         )
-        consumer.subscribe([self.topic], listener=_Listener(self, partitions, consumer))
+        listener = _Listener(
+            self, partitions, consumer, lambda: stopping.is_set() or self._closing.is_set()
+        )
+        consumer.subscribe([self.topic], listener=listener)
         await consumer.start()
         try:
             # While the worker owns no partition, this pull for a partition that
@@ -307,6 +310,11 @@ class ConsumerGroup:
                         max_records=self._max_records,
                     )
             except TimeoutError:
+                return []
+            except _errors.ConsumerStoppedError:
+                # Stopped under this partition's run (a rebalance that ended while the
+                # consumer closed): the worker revokes or abandons the run next.
+                await asyncio.sleep(self._fetch_timeout)
                 return []
             return [(_record(message), message.offset + 1) for message in batches.get(tp, ())]
 
@@ -372,12 +380,19 @@ def _record(message: Any) -> KafkaRecord:
 class _Listener:
     """Hands the group's assignments to the worker's `Partitions`."""
 
-    __slots__ = ("_consumer", "_group", "_partitions")
+    __slots__ = ("_consumer", "_group", "_partitions", "_stopping")
 
-    def __init__(self, group: ConsumerGroup, partitions: Partitions, consumer: Any) -> None:
+    def __init__(
+        self,
+        group: ConsumerGroup,
+        partitions: Partitions,
+        consumer: Any,
+        stopping: Callable[[], bool],
+    ) -> None:
         self._group = group
         self._partitions = partitions
         self._consumer = consumer
+        self._stopping = stopping
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
         """Barrier, save, commit, close: every revoked partition ends with a checkpoint."""
@@ -386,7 +401,14 @@ class _Listener:
         await asyncio.gather(*(self._partitions.revoke(number) for number in numbers))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        """Start a run per assigned partition; each resumes from its checkpoint."""
+        """Start a run per assigned partition; each resumes from its checkpoint.
+
+        Not once the worker is stopping: aiokafka lets a rebalance under way
+        finish while the consumer closes, and its partitions would start runs
+        on a closed consumer.
+        """
+        if self._stopping():
+            return
         owned = set(self._partitions.owned())
         for tp in sorted(assigned, key=lambda tp: tp.partition):
             if tp.topic != self._group.topic or str(tp.partition) in owned:
