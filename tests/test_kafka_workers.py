@@ -12,6 +12,7 @@ checkpoints.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import itertools
 import signal
@@ -20,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-import asyncio
 
 import psycopg
 from aiokafka import AIOKafkaProducer
