@@ -1,10 +1,9 @@
-"""Case (s): a Kafka consumer-group worker against the same pipeline on a list.
+"""Case (s): a Kafka consumer-group worker against the same pipeline on a list, and 1 → 3.
 
 Needs confluent-kafka (its wheel carries librdkafka, whose mock cluster speaks the
 Kafka protocol from a thread of this process: one broker on a free port of
-127.0.0.1). Without it, the worker's row says why it is missing. The mock cluster
-forms no consumer group of more than one aiokafka member (see docs/deploy.md), so
-this case has no row of several worker processes; case (r) has them for Redis.
+127.0.0.1). Without it, the Kafka rows say why they are missing. The worker
+processes are ``python -m benchmarks.kafka_worker``.
 """
 
 from __future__ import annotations
@@ -13,12 +12,15 @@ import asyncio
 import ctypes
 import glob
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from benchmarks.harness import (
+    TIMES,
     CaseResult,
     Row,
     Settings,
@@ -27,21 +29,12 @@ from benchmarks.harness import (
     format_ratio,
     partial_result,
 )
+from benchmarks.kafka_worker import END, EVERY, PARTITIONS, work
 
-if TYPE_CHECKING:
-    from streamkit.kafka import KafkaRecord
-
+ROOT = Path(__file__).resolve().parent.parent
 HEADERS = ("competitor", "items", "median s", "items per s", "ratio")
-EVERY = 1000
 TOPIC = "bench"
-END = b"end"
-
-
-def work(record: KafkaRecord) -> tuple[int, int]:
-    """The per-item work of case (s): parse a small record, a little arithmetic (as case (r))."""
-    if record.value == END:
-        return record.partition, -1
-    return record.partition, sum(int(part) for part in record.value.split(b","))
+_RUN_SECONDS = 120.0
 
 
 def _value(n: int) -> bytes:
@@ -103,18 +96,34 @@ class MockCluster:
             self._lib.rd_kafka_destroy(handle)
 
 
-async def _produce(servers: str, topic: str, count: int) -> None:
-    """``count`` records on partition 0 of ``topic``, then its end record."""
+async def _produce(servers: str, topic: str, count: int, partitions: int = 1) -> None:
+    """``count`` records on each partition of ``topic``, then its end record."""
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(bootstrap_servers=servers, linger_ms=5)
     await producer.start()
     try:
-        sent = [await producer.send(topic, _value(n), partition=0) for n in range(count)]
-        sent.append(await producer.send(topic, END, partition=0))
+        sent = []
+        for p in range(partitions):
+            sent += [await producer.send(topic, _value(n), partition=p) for n in range(count)]
+            sent.append(await producer.send(topic, END, partition=p))
         await asyncio.gather(*sent)
     finally:
         await producer.stop()
+
+
+def _produce_fast(servers: str, topic: str, count: int, partitions: int) -> None:
+    """As `_produce`, with librdkafka's producer (confluent-kafka), which sends in C."""
+    from confluent_kafka import Producer
+
+    producer = Producer({"bootstrap.servers": servers, "linger.ms": 5, "log_level": 0})
+    for p in range(partitions):
+        for n in range(count):
+            producer.produce(topic, _value(n), partition=p)
+            producer.poll(0)
+        producer.produce(topic, END, partition=p)
+    if producer.flush(30) != 0:
+        raise RuntimeError("the records were not all sent")
 
 
 def _records(count: int) -> list[Any]:
@@ -163,6 +172,70 @@ async def _one_worker(servers: str, topic: str, count: int, database: str) -> fl
     return elapsed
 
 
+def _processes(
+    cluster: MockCluster, workers: int, per_partition: int, folder: Path, producing: list[float]
+) -> float:
+    """``workers`` worker processes on 6 partitions: seconds from the first record to the last.
+
+    Appends to ``producing`` how long sending the records took (within that time).
+    """
+    topic = f"{TOPIC}-processes{workers}-{time.monotonic_ns()}"
+    cluster.create_topic(topic, PARTITIONS)
+    database = folder / f"{topic}.db"
+    done = folder / f"{topic}.done"
+    done.touch()
+    ready = [folder / f"{topic}.ready{k}" for k in range(workers)]
+    module = [sys.executable, "-m", "benchmarks.kafka_worker", cluster.bootstrap_servers, topic]
+    processes = [
+        subprocess.Popen(
+            [*module, str(database), str(done), str(path)], cwd=ROOT, stderr=subprocess.PIPE
+        )
+        for path in ready
+    ]
+    share = PARTITIONS // workers
+    try:
+        deadline = time.monotonic() + _RUN_SECONDS
+
+        def settled() -> bool:
+            return all(path.exists() and path.read_text() == str(share) for path in ready)
+
+        while not settled():
+            _check(processes, deadline)
+            time.sleep(0.05)
+        started = time.perf_counter()
+        _produce_fast(cluster.bootstrap_servers, topic, per_partition, PARTITIONS)
+        producing.append(time.perf_counter() - started)
+        while len(done.read_text().split()) < PARTITIONS:
+            _check(processes, deadline)
+            time.sleep(0.005)
+        elapsed = time.perf_counter() - started
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            process.wait(timeout=30)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            if process.stderr is not None:
+                process.stderr.close()
+    return elapsed
+
+
+def _check(processes: list[subprocess.Popen[bytes]], deadline: float) -> None:
+    for process in processes:
+        if process.poll() is not None:
+            assert process.stderr is not None
+            raise RuntimeError(f"a worker exited: {process.stderr.read().decode()[-600:]}")
+    if time.monotonic() > deadline:
+        raise TimeoutError("the workers did not finish in time")
+
+
+def _missing(key: str, reason: str) -> Row:
+    return Row(key=key, label=LABELS[key], cells=("", "", "", ""), note=f"n/a: {reason}")
+
+
 def _row(key: str, label: str, items: int, seconds: list[float], reference: float) -> Row:
     median = statistics.median(seconds)
     ratio = median / reference
@@ -179,14 +252,18 @@ def _row(key: str, label: str, items: int, seconds: list[float], reference: floa
 LABELS = {
     "list": "the same pipeline in a checkpointed `Run` over a list",
     "kafka_1": "one `Partitioned` worker on a one-partition Kafka topic",
+    "processes_1": "1 worker process on 6 partitions",
+    "processes_3": "3 worker processes on 6 partitions",
 }
 
 
-@case("s", "a Kafka consumer-group worker against a list")
+@case("s", "a Kafka consumer-group worker against a list, and 1 → 3 worker processes")
 def kafka_worker(settings: Settings) -> CaseResult:
     count = settings.size(20_000, 300)
+    per_partition = settings.size(10_000, 40)
     repeat = 1 if settings.quick else 3
     rows: list[Row] = []
+    producing: list[float] = []
     with tempfile.TemporaryDirectory(prefix="streamkit-bench-kafka-") as name:
         folder = Path(name)
         records = _records(count)
@@ -198,14 +275,7 @@ def kafka_worker(settings: Settings) -> CaseResult:
         try:
             cluster = MockCluster()
         except (ImportError, FileNotFoundError, OSError, RuntimeError) as exc:
-            rows.append(
-                Row(
-                    key="kafka_1",
-                    label=LABELS["kafka_1"],
-                    cells=("", "", "", ""),
-                    note=f"n/a: {describe_error(exc)}",
-                )
-            )
+            rows += [_missing(key, describe_error(exc)) for key in LABELS if key != "list"]
         else:
             try:
                 one = []
@@ -218,23 +288,46 @@ def kafka_worker(settings: Settings) -> CaseResult:
                         asyncio.run(_one_worker(cluster.bootstrap_servers, topic, count, database))
                     )
                 rows.append(_row("kafka_1", LABELS["kafka_1"], count + 1, one, reference))
+                total = PARTITIONS * (per_partition + 1)
+                base: float | None = None
+                for workers in (1, 3):
+                    key = f"processes_{workers}"
+                    times = [
+                        _processes(cluster, workers, per_partition, folder, producing)
+                        for _ in range(1 if settings.quick else 2)
+                    ]
+                    base = statistics.median(times) if base is None else base
+                    rows.append(_row(key, LABELS[key], total, times, base))
+            except (RuntimeError, TimeoutError, OSError) as exc:
+                done = {row.key for row in rows}
+                rows += [_missing(key, describe_error(exc)) for key in LABELS if key not in done]
             finally:
                 cluster.close()
     return partial_result(
         "The pipeline `map_(work)` of case (r) (parse 8 comma-separated numbers from a "
-        "record's value and sum them), checkpointed every 1,000 items into SQLite, run two "
-        f"ways: over a list of {count:,} `KafkaRecord`s in a `Run`; and as one `Partitioned` "
+        "record's value and sum them), checkpointed every 1,000 items into SQLite, run three "
+        f"ways: over a list of {count:,} `KafkaRecord`s in a `Run`; as one `Partitioned` "
         "worker of a `ConsumerGroup` reading a one-partition topic of as many records from "
         "librdkafka's mock cluster (aiokafka `getmany` of up to 500 records, an offset "
-        "commit after each checkpoint). The topic ends with a record that marks its end; the "
-        "worker's time runs from its first output to that record's (the group join is left "
-        "out).",
-        f"{count:,} records on one partition",
+        "commit after each checkpoint); and as 1 and then 3 worker processes of one consumer "
+        f"group on a 6-partition topic of {per_partition:,} records per partition (one SQLite "
+        "file shared by the processes). Each partition ends with a record that marks its end. "
+        "The one worker's time runs from its first output to that record's (the group join "
+        "is left out); the processes' from the first record sent (once the group has formed "
+        "and shared the partitions out, before the records are sent) to the last end record "
+        "coming out of a worker.",
+        f"{count:,} records on one partition; {per_partition:,} {TIMES} 6 across processes",
         HEADERS,
         rows,
-        "Ratio: the list's time (> 1 = slower than the list). The mock cluster is one broker "
-        "in the benchmark's own process (a C thread of librdkafka), on the same cores.",
-        "No row of 1 → 3 worker processes: a consumer group of more than one aiokafka member "
-        "does not form on the mock cluster (see docs/deploy.md); case (r) measures the "
-        "scaling on Redis Streams.",
+        "Ratio: the list's time for the first two rows (> 1 = slower than the list), 1 "
+        "process's time for the last two (< 1 = faster). The mock cluster is one broker in "
+        "the benchmark's own process (a C thread of librdkafka), on the same cores as the "
+        "workers; the machine's cores bound the speed-up of processes.",
+        "Sending the records (librdkafka's producer, from the benchmark's process, while the "
+        "workers read) took "
+        + (f"{statistics.median(producing):.3f} s" if producing else "no time (not measured)")
+        + " of the processes' times (median). The worker processes' assignor makes the "
+        "group's leader wait 0.5 s before it sends the assignments, since the mock cluster "
+        "refuses a follower's SyncGroup that comes after the leader's (docs/deploy.md); "
+        "that happens before the timing starts.",
     )

@@ -188,6 +188,7 @@ class ConsumerGroup:
         "_fetch_timeout",
         "_max_records",
         "_options",
+        "_partitions",
         "_servers",
         "_serving",
         "_stopping",
@@ -235,12 +236,25 @@ class ConsumerGroup:
         self._options = _check_options(options, _OWNED_OPTIONS, "options")
         self._stopping: asyncio.Event | None = None
         self._closing = asyncio.Event()
+        self._partitions: Partitions | None = None
         self._serving = False
         self.failed_commits = 0
         self.skipped_commits = 0
 
     def __repr__(self) -> str:
         return f"ConsumerGroup({self.topic!r}, group={self.group!r})"
+
+    def assigned(self) -> tuple[int, ...]:
+        """The partitions this worker runs now, as the group assigned them (none before `serve`).
+
+        Examples:
+            >>> ConsumerGroup("orders", group="billing", bootstrap_servers="kafka:9092").assigned()
+            ()
+        """
+        partitions = self._partitions
+        if partitions is None:
+            return ()
+        return tuple(sorted(int(partition) for partition in partitions.owned()))
 
     def stop(self) -> None:
         """Ask `serve` to hand every partition back, leave the group and return."""
@@ -256,6 +270,7 @@ class ConsumerGroup:
         if self._serving:
             raise RuntimeError(f"{self!r} is serving already: give each worker its own")
         self._serving = True
+        self._partitions = partitions
         stopping = self._stopping = asyncio.Event()
         options = {"auto_offset_reset": "earliest", **self._options}
         consumer = _aiokafka.AIOKafkaConsumer(

@@ -108,11 +108,18 @@ async def test_each_partition_keeps_its_order_under_the_global_bound(kafka: Kafk
         return as_pair(record)
 
     store = MemoryStore()
-    worker = Partitioned(
-        map_(slow), group_of(kafka, topic, fresh_group()), store=store, name="ord",
-        every=7, concurrency=2,
-    )  # fmt: skip
-    outputs = await take_outputs(worker, 120)
+    group = group_of(kafka, topic, fresh_group())
+    worker = Partitioned(map_(slow), group, store=store, name="ord", every=7, concurrency=2)
+    assert group.assigned() == ()
+    outputs: list[tuple[int, int, str]] = []
+    async with worker:
+        async for output in worker:
+            outputs.append(output)
+            if len(outputs) == 1:
+                assert group.assigned() == (0, 1, 2, 3)
+            if len(outputs) == 120:
+                worker.stop()
+    assert group.assigned() == ()
     assert sorted(value for _, _, value in outputs) == sorted(f"v{n}" for n in range(120))
     for partition in range(4):
         offsets = [offset for p, offset, _ in outputs if p == partition]
