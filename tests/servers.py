@@ -386,7 +386,11 @@ def kafka_cluster() -> Iterator[KafkaCluster]:
     if library is None:
         _unavailable("kafka", "confluent-kafka (and its librdkafka) is not installed")
         raise AssertionError("unreachable")  # pragma: no cover
-    cluster = KafkaCluster(library)
+    try:
+        cluster = KafkaCluster(library)
+    except (OSError, RuntimeError) as exc:
+        _unavailable("kafka", f"librdkafka's mock cluster did not start ({exc})")
+        raise AssertionError("unreachable") from exc  # pragma: no cover
     try:
         yield cluster
     finally:

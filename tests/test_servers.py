@@ -188,3 +188,19 @@ def test_a_missing_kafka_fails_its_tests_when_servers_are_required(
     monkeypatch.setattr(servers, "REQUIRE_SERVERS", True)
     with pytest.raises(pytest.fail.Exception, match="kafka is required"), servers.kafka_cluster():
         pass
+
+
+def test_a_mock_cluster_that_does_not_start_fails_when_servers_are_required(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(servers, "_MISSING", {})
+    monkeypatch.setattr(servers, "REQUIRE_SERVERS", True)
+    # A library that is not librdkafka: loading it fails as a broken wheel's would.
+    broken = tmp_path / "librdkafka.so.1"
+    broken.write_bytes(b"not a shared library")
+    monkeypatch.setattr(servers, "librdkafka", lambda: str(broken))
+    with (
+        pytest.raises(pytest.fail.Exception, match="mock cluster did not start"),
+        servers.kafka_cluster(),
+    ):
+        pass
