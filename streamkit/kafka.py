@@ -69,6 +69,11 @@ class KafkaRecord:
         value: The value (bytes, or what the consumer's ``value_deserializer`` made of them).
         timestamp: The record's timestamp, in milliseconds since the epoch.
         headers: The record's headers, in order.
+
+    Examples:
+        >>> record = KafkaRecord("orders", 2, 41, b"customer-7", b'{"total": 2.5}', 1700000000000)
+        >>> record.partition, record.offset, record.headers
+        (2, 41, ())
     """
 
     topic: str
@@ -167,10 +172,10 @@ class ConsumerGroup:
             abandoned, see `streamkit.Partitioned`) or fails, a checkpoint
             saved meanwhile commits nothing, and a commit under way is
             given up, since the stopping consumer could not complete it.
-
-        Neither loses anything: a partition resumes from its checkpoint's
-        offset, which the checkpoint holds whatever the group committed; a
-        missing commit only leaves the group's advisory offset behind.
+            Neither these nor failed commits lose anything: a partition
+            resumes from its checkpoint's offset, whatever the group
+            committed; a missing commit only leaves the group's advisory
+            offset behind.
 
     Raises:
         TypeError: An argument has the wrong type.
