@@ -22,6 +22,8 @@ from hypothesis import HealthCheck, settings
 
 from streamkit import Stage, collect, take
 from streamkit.testing import SourceError, TrackedSource, assert_no_pending_tasks
+from tests.servers import kafka as kafka
+from tests.servers import kafka_session as kafka_session
 from tests.servers import postgres as postgres
 from tests.servers import postgres_session as postgres_session
 from tests.servers import pytest_collection_modifyitems as pytest_collection_modifyitems

@@ -1,12 +1,15 @@
-"""Throwaway servers for the tests: PostgreSQL and Redis on free ports of 127.0.0.1.
+"""Throwaway servers for the tests: PostgreSQL, Redis and Kafka on free ports of 127.0.0.1.
 
 Each server is started once per test session in a temporary folder and
 removed at the end: PostgreSQL with ``initdb`` and ``pg_ctl`` (trust
 authentication, ``fsync`` off: the tests kill clients, never the server),
-Redis as a ``redis-server`` subprocess with persistence off. PostgreSQL
+Redis as a ``redis-server`` subprocess with persistence off, Kafka as the
+mock cluster of librdkafka (the library inside the confluent-kafka wheel),
+which speaks the Kafka protocol from a thread of the test process. PostgreSQL
 refuses to run as root, so as root both of its programs run as ``nobody``.
 
-Tests ask for the function-scoped fixtures ``postgres`` and ``redis``; the
+Tests ask for the function-scoped fixtures ``postgres``, ``redis`` and
+``kafka``; the
 tests that do carry the ``server`` marker (``pytest -m server`` runs only
 them; so do tests that mark themselves, as the Store contract's PostgreSQL
 cases). A missing server binary skips them with the reason, unless the
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import ctypes
 import dataclasses
 import glob
 import itertools
@@ -45,13 +49,15 @@ if TYPE_CHECKING:
 REQUIRE_SERVERS = os.environ.get("STREAMKIT_REQUIRE_SERVERS") == "1"
 """Whether a missing server fails the tests that need it (instead of skipping them)."""
 
-SERVER_FIXTURES = frozenset({"postgres", "postgres_session", "redis", "redis_session"})
+SERVER_FIXTURES = frozenset(
+    {"postgres", "postgres_session", "redis", "redis_session", "kafka", "kafka_session"}
+)
 """The fixtures that make a test server-backed (it gets the ``server`` marker)."""
 
 _START_SECONDS = 60.0
 
 # Per server: the ids of the tests that used it, what became of them, why it is missing.
-_USED: dict[str, set[str]] = {"postgresql": set(), "redis": set()}
+_USED: dict[str, set[str]] = {"postgresql": set(), "redis": set(), "kafka": set()}
 _OUTCOMES: dict[str, collections.Counter[str]] = {server: collections.Counter() for server in _USED}
 _MISSING: dict[str, str] = {}
 
@@ -294,6 +300,111 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         process.wait()
 
 
+# --------------------------------------------------------------------------- Kafka
+
+
+class KafkaCluster:
+    """librdkafka's mock Kafka cluster, one broker, in this process (a C thread of its own).
+
+    It speaks the real protocol on 127.0.0.1 (produce, fetch, consumer
+    groups, offset commits); topics are made with `create_topic`, through
+    librdkafka's mock API, since the mock answers no CreateTopics request
+    (and auto-creates topics with 4 partitions). Its first group join is
+    immediate (the initial rebalance delay is set to 0); a consumer that
+    left is forgotten only after its session timeout.
+    """
+
+    def __init__(self, library: str) -> None:
+        lib = ctypes.CDLL(library)
+        lib.rd_kafka_conf_new.restype = ctypes.c_void_p
+        lib.rd_kafka_conf_set.argtypes = [ctypes.c_void_p, *[ctypes.c_char_p] * 3, ctypes.c_size_t]
+        lib.rd_kafka_new.restype = ctypes.c_void_p
+        lib.rd_kafka_new.argtypes = [
+            ctypes.c_int,
+            ctypes.c_void_p,
+            ctypes.c_char_p,
+            ctypes.c_size_t,
+        ]
+        lib.rd_kafka_handle_mock_cluster.restype = ctypes.c_void_p
+        lib.rd_kafka_handle_mock_cluster.argtypes = [ctypes.c_void_p]
+        lib.rd_kafka_mock_cluster_bootstraps.restype = ctypes.c_char_p
+        lib.rd_kafka_mock_cluster_bootstraps.argtypes = [ctypes.c_void_p]
+        lib.rd_kafka_mock_topic_create.argtypes = [ctypes.c_void_p, ctypes.c_char_p] + [
+            ctypes.c_int
+        ] * 2
+        lib.rd_kafka_mock_group_initial_rebalance_delay_ms.argtypes = [
+            ctypes.c_void_p,
+            ctypes.c_int32,
+        ]
+        lib.rd_kafka_destroy.argtypes = [ctypes.c_void_p]
+        error = ctypes.create_string_buffer(512)
+        conf = lib.rd_kafka_conf_new()
+        for name, value in (("test.mock.num.brokers", "1"), ("log_level", "0")):
+            if lib.rd_kafka_conf_set(conf, name.encode(), value.encode(), error, 512) != 0:
+                raise RuntimeError(f"librdkafka refused {name}: {error.value.decode()}")
+        handle = lib.rd_kafka_new(0, conf, error, 512)  # a producer handle owns the cluster
+        if not handle:
+            raise RuntimeError(f"librdkafka did not start its mock cluster: {error.value.decode()}")
+        self._lib = lib
+        self._handle: int | None = handle
+        self._cluster = lib.rd_kafka_handle_mock_cluster(handle)
+        self.bootstrap_servers: str = lib.rd_kafka_mock_cluster_bootstraps(self._cluster).decode()
+        """``host:port`` of its broker."""
+        lib.rd_kafka_mock_group_initial_rebalance_delay_ms(self._cluster, 0)
+        self._topics = itertools.count(1)
+
+    def create_topic(self, partitions: int, prefix: str = "topic") -> str:
+        """A new topic of ``partitions`` partitions, with a name no other test uses."""
+        name = f"{prefix}-{os.getpid()}-{next(self._topics)}"
+        code = self._lib.rd_kafka_mock_topic_create(self._cluster, name.encode(), partitions, 1)
+        if code != 0:
+            raise RuntimeError(f"the mock cluster did not create topic {name!r} (error {code})")
+        return name
+
+    def close(self) -> None:
+        """Stop the cluster."""
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            self._lib.rd_kafka_destroy(handle)
+
+
+def librdkafka() -> str | None:
+    """The librdkafka of the confluent-kafka wheel, or None without confluent-kafka."""
+    try:
+        import confluent_kafka
+    except ImportError:
+        return None
+    folder = Path(confluent_kafka.__file__).parent
+    found = sorted(glob.glob(str(folder.parent / "confluent_kafka.libs" / "librdkafka*.so*")))
+    return found[0] if found else None
+
+
+@contextlib.contextmanager
+def kafka_cluster() -> Iterator[KafkaCluster]:
+    """Start librdkafka's mock cluster; stop it on exit."""
+    library = librdkafka()
+    if library is None:
+        _unavailable("kafka", "confluent-kafka (and its librdkafka) is not installed")
+        raise AssertionError("unreachable")  # pragma: no cover
+    try:
+        cluster = KafkaCluster(library)
+    except (OSError, RuntimeError) as exc:
+        _unavailable("kafka", f"librdkafka's mock cluster did not start ({exc})")
+        raise AssertionError("unreachable") from exc  # pragma: no cover
+    try:
+        yield cluster
+    finally:
+        cluster.close()
+
+
+_groups = itertools.count(1)
+
+
+def fresh_group(prefix: str = "g") -> str:
+    """A consumer group id no other test uses (re-joining a group just left is slow)."""
+    return f"{prefix}-{os.getpid()}-{next(_groups)}"
+
+
 # --------------------------------------------------------------------------- fixtures and hooks
 
 
@@ -323,6 +434,20 @@ def redis(redis_session: RedisServer, request: pytest.FixtureRequest) -> RedisSe
     """The session's Redis server, for this test."""
     _USED["redis"].add(request.node.nodeid)
     return redis_session
+
+
+@pytest.fixture(scope="session")
+def kafka_session() -> Iterator[KafkaCluster]:
+    """The session's mock Kafka cluster (use ``kafka``, which counts the tests)."""
+    with kafka_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def kafka(kafka_session: KafkaCluster, request: pytest.FixtureRequest) -> KafkaCluster:
+    """The session's mock Kafka cluster, for this test."""
+    _USED["kafka"].add(request.node.nodeid)
+    return kafka_session
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

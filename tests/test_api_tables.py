@@ -15,9 +15,10 @@ per public name::
 The tests check that
 
 * every name in ``streamkit.__all__``, ``streamkit.testing.__all__``,
-  ``streamkit.typing.__all__``, ``streamkit.otel.__all__`` and
-  ``streamkit.redis.__all__`` has exactly one row (the testing kit's re-exports
-  of ``streamkit`` names excepted), and every row names one of them;
+  ``streamkit.typing.__all__``, ``streamkit.otel.__all__``,
+  ``streamkit.redis.__all__`` and ``streamkit.kafka.__all__`` has exactly one
+  row (the testing kit's re-exports of ``streamkit`` names excepted), and every
+  row names one of them;
 * a row links to the object's anchor in the reference and sits in the table
   of the category whose section holds the object's ``:::`` directive;
 * the summary is the first line of the object's docstring, as the reference
@@ -38,6 +39,7 @@ from typing import Any
 import pytest
 
 import streamkit
+import streamkit.kafka
 import streamkit.otel
 import streamkit.redis
 import streamkit.testing
@@ -66,7 +68,14 @@ def public_names() -> list[str]:
     """The qualified names the tables must list."""
     names = [f"streamkit.{name}" for name in streamkit.__all__]
     exported = {id(getattr(streamkit, name)) for name in streamkit.__all__}
-    for module in (streamkit.testing, streamkit.typing, streamkit.otel, streamkit.redis):
+    modules = (
+        streamkit.testing,
+        streamkit.typing,
+        streamkit.otel,
+        streamkit.redis,
+        streamkit.kafka,
+    )
+    for module in modules:
         for name in module.__all__:
             if id(getattr(module, name)) not in exported:  # e.g. testing's use_clock
                 names.append(f"{module.__name__}.{name}")

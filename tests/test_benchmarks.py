@@ -80,10 +80,11 @@ EXPECTED_ROWS = {
     "w": {"streamkit", "bytewax", "memory_small", "memory_large"},
     "y": {"streamkit", "scan_by", "handwritten"},
     "r": {"list", "redis_1", "processes_1", "processes_3"},
+    "s": {"list", "kafka_1", "processes_1", "processes_3"},
 }
-MEASURED_ONLY = {"l", "r"}
+MEASURED_ONLY = {"l", "r", "s"}
 """Cases that report figures without a target."""
-STREAMKIT_ONLY = {"k", "l", "r"}
+STREAMKIT_ONLY = {"k", "l", "r", "s"}
 """Cases whose every row measures streamkit (whatever its key)."""
 
 

@@ -33,6 +33,7 @@ from pathlib import Path
 import pytest
 
 import streamkit
+import streamkit.kafka
 import streamkit.otel
 import streamkit.redis
 import streamkit.testing
@@ -242,6 +243,10 @@ def _public_callables() -> list[tuple[str, object]]:
         (f"streamkit.redis.{name}", getattr(streamkit.redis, name))
         for name in streamkit.redis.__all__
     ]
+    names += [
+        (f"streamkit.kafka.{name}", getattr(streamkit.kafka, name))
+        for name in streamkit.kafka.__all__
+    ]
     # Functions and classes. Type aliases such as `Source` are not called, and exceptions
     # are shown by the examples of what raises them.
     return [
@@ -263,12 +268,24 @@ def test_api_page_documents_every_public_name(name: str) -> None:
 
 
 def test_api_page_documents_the_testing_kit_and_the_exporter() -> None:
-    submodules = {"streamkit.testing", "streamkit.typing", "streamkit.otel", "streamkit.redis"}
+    submodules = {
+        "streamkit.testing",
+        "streamkit.typing",
+        "streamkit.otel",
+        "streamkit.redis",
+        "streamkit.kafka",
+    }
     assert submodules <= _api_directives()
 
 
 def test_api_page_documents_only_public_names() -> None:
-    submodules = {"streamkit.testing", "streamkit.typing", "streamkit.otel", "streamkit.redis"}
+    submodules = {
+        "streamkit.testing",
+        "streamkit.typing",
+        "streamkit.otel",
+        "streamkit.redis",
+        "streamkit.kafka",
+    }
     public = {f"streamkit.{name}" for name in streamkit.__all__} | submodules
     assert _api_directives() <= public
 

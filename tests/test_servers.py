@@ -166,3 +166,41 @@ def test_a_missing_postgres_fails_its_tests_when_servers_are_required(
 
 def test_a_test_without_a_server_is_not_marked(request: pytest.FixtureRequest) -> None:
     assert request.node.get_closest_marker("server") is None
+
+
+@pytest.fixture
+def no_confluent_kafka(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers, "librdkafka", lambda: None)
+    monkeypatch.setattr(servers, "_MISSING", {})
+
+
+@pytest.mark.usefixtures("no_confluent_kafka")
+def test_a_missing_kafka_skips_its_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(servers, "REQUIRE_SERVERS", False)
+    with pytest.raises(pytest.skip.Exception, match="kafka unavailable"), servers.kafka_cluster():
+        pass
+
+
+@pytest.mark.usefixtures("no_confluent_kafka")
+def test_a_missing_kafka_fails_its_tests_when_servers_are_required(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(servers, "REQUIRE_SERVERS", True)
+    with pytest.raises(pytest.fail.Exception, match="kafka is required"), servers.kafka_cluster():
+        pass
+
+
+def test_a_mock_cluster_that_does_not_start_fails_when_servers_are_required(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(servers, "_MISSING", {})
+    monkeypatch.setattr(servers, "REQUIRE_SERVERS", True)
+    # A library that is not librdkafka: loading it fails as a broken wheel's would.
+    broken = tmp_path / "librdkafka.so.1"
+    broken.write_bytes(b"not a shared library")
+    monkeypatch.setattr(servers, "librdkafka", lambda: str(broken))
+    with (
+        pytest.raises(pytest.fail.Exception, match="mock cluster did not start"),
+        servers.kafka_cluster(),
+    ):
+        pass
