@@ -45,7 +45,7 @@ settings.load_profile("streamkit")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """``STREAMKIT_TEST_BUILD=pure|compiled`` (the Makefile's runs): the envelope must be that one."""
+    """With ``STREAMKIT_TEST_BUILD=pure|compiled`` (the Makefile), that envelope must be in use."""
     expected = os.environ.get("STREAMKIT_TEST_BUILD")
     actual = "compiled" if COMPILED else "pure"
     if expected and expected != actual:
