@@ -1,4 +1,4 @@
-"""The source of the optional compiled envelope (built with mypyc; see docs/performance.md).
+"""The source of the optional compiled core (built with mypyc; see docs/performance.md).
 
 `streamkit._records` uses this module's `Envelope` only when it was compiled
 (``make compiled``, or a wheel built with ``STREAMKIT_COMPILE=1``); as plain
@@ -9,15 +9,21 @@ pickling and copying, ``dataclasses.replace``, ``replace`` and
 ``with_state``. A mypyc native class cannot derive from `typing.Generic`, so
 this one is subscripted through ``__class_getitem__``; the type checkers see
 the generic pure record.
+
+`fold_buffering` is the compiled form of the fold loop of `reduce_point`
+(``streamkit._state._fold_buffering``, which hands over to it when compiled).
 """
 
 from __future__ import annotations
 
 from dataclasses import FrozenInstanceError, dataclass
 from types import GenericAlias
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from ._records import EMPTY, State, key_name, rebuild_envelope
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Callable
 
 
 class _Unset:
@@ -84,3 +90,48 @@ class Envelope:
     def with_state(self, key: Any, value: Any, /) -> Envelope:
         """A new envelope whose state has ``key`` set to ``value``."""
         return Envelope(self.value, self.state._set(key_name(key), value))  # pyright: ignore[reportPrivateUsage] - the records' own hot path
+
+
+class _Spilling(Protocol):
+    count: int
+
+    def write(self, items: list[Any], label: str, first_index: int) -> None: ...
+
+
+async def fold_buffering(
+    upstream: AsyncIterator[Any],
+    reducer: Callable[[Any, Any], Any],
+    accumulator: Any,
+    buffer: list[Any],
+    index: int,
+    limit: int,
+    spill: _Spilling | None,
+    label: str,
+    plain: bool,
+    control: type[Any],
+    annotate: Callable[[BaseException, str, int], object],
+) -> tuple[Any, list[Any], int, bool]:
+    """``streamkit._state._fold_buffering``, compiled (``control``: the control elements' type)."""
+    append = buffer.append
+    async for item in upstream:
+        kind: object = type(item)  # pyright: ignore[reportUnknownVariableType] - any item
+        if kind is control:
+            plain = False
+            append(item)  # goes on in its place among the items
+            continue
+        index += 1
+        try:
+            if kind is Envelope or isinstance(item, Envelope):
+                plain = False
+                accumulator = reducer(accumulator, item.value)
+            else:
+                accumulator = reducer(accumulator, item)
+        except Exception as exc:
+            annotate(exc, label, index)
+            raise
+        append(item)
+        if len(buffer) > limit and spill is not None:
+            spill.write(buffer, label, spill.count)
+            buffer = []
+            append = buffer.append
+    return accumulator, buffer, index, plain

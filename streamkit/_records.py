@@ -978,5 +978,6 @@ if not TYPE_CHECKING and not _os.environ.get("STREAMKIT_NO_COMPILED"):
     from . import _native
 
     if _native.__file__.endswith(tuple(_EXTENSION_SUFFIXES)):
+        _native.Envelope.__doc__ = Envelope.__doc__  # mypyc keeps no class docstring
         Envelope = _native.Envelope
         COMPILED = True
