@@ -16,6 +16,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -41,6 +42,9 @@ def compile_native(destination: Path) -> list[Path]:
     The build runs in a temporary folder (so that setuptools never reads this
     project's pyproject.toml); ``destination`` is the folder of the package.
     """
+    missing = _missing_toolchain()
+    if missing:
+        raise RuntimeError(f"the compiled envelope cannot be built here: {missing}")
     destination.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="streamkit-native-") as work:
         env = dict(os.environ, MYPYPATH=str(ROOT))
@@ -59,6 +63,17 @@ def compile_native(destination: Path) -> list[Path]:
             shutil.copy2(path, target)
             copied.append(target)
     return copied
+
+
+def _missing_toolchain() -> str | None:
+    """What the build lacks (a C compiler, the Python headers), or None."""
+    compiler = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(compiler) is None:
+        return f"no C compiler ({compiler!r} is not on PATH)"
+    include = Path(sysconfig.get_paths()["include"])
+    if not (include / "Python.h").exists():
+        return f"no Python headers ({include}/Python.h; on Debian: apt-get install python3-dev)"
+    return None
 
 
 def _wanted() -> bool:

@@ -8,6 +8,7 @@ time in a child without that variable, where the compiled envelope is used when 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -24,6 +25,22 @@ PREFIX = "compiled_"
 _CHILD = "import sys; from benchmarks.compiled import main; raise SystemExit(main(sys.argv[1:]))"
 
 
+@functools.cache
+def available() -> bool:
+    """Whether a child process of the harness gets the compiled envelope (it is built)."""
+    script = "import streamkit._records as r; print(r.COMPILED)"
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=_child_env(), capture_output=True, text=True, check=True
+    )
+    return done.stdout.strip() == "True"
+
+
+def _child_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "STREAMKIT_NO_COMPILED"}
+    env["STREAMKIT_BENCH_CHILD"] = "1"
+    return env
+
+
 def compiled_timings(
     case_key: str, keys: Sequence[str], n: int, settings: Settings
 ) -> list[Timing]:
@@ -36,11 +53,9 @@ def compiled_timings(
         return []
     request = {"case": case_key, "keys": list(keys), "n": n, "quick": settings.quick}
     request["repeat"] = settings.repeat
-    env = {k: v for k, v in os.environ.items() if k != "STREAMKIT_NO_COMPILED"}
-    env["STREAMKIT_BENCH_CHILD"] = "1"
     done = subprocess.run(
         [sys.executable, "-c", _CHILD, json.dumps(request)],
-        env=env,
+        env=_child_env(),
         capture_output=True,
         text=True,
         check=False,
