@@ -56,11 +56,13 @@ compiled: $(STAMP)
 clean-compiled:
 	rm -f streamkit/_native*.so
 
-# The suite against the compiled envelope, which must load (STREAMKIT_TEST_BUILD): all
-# but the tests of servers, browsers, crashes, benchmarks and examples, which do not
-# depend on the envelope's build.
+# The suite against the compiled envelope, which must load (STREAMKIT_TEST_BUILD), in
+# about a minute: all but the tests that do not depend on the envelope's build (servers,
+# browsers, crashes, benchmarks, examples, the command line, the dashboard, reports,
+# stores, the documentation build).
 COMPILED_SKIP := test_checkpoint_crashes test_dashboard_browser test_browsers test_docs_servers \
-	test_servers test_redis_workers test_benchmarks test_examples test_ingest_example
+	test_servers test_redis_workers test_benchmarks test_examples test_ingest_example \
+	test_cli test_dashboard test_report test_store_contract test_api_tables test_docs
 test-compiled: compiled
 	STREAMKIT_TEST_BUILD=compiled $(BIN)/pytest -q -p no:cacheprovider -m "not server" \
 		--ignore=streamkit/_native.py $(foreach t,$(COMPILED_SKIP),--ignore=tests/$(t).py)

@@ -40,11 +40,10 @@ _UNSET: Final = _Unset()
 class Envelope:
     """An item with the state that travels with it: ``.value`` and ``.state``.
 
-    The compiled form of `streamkit.Envelope` (whose documentation applies).
-
-    Examples:
-        >>> Envelope("row").replace(value=4)
-        Envelope(value=4, state=State({}))
+    The compiled form of `streamkit.Envelope`, whose documentation applies
+    (and becomes this class's docstring, which mypyc does not keep). Only the
+    compiled class works: as plain Python, `__setattr__` would refuse the
+    assignments of `__init__`, which compiled code makes directly.
     """
 
     value: Any
