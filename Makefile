@@ -65,7 +65,7 @@ COMPILED_SKIP := test_checkpoint_crashes test_dashboard_browser test_browsers te
 	test_cli test_dashboard test_report test_store_contract test_api_tables test_docs
 test-compiled: compiled
 	STREAMKIT_TEST_BUILD=compiled $(BIN)/pytest -q -p no:cacheprovider -m "not server" \
-		--ignore=streamkit/_native.py $(foreach t,$(COMPILED_SKIP),--ignore=tests/$(t).py)
+		$(foreach t,$(COMPILED_SKIP),--ignore=tests/$(t).py)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks

@@ -23,7 +23,7 @@ from streamkit._records import COMPILED, PURE_ENVELOPE
 
 TOTAL = Key[int]("total")
 
-needs_compiled = pytest.mark.skipif(not COMPILED, reason="the compiled envelope is not built")
+needs_compiled = pytest.mark.skipif(not COMPILED, reason="the compiled envelope is not in use")
 
 values = st.one_of(st.integers(), st.text(max_size=5), st.none(), st.tuples(st.integers()))
 states = st.dictionaries(st.text(min_size=1, max_size=3), st.integers(), max_size=3).map(State)
