@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: all venv demo examples test lint typecheck pytest bench docs docs-serve screenshots clean
+.PHONY: all venv demo examples test lint typecheck pytest compiled clean-compiled test-compiled bench docs docs-serve screenshots clean
 
 all: test
 
@@ -41,10 +41,31 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pyright
 
+# The pure-Python package, even when the compiled envelope is built (STREAMKIT_NO_COMPILED).
 pytest: $(STAMP)
-	$(BIN)/pytest -q
+	STREAMKIT_NO_COMPILED=1 STREAMKIT_TEST_BUILD=pure $(BIN)/pytest -q
 
 test: lint typecheck pytest
+
+# The optional compiled envelope (docs/performance.md): streamkit/_native.py built with
+# mypyc, in place; needs a C compiler and the Python headers.
+compiled: $(STAMP)
+	$(BIN)/python -c "import setuptools" 2>/dev/null || $(BIN)/python -m pip install --quiet setuptools
+	$(BIN)/python hatch_build.py
+
+clean-compiled:
+	rm -f streamkit/_native*.so
+
+# The suite against the compiled envelope, which must load (STREAMKIT_TEST_BUILD), in
+# about a minute: all but the tests that do not depend on the envelope's build (servers,
+# browsers, crashes, benchmarks, examples, the command line, the dashboard, reports,
+# stores, the documentation build).
+COMPILED_SKIP := test_checkpoint_crashes test_dashboard_browser test_browsers test_docs_servers \
+	test_servers test_redis_workers test_benchmarks test_examples test_ingest_example \
+	test_cli test_dashboard test_report test_store_contract test_api_tables test_docs
+test-compiled: compiled
+	STREAMKIT_TEST_BUILD=compiled $(BIN)/pytest -q -p no:cacheprovider -m "not server" \
+		$(foreach t,$(COMPILED_SKIP),--ignore=tests/$(t).py)
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
@@ -62,3 +83,4 @@ screenshots: $(STAMP)
 
 clean:
 	rm -rf $(VENV) site .mypy_cache .pytest_cache .ruff_cache .hypothesis
+	rm -f streamkit/_native*.so

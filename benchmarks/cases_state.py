@@ -24,6 +24,7 @@ from benchmarks.common import (
     mismatch,
     not_multiple_of_3,
 )
+from benchmarks.compiled import ROWS, compiled_timings
 from benchmarks.harness import (
     DIVIDE,
     LE,
@@ -229,18 +230,7 @@ def _over_plain(key: str) -> Callable[[CaseResult], float | None]:
     return metric
 
 
-@case(
-    "f",
-    "envelope mode versus plain mode on map → filter → map",
-    Target(
-        f"envelope mode within 1.3{TIMES} of plain mode (envelope source, no envelop/unwrap)",
-        f"envelope {DIVIDE} plain",
-        _over_plain("streamkit_envelope"),
-        1.3,
-    ),
-)
-def envelope_mode(settings: Settings) -> CaseResult:
-    n = settings.size(1_000_000, 2_000)
+def _f_rows(settings: Settings) -> tuple[list[Competitor], Callable[[int, object], str | None]]:
     competitors = [
         Competitor(
             "streamkit_plain",
@@ -274,14 +264,40 @@ def envelope_mode(settings: Settings) -> CaseResult:
             "source": lambda size, got: mismatch(got, (size, size * (size - 1) // 2)),
         }
     )
+    return competitors, verify
+
+
+ROWS["f"] = _f_rows
+
+
+@case(
+    "f",
+    "envelope mode versus plain mode on map → filter → map",
+    Target(
+        f"envelope mode within 1.3{TIMES} of plain mode (envelope source, no envelop/unwrap)",
+        f"envelope {DIVIDE} plain",
+        _over_plain("streamkit_envelope"),
+        1.3,
+    ),
+)
+def envelope_mode(settings: Settings) -> CaseResult:
+    n = settings.size(1_000_000, 2_000)
+    competitors, verify = _f_rows(settings)
     timings = time_competitors(competitors, n, settings, verify)
+    compiled = compiled_timings("f", ["streamkit_plain", "streamkit_envelope"], n, settings)
     rows = _per_item_rows(timings, n, "streamkit_plain")
+    rows += _per_item_rows(compiled, n, "compiled_streamkit_plain")
     result = partial_result("", "", (), rows)
     stages_only = _ratio_or_none(
         _difference(result, "streamkit_envelope", "streamkit_envelope_source"),
         _difference(result, "streamkit_plain", "plain_source"),
     )
+    compiled_ratio = _ratio_or_none(
+        _value(result, "compiled_streamkit_envelope", "median_ms"),
+        _value(result, "compiled_streamkit_plain", "median_ms"),
+    )
     notes = [
+        _compiled_note(compiled, f"envelope {DIVIDE} plain mode", compiled_ratio),
         f"Envelope mode {DIVIDE} plain mode, as defined above: "
         f"{_fmt(_over_plain('streamkit_envelope')(result))} with an envelope source (the "
         f"target's definition); {_fmt(_over_plain('streamkit_envelop_unwrap')(result))} with "
@@ -312,6 +328,19 @@ def envelope_mode(settings: Settings) -> CaseResult:
         ),
         rows,
         *notes,
+    )
+
+
+def _compiled_note(compiled: Sequence[Timing], what: str, ratio: float | None) -> str:
+    if not compiled:
+        return (
+            "The compiled envelope is not built, so there are no compiled rows (`make compiled` "
+            "builds it; see the section on the compiled envelope below)."
+        )
+    return (
+        f"The rows marked *compiled envelope* are timed in a child process that loads the "
+        f"mypyc-compiled `Envelope` (the others use the pure one); their ratios are to the "
+        f"child's own reference row. With the compiled envelope, {what}: {_fmt(ratio)}."
     )
 
 
@@ -644,21 +673,7 @@ def _h_runner(kind: str) -> Runner:
     return run
 
 
-@case(
-    "h",
-    "a reduction point versus collecting into a list",
-    Target(
-        f"`reduce_point` over the stream within 3{TIMES} of collecting it into a list",
-        f"reduce_point drained {DIVIDE} collect()",
-        lambda result: _ratio_or_none(
-            _value(result, "streamkit_reduce_drain", "median_ms"),
-            _value(result, "list_collect", "median_ms"),
-        ),
-        3.0,
-    ),
-)
-def reduction_point(settings: Settings) -> CaseResult:
-    n = settings.size(1_000_000, 2_000)
+def _h_rows(settings: Settings) -> tuple[list[Competitor], Callable[[int, object], str | None]]:
     competitors = [
         Competitor(
             "streamkit_reduce_drain",
@@ -684,7 +699,6 @@ def reduction_point(settings: Settings) -> CaseResult:
             lambda: _h_runner("envelop_drain"),
         ),
     ]
-    total = n * (n - 1) // 2
     verify = _verify_tagged(
         {
             "ints": lambda size, got: mismatch(got, list(range(size))),
@@ -693,8 +707,33 @@ def reduction_point(settings: Settings) -> CaseResult:
             "drained": lambda size, got: mismatch(got, [size]),
         }
     )
+    return competitors, verify
+
+
+ROWS["h"] = _h_rows
+
+
+@case(
+    "h",
+    "a reduction point versus collecting into a list",
+    Target(
+        f"`reduce_point` over the stream within 3{TIMES} of collecting it into a list",
+        f"reduce_point drained {DIVIDE} collect()",
+        lambda result: _ratio_or_none(
+            _value(result, "streamkit_reduce_drain", "median_ms"),
+            _value(result, "list_collect", "median_ms"),
+        ),
+        3.0,
+    ),
+)
+def reduction_point(settings: Settings) -> CaseResult:
+    n = settings.size(1_000_000, 2_000)
+    competitors, verify = _h_rows(settings)
+    total = n * (n - 1) // 2
     timings = time_competitors(competitors, n, settings, verify)
+    compiled = compiled_timings("h", ["streamkit_reduce_drain", "list_collect"], n, settings)
     rows = _per_item_rows(timings, n, "list_collect")
+    rows += _per_item_rows(compiled, n, "compiled_list_collect")
     result = partial_result("", "", (), rows)
 
     def over(key: str, reference: str) -> str:
@@ -727,6 +766,14 @@ def reduction_point(settings: Settings) -> CaseResult:
         f"`reduce_point` {DIVIDE} `collect(source | envelop())`: "
         f"{over('streamkit_reduce_collect', 'streamkit_envelop_collect')}. The total of "
         f"{total:,} is in every item's state.",
+        _compiled_note(
+            compiled,
+            f"drained `reduce_point` {DIVIDE} collect() into a list",
+            _ratio_or_none(
+                _value(result, "compiled_streamkit_reduce_drain", "median_ms"),
+                _value(result, "compiled_list_collect", "median_ms"),
+            ),
+        ),
     )
 
 

@@ -20,8 +20,10 @@ re-serialises the whole state.
 from __future__ import annotations
 
 import json
+import os as _os
 from collections.abc import Iterator, Mapping
 from dataclasses import FrozenInstanceError, dataclass, field
+from importlib.machinery import EXTENSION_SUFFIXES as _EXTENSION_SUFFIXES
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -942,6 +944,10 @@ class Envelope(Generic[T_co]):
         """A new envelope whose state has ``key`` set to ``value``."""
         return Envelope(self.value, self.state._set(key_name(key), value))  # pyright: ignore[reportPrivateUsage] - same module
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Through a function, so that a pickle loads in the pure and the compiled build alike.
+        return (rebuild_envelope, (self.value, self.state))
+
 
 _freeze_generic(Envelope)
 _set_value = Envelope.__dict__["value"].__set__
@@ -956,3 +962,22 @@ def _envelope_init(self: Envelope[Any], value: Any, state: State = EMPTY) -> Non
 
 
 setattr(Envelope, "__init__", _envelope_init)  # noqa: B010 - same signature as the generated one
+
+
+def rebuild_envelope(value: Any, state: State) -> Envelope[Any]:
+    """``Envelope(value, state)`` of the build in use: what pickles of envelopes call."""
+    return Envelope(value, state)
+
+
+# The compiled envelope (streamkit/_native.py built with mypyc), when it was
+# built and STREAMKIT_NO_COMPILED is not set; the type checkers see the record above.
+COMPILED: bool = False
+PURE_ENVELOPE: Final = Envelope
+"""The pure record, whichever build is in use (the tests compare the two)."""
+if not TYPE_CHECKING and not _os.environ.get("STREAMKIT_NO_COMPILED"):
+    from . import _native
+
+    if _native.__file__.endswith(tuple(_EXTENSION_SUFFIXES)):
+        _native.Envelope.__doc__ = Envelope.__doc__  # mypyc keeps no class docstring
+        Envelope = _native.Envelope
+        COMPILED = True

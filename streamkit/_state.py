@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mappin
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Any, Final, Literal, TypeVar, cast, overload
 
+from . import _native
 from ._barrier import CONTROL, Slot, Stateful
 from ._combine import merge_flows, tee, zip_flows
 from ._core import (
@@ -42,6 +43,7 @@ from ._core import (
 )
 from ._initial import Factory, initial_maker
 from ._records import (
+    COMPILED,
     EMPTY,
     Envelope,
     Key,
@@ -926,7 +928,22 @@ async def _fold_buffering(
     The same steps as the general loop of `_reduce`, without its per-item
     choices; returns the aggregate, the buffer, the last item's index and
     whether every item was a plain one (no envelope, no control element).
+    The compiled core (`streamkit._native`), when in use, runs the same loop.
     """
+    if COMPILED:
+        return await _native.fold_buffering(
+            upstream,
+            reducer,
+            accumulator,
+            buffer,
+            index,
+            limit,
+            spill,
+            label,
+            plain,
+            CONTROL,
+            annotate,
+        )
     append = buffer.append
     async for item in upstream:
         kind: object = type(item)  # pyright: ignore[reportUnknownVariableType] - any item

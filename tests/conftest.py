@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -20,7 +21,8 @@ from typing import Any, Generic, TypeVar
 import pytest
 from hypothesis import HealthCheck, settings
 
-from streamkit import Stage, collect, take
+from streamkit import Stage, _native, collect, take
+from streamkit._records import COMPILED
 from streamkit.testing import SourceError, TrackedSource, assert_no_pending_tasks
 from tests.servers import kafka as kafka
 from tests.servers import kafka_session as kafka_session
@@ -42,6 +44,17 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile("streamkit")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With ``STREAMKIT_TEST_BUILD=pure|compiled`` (the Makefile), that envelope must be in use."""
+    expected = os.environ.get("STREAMKIT_TEST_BUILD")
+    actual = "compiled" if COMPILED else "pure"
+    if expected and expected != actual:
+        raise pytest.UsageError(
+            f"STREAMKIT_TEST_BUILD={expected}, but the {actual} envelope is in use "
+            f"(streamkit._native: {_native.__file__})"
+        )
 
 
 # --------------------------------------------------------------------------- sources
