@@ -41,9 +41,12 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pyright
 
-# The pure-Python package, even when the compiled envelope is built (STREAMKIT_NO_COMPILED).
+# The pure-Python package, even when the compiled envelope is built (STREAMKIT_NO_COMPILED),
+# on every core (pytest-xdist; a test file runs in one worker, so that module fixtures
+# such as the benchmarks' quick run are made once).
+PARALLEL := -n auto --maxprocesses=4 --dist loadfile
 pytest: $(STAMP)
-	STREAMKIT_NO_COMPILED=1 STREAMKIT_TEST_BUILD=pure $(BIN)/pytest -q
+	STREAMKIT_NO_COMPILED=1 STREAMKIT_TEST_BUILD=pure $(BIN)/pytest -q $(PARALLEL)
 
 test: lint typecheck pytest
 
@@ -64,7 +67,7 @@ COMPILED_SKIP := test_checkpoint_crashes test_dashboard_browser test_browsers te
 	test_servers test_redis_workers test_benchmarks test_examples test_ingest_example \
 	test_cli test_dashboard test_report test_store_contract test_api_tables test_docs
 test-compiled: compiled
-	STREAMKIT_TEST_BUILD=compiled $(BIN)/pytest -q -p no:cacheprovider -m "not server" \
+	STREAMKIT_TEST_BUILD=compiled $(BIN)/pytest -q $(PARALLEL) -p no:cacheprovider -m "not server" \
 		$(foreach t,$(COMPILED_SKIP),--ignore=tests/$(t).py)
 
 bench: $(STAMP)

@@ -56,10 +56,20 @@ SERVER_FIXTURES = frozenset(
 
 _START_SECONDS = 60.0
 
-# Per server: the ids of the tests that used it, what became of them, why it is missing.
-_USED: dict[str, set[str]] = {"postgresql": set(), "redis": set(), "kafka": set()}
-_OUTCOMES: dict[str, collections.Counter[str]] = {server: collections.Counter() for server in _USED}
+SERVERS = ("postgresql", "redis", "kafka")
+
+# Per server: what became of the tests that used it, why it is missing.
+_OUTCOMES: dict[str, collections.Counter[str]] = {
+    server: collections.Counter() for server in SERVERS
+}
 _MISSING: dict[str, str] = {}
+_USES = "streamkit-server"
+"""The user property naming the server a test used: it travels with the test's reports, also
+from the worker processes of pytest-xdist to the one that counts."""
+
+
+def _used(request: pytest.FixtureRequest, server: str) -> None:
+    request.node.user_properties.append((_USES, server))
 
 
 def _unavailable(server: str, reason: str) -> None:
@@ -418,7 +428,7 @@ def postgres_session() -> Iterator[PostgresServer]:
 @pytest.fixture
 def postgres(postgres_session: PostgresServer, request: pytest.FixtureRequest) -> PostgresServer:
     """The session's PostgreSQL server, for this test."""
-    _USED["postgresql"].add(request.node.nodeid)
+    _used(request, "postgresql")
     return postgres_session
 
 
@@ -432,7 +442,7 @@ def redis_session() -> Iterator[RedisServer]:
 @pytest.fixture
 def redis(redis_session: RedisServer, request: pytest.FixtureRequest) -> RedisServer:
     """The session's Redis server, for this test."""
-    _USED["redis"].add(request.node.nodeid)
+    _used(request, "redis")
     return redis_session
 
 
@@ -446,7 +456,7 @@ def kafka_session() -> Iterator[KafkaCluster]:
 @pytest.fixture
 def kafka(kafka_session: KafkaCluster, request: pytest.FixtureRequest) -> KafkaCluster:
     """The session's mock Kafka cluster, for this test."""
-    _USED["kafka"].add(request.node.nodeid)
+    _used(request, "kafka")
     return kafka_session
 
 
@@ -459,8 +469,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     """Count what became of the tests that used a server, and of those that had none."""
-    for server, used in _USED.items():
-        if report.nodeid in used and (report.when == "call" or report.failed):
+    used = {value for name, value in report.user_properties if name == _USES}
+    for server in SERVERS:
+        if server in used and (report.when == "call" or report.failed):
             _OUTCOMES[server][report.outcome] += 1
         elif report.skipped and f"{server} unavailable" in str(report.longrepr):
             _OUTCOMES[server]["skipped"] += 1
@@ -471,7 +482,7 @@ def pytest_runtest_logreport(report: pytest.TestReport) -> None:
 def pytest_terminal_summary(terminalreporter: Any) -> None:
     """One line per server: how many tests it served, or why it was missing."""
     report = os.environ.get("STREAMKIT_SERVER_REPORT")
-    if report:
+    if report and not os.environ.get("PYTEST_XDIST_WORKER"):
         counts = {server: dict(outcomes) for server, outcomes in _OUTCOMES.items()}
         Path(report).write_text(json.dumps({"outcomes": counts, "missing": _MISSING}) + "\n")
     if not any(_OUTCOMES.values()) and not _MISSING:
