@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import itertools
 import operator
 from collections.abc import (
     AsyncIterator,
@@ -43,13 +42,23 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from typing import TYPE_CHECKING, Any, Final, Self, cast
+from typing import TYPE_CHECKING, Any, Final
 
 from ._barrier import CONTROL, Control, DeadLetterWrite, Encoder, Slot
 from ._codec import DEFAULT_CODEC as TYPED_DEFAULT
 from ._codec import TypedCodec
 from ._combine import Combined
-from ._core import COOPERATE_EVERY, Flow, ItemOp, Stage, Step, Transform, aclose, cooperate
+from ._core import (
+    COOPERATE_EVERY,
+    Batched,
+    Flow,
+    ItemOp,
+    Stage,
+    Step,
+    Transform,
+    aclose,
+    cooperate,
+)
 from ._failures import GuardedItem, GuardedTransform
 from ._records import Envelope, Key, State, StateLimits
 from ._resumable import Resumable, SequenceSource, Suspending, resumable
@@ -224,25 +233,6 @@ intervals, which bounds what a crash repeats.
 """
 
 
-class _Batches(itertools.chain[Any]):
-    """What `Checkpointing._inject_sync` hands out: items and barriers, batch after batch.
-
-    A chain of the batches a generator makes (its items come at C speed,
-    with no Python frame per item) that closes that generator when closed.
-    """
-
-    def __new__(cls, batches: Generator[Iterable[Any]]) -> Self:
-        made = cast("Self", cls.from_iterable(batches))  # an instance of cls, as any chain's
-        made.batches = batches
-        return made
-
-    batches: Generator[Iterable[Any]]
-
-    def close(self) -> None:
-        """Stop: the generator of batches puts back what was not handed out."""
-        self.batches.close()
-
-
 class Checkpointing:
     """One checkpointed run: prepares its steps and source, saves its checkpoints.
 
@@ -272,6 +262,7 @@ class Checkpointing:
         "_failed",
         "_keyed",
         "_leaves",
+        "_made",
         "_migrate",
         "_next_at",
         "_positions",
@@ -331,6 +322,8 @@ class Checkpointing:
         """The newest checkpoint that came while a save was under way, with its writes."""
         self._behind = 0
         """Barriers that came out while the save under way was under way."""
+        self._made: Checkpoint | None = None
+        """The last checkpoint made: the next one follows it (`Checkpoint._following`)."""
         self._failed = False
         self._clock: Clock | None = None
         self.resumed_from: Checkpoint | None = None
@@ -620,12 +613,12 @@ class Checkpointing:
         a plain loop, and lets other tasks run every `COOPERATE_EVERY` items),
         with the same items and barriers in the same order. It takes the items
         from the sequence a batch at a time, each batch ending where the next
-        barrier is due, and hands them out at C speed (`_Batches`); a batch is
+        barrier is due, and hands them out at C speed (`Batched`); a batch is
         counted once the item after it is asked for, and if the consumer stops
         within a batch, the items it never got are put back.
         """
         made = self._batches(leaf, source)
-        return _Batches(made)
+        return Batched(made)
 
     def _batches(self, leaf: _Leaf, source: SequenceSource[Any]) -> Generator[Iterable[Any]]:
         key = leaf.key
@@ -781,15 +774,23 @@ class Checkpointing:
     def _record(
         self, *, position: Any, state: dict[str, Any], sequence: int, items: int
     ) -> Checkpoint:
-        return Checkpoint(
-            self.name,
-            position=position,
-            state=state,
-            items=self._base_items + items,
-            version=self.version,
-            sequence=sequence,
-            shape=self.shape,
-        )
+        made = self._made
+        if made is not None:
+            made = made._following(  # pyright: ignore[reportPrivateUsage] - the run's own hot path
+                position=position, state=state, items=self._base_items + items, sequence=sequence
+            )
+        else:
+            made = Checkpoint(
+                self.name,
+                position=position,
+                state=state,
+                items=self._base_items + items,
+                version=self.version,
+                sequence=sequence,
+                shape=self.shape,
+            )
+        self._made = made
+        return made
 
     async def _save(self, checkpoint: Checkpoint, writes: list[Any]) -> None:
         """Save ``checkpoint`` with ``writes`` in one transaction, then commit the sinks."""

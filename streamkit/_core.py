@@ -17,6 +17,7 @@ from __future__ import annotations
 import collections
 import functools
 import inspect
+import itertools
 import operator
 import time
 import types
@@ -41,6 +42,7 @@ from typing import (
     Literal,
     Never,
     ParamSpec,
+    Self,
     TypeAlias,
     TypeGuard,
     TypeVar,
@@ -221,6 +223,28 @@ async def _from_sync(iterator: Iterator[T]) -> AsyncGenerator[T, None]:
         close = getattr(iterator, "close", None)
         if close is not None:
             close()
+
+
+class Batched(itertools.chain[Any]):
+    """A plain iterator of items and control elements, made of batches.
+
+    Each batch a generator makes is either an iterator over items only or a
+    tuple of control elements; iterated, the chain hands them all out at C
+    speed, with no Python frame per item. A fused segment of a checkpointed
+    run reads the batches themselves (`batches`), so that it never looks for
+    a control element among the items. Closing it closes the generator.
+    """
+
+    batches: Generator[Iterable[Any]]
+
+    def __new__(cls, batches: Generator[Iterable[Any]]) -> Self:
+        made = cast("Self", cls.from_iterable(batches))  # an instance of cls, as any chain's
+        made.batches = batches
+        return made
+
+    def close(self) -> None:
+        """Stop: the generator's ``finally`` sees where the batches were left."""
+        self.batches.close()
 
 
 def open_async(source: Source[T]) -> AsyncIterator[T]:
@@ -1207,9 +1231,17 @@ async def _barrier_segment(
 
 
 async def _barrier_segment_sync(
-    ops: tuple[ItemOp, ...], upstream: Iterator[Any], ends: Ends | None
+    ops: tuple[ItemOp, ...], upstream: Batched, ends: Ends | None
 ) -> AsyncIterator[Any]:
-    """`_barrier_segment` over a plain iterator, in chunks of `COOPERATE_EVERY` elements."""
+    """`_barrier_segment` over the batches of a `Batched` iterator.
+
+    Its control elements come between the batches, so none is looked for
+    among the items. Once the chain is compiled, synchronous and unwatched,
+    and when no step may drop an item (and so hand out a dead letter's
+    write), each batch goes through it in a bare loop; the items that
+    entered are counted from the batch's length. Other tasks run every `COOPERATE_EVERY`
+    items.
+    """
     run: SegmentRun | None = None
     step: Callable[[Any], Any] | None = None
     is_async = False
@@ -1217,6 +1249,9 @@ async def _barrier_segment_sync(
     sample_at = 1
     error: BaseException | None = None
     control = None if ends is None else ends.control
+    # A step that may drop an item may hand out a dead letter's write: such a
+    # segment stays in the loop that looks at every result.
+    bare = not any(op.may_drop for op in ops)
     try:
         if ends is not None:
             await ends.started()
@@ -1226,47 +1261,62 @@ async def _barrier_segment_sync(
         watch = run.watch
         if watch is not None and watch.paused:
             await watch.wait()
-        while True:
-            taken = 0
-            for item in islice(upstream, COOPERATE_EVERY):
-                taken += 1
-                if type(item) is CONTROL:
+        cooperated = 0
+        for batch in upstream.batches:
+            if type(batch) is tuple:  # control elements
+                for element in cast("tuple[Control, ...]", batch):
                     if control is None:
-                        yield item
-                    elif await control(item):
+                        yield element
+                    elif await control(element):
                         return
-                    continue
-                n += 1
-                run.entered = n
+                continue
+            if bare and step is not None and not is_async and watch is None:
+                size = operator.length_hint(batch)
+                start = n
+                item: Any = None
                 try:
-                    if n == sample_at:
-                        result = await run.probe(item)
-                        sample_at = run.next_sample(n)
-                        if step is None and run.decided():
-                            step, is_async = run.compile()
-                    elif is_async:
-                        result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
-                    else:
-                        result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                    for item in batch:
+                        result = step(item)
+                        if result is not SKIP:
+                            yield result
                 except Exception as exc:
-                    run.annotate(exc, n - 1, item)
+                    run.annotate(exc, start + size - operator.length_hint(batch) - 1, item)
                     raise
-                if result is not SKIP:
-                    if control is not None and type(result) is CONTROL:
-                        await control(result)  # a dead-lettered item's write: never an end
-                    else:
-                        yield result
-                if watch is not None and watch.paused:
-                    await watch.wait()
-            if taken < COOPERATE_EVERY:
-                break
-            await cooperate()
+                finally:
+                    n = start + size - operator.length_hint(batch)
+            else:
+                for item in batch:
+                    n += 1
+                    run.entered = n
+                    try:
+                        if n == sample_at:
+                            result = await run.probe(item)
+                            sample_at = run.next_sample(n)
+                            if step is None and run.decided():
+                                step, is_async = run.compile()
+                        elif is_async:
+                            result = await step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                        else:
+                            result = step(item)  # type: ignore[misc]  # pyright: ignore[reportOptionalCall] - compiled once decided
+                    except Exception as exc:
+                        run.annotate(exc, n - 1, item)
+                        raise
+                    if result is not SKIP:
+                        if control is not None and type(result) is CONTROL:
+                            await control(result)  # a dead-lettered item's write: never an end
+                        else:
+                            yield result
+                    if watch is not None and watch.paused:
+                        await watch.wait()
+            if n - cooperated >= COOPERATE_EVERY:
+                cooperated = n
+                await cooperate()
     except BaseException as exc:
         error = exc
         raise
     finally:
         try:
-            _close_sync(upstream)
+            upstream.close()
         finally:
             if ends is not None:
                 await ends.ended(error, 0 if run is None else run.passed(n))
@@ -1277,7 +1327,9 @@ def run_segment_sync(
 ) -> AsyncIterator[Any]:
     """Run a fused segment straight over a plain iterator (no adapter layer)."""
     if ops[0].barriers:
-        return _barrier_segment_sync(ops, upstream, ends)
+        if isinstance(upstream, Batched):
+            return _barrier_segment_sync(ops, upstream, ends)
+        return _barrier_segment(ops, _from_sync(upstream), ends)
     if _watched(ops):
         return _watched_segment_sync(ops, upstream, ends)
     return _segment_sync(ops, upstream, ends)

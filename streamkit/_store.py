@@ -242,6 +242,31 @@ class Checkpoint:
         """A new checkpoint with the given fields changed (checked like the constructor)."""
         return dataclasses.replace(self, **changes)
 
+    def _following(
+        self, *, position: object, state: Mapping[str, Any], items: int, sequence: int
+    ) -> Checkpoint:
+        """The next checkpoint of the same run, made now (the hot path of a checkpointed run).
+
+        It keeps this one's name, version and shape, which its constructor
+        checked, and checks the new position and state as the constructor
+        does; ``items`` and ``sequence`` come from the run's own counters.
+        It is neither complete nor pending anything.
+        """
+        made = object.__new__(Checkpoint)
+        setattr_ = object.__setattr__
+        setattr_(made, "name", self.name)
+        setattr_(made, "position", json_copy(position, "position"))
+        setattr_(made, "state", State(_check_mapping(state, "state"), limits=StateLimits.UNLIMITED))
+        setattr_(made, "items", items)
+        setattr_(made, "version", self.version)
+        setattr_(made, "created_at", _now())
+        setattr_(made, "sequence", check_int64(sequence, "sequence"))
+        setattr_(made, "shape", self.shape)
+        setattr_(made, "complete", False)
+        pending = self.pending if not self.pending else State(limits=StateLimits.UNLIMITED)
+        setattr_(made, "pending", pending)
+        return made
+
     def to_json(self) -> str:
         """The checkpoint as one JSON object (what stores keep).
 

@@ -58,10 +58,16 @@ def _checkpoints(history: Sequence[Checkpoint]) -> list[tuple[Any, int, int, boo
 
 
 async def _attempt(
-    source: Any, store: MemoryStore, every: int, stop_after: int | None, pipeline: Stage[Any, Any]
+    source: Any,
+    store: MemoryStore,
+    every: int,
+    stop_after: int | None,
+    pipeline: Stage[Any, Any],
+    metrics: bool = True,
 ) -> tuple[list[Any], str]:
     out: list[Any] = []
-    async with Run(pipeline, source, name="job", checkpoint=store, every=every) as run:
+    run = Run(pipeline, source, name="job", checkpoint=store, every=every, metrics=metrics)
+    async with run:
         async for item in run:
             out.append(item)
             if len(out) == stop_after:
@@ -70,12 +76,17 @@ async def _attempt(
 
 
 async def _twice(
-    make: Any, n: int, every: int, stop_after: int | None, pipeline: Stage[Any, Any] = PIPELINE
+    make: Any,
+    n: int,
+    every: int,
+    stop_after: int | None,
+    pipeline: Stage[Any, Any] = PIPELINE,
+    metrics: bool = True,
 ) -> tuple[Any, ...]:
     store = MemoryStore()
-    first = await _attempt(make(list(range(n))), store, every, stop_after, pipeline)
+    first = await _attempt(make(list(range(n))), store, every, stop_after, pipeline, metrics)
     after_first = _checkpoints(await store.history("job", limit=1000))
-    second = await _attempt(make(list(range(n))), store, every, None, pipeline)
+    second = await _attempt(make(list(range(n))), store, every, None, pipeline, metrics)
     after_second = _checkpoints(await store.history("job", limit=1000))
     return first, after_first, second, after_second
 
@@ -91,13 +102,15 @@ PIPELINES = [PIPELINE, scan(lambda a, x: a + x, 0) | map_(lambda x: x * 2) | fil
     every=st.integers(min_value=1, max_value=3000),
     stop_after=st.none() | st.integers(min_value=1, max_value=3500),
     pipeline=st.sampled_from(PIPELINES),
+    metrics=st.booleans(),
 )
 def test_batched_reads_save_the_checkpoints_of_reads_one_by_one(
-    n: int, every: int, stop_after: int | None, pipeline: Stage[Any, Any]
+    n: int, every: int, stop_after: int | None, pipeline: Stage[Any, Any], metrics: bool
 ) -> None:
-    one_by_one = asyncio.run(_twice(OneByOne, n, every, stop_after, pipeline))
+    # Unwatched (metrics=False), the first fused segment runs its batches in a bare loop.
+    one_by_one = asyncio.run(_twice(OneByOne, n, every, stop_after, pipeline, metrics))
     for make in (list, resumable):
-        assert asyncio.run(_twice(make, n, every, stop_after, pipeline)) == one_by_one
+        assert asyncio.run(_twice(make, n, every, stop_after, pipeline, metrics)) == one_by_one
 
 
 def test_a_run_stopped_within_a_batch_resumes_at_its_last_checkpoint() -> None:
@@ -152,3 +165,55 @@ def test_a_checkpointed_run_over_a_long_list_lets_other_tasks_run() -> None:
     count, during = asyncio.run(main())
     assert count == sum(1 for x in range(20_000) if (x + 1) % 3)
     assert during >= 10
+
+
+def _dead_letter_every_97th(x: int) -> int:
+    if x % 97 == 5:
+        raise ValueError(f"bad {x}")
+    return x
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(min_value=0, max_value=5000),
+    every=st.integers(min_value=1, max_value=3000),
+    fail_at=st.none() | st.integers(min_value=0, max_value=5000),
+    dead_letters=st.booleans(),
+    metrics=st.booleans(),
+)
+def test_failures_and_dead_letters_in_a_batch_are_those_of_reads_one_by_one(
+    n: int, every: int, fail_at: int | None, dead_letters: bool, metrics: bool
+) -> None:
+    # Once its chain is compiled, the first fused segment of an unwatched run runs each
+    # batch in a bare loop (unless a step may hand out a dead letter): a failure there
+    # names the same item, and the dead letters and checkpoints are those of a run that
+    # reads its source one item at a time.
+    def fails(x: int) -> int:
+        if x == fail_at:
+            raise KeyError(f"item {x}")
+        return x
+
+    pipeline: Stage[int, int] = map_(fails) | filter_(lambda x: x % 3 != 0)
+    if dead_letters:
+        splits = map_(_dead_letter_every_97th, on_error="split", dead_letter=lambda r: None)
+        pipeline = pipeline | splits
+
+    async def attempt(make: Any) -> tuple[Any, ...]:
+        store = MemoryStore()
+        out: list[int] = []
+        error: tuple[str, list[str]] | None = None
+        source = make(list(range(n)))
+        run = Run(pipeline, source, name="job", checkpoint=store, every=every, metrics=metrics)
+        try:
+            async with run:
+                async for item in run:
+                    out.append(item)
+        except KeyError as exc:
+            error = (str(exc), getattr(exc, "__notes__", []))
+        letters = [(d.stage, d.record["item"]) for d in await store.dead_letters("job")]
+        history = _checkpoints(await store.history("job", limit=1000))
+        return out, error, run.statistics().items_out, history, letters
+
+    batched = asyncio.run(attempt(list))
+    assert batched == asyncio.run(attempt(OneByOne))
+    assert (batched[1] is None) == (fail_at is None or fail_at >= n)
