@@ -51,7 +51,7 @@ from typing import (
 )
 
 from ._barrier import CONTROL, Control, RunFunction, Slot, Stateful
-from ._records import Envelope, Key
+from ._records import Envelope, Key, new_envelope
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -755,7 +755,7 @@ def _sync_rewrap(step: Callable[[Any], Any]) -> Callable[[Any], Any]:
         result = step(value)
         if result is SKIP or result is value:
             return result if result is SKIP else envelope
-        return Envelope(result, envelope.state)
+        return new_envelope(result, envelope.state)
 
     return rewrap
 
@@ -766,7 +766,7 @@ def _async_rewrap(step: Callable[[Any], Awaitable[Any]]) -> Callable[[Any], Awai
         result = await step(value)
         if result is SKIP or result is value:
             return result if result is SKIP else envelope
-        return Envelope(result, envelope.state)
+        return new_envelope(result, envelope.state)
 
     return rewrap
 
@@ -1120,7 +1120,7 @@ async def _segment(
                     if result is value:
                         yield item
                     elif result is not SKIP:
-                        yield Envelope(result, item.state)
+                        yield new_envelope(result, item.state)
                 return
         step, is_async = run.compile()
         if is_async:
@@ -1379,7 +1379,7 @@ async def _segment_sync(
                         if result is value:
                             yield item
                         elif result is not SKIP:
-                            yield Envelope(result, item.state)
+                            yield new_envelope(result, item.state)
                     if index - start < chunk:
                         return
                     await cooperate()
@@ -1491,7 +1491,7 @@ async def run_segment_to_list(
                         if result is value:
                             append(item)
                         elif result is not SKIP:
-                            append(Envelope(result, item.state))
+                            append(new_envelope(result, item.state))
                     if index - start < chunk:
                         return out
                     await cooperate()

@@ -969,6 +969,18 @@ def rebuild_envelope(value: Any, state: State) -> Envelope[Any]:
     return Envelope(value, state)
 
 
+if TYPE_CHECKING:
+
+    def new_envelope(value: T, state: State, /) -> Envelope[T]:
+        """``Envelope(value, state)``, made the fastest way the build in use has."""
+        ...
+
+else:
+    # The class itself in the pure build; the compiled core's factory function
+    # (a fast call, where calling its class is not) in the compiled one.
+    new_envelope = Envelope
+
+
 # The compiled envelope (streamkit/_native.py built with mypyc), when it was
 # built and STREAMKIT_NO_COMPILED is not set; the type checkers see the record above.
 COMPILED: bool = False
@@ -980,4 +992,5 @@ if not TYPE_CHECKING and not _os.environ.get("STREAMKIT_NO_COMPILED"):
     if _native.__file__.endswith(tuple(_EXTENSION_SUFFIXES)):
         _native.Envelope.__doc__ = Envelope.__doc__  # mypyc keeps no class docstring
         Envelope = _native.Envelope
+        new_envelope = _native.envelope
         COMPILED = True

@@ -52,6 +52,7 @@ from ._records import (
     StateLimits,
     entry_size,
     key_name,
+    new_envelope,
 )
 
 if TYPE_CHECKING:
@@ -875,13 +876,15 @@ async def _reduce(
             async for item in _replayed(replay, stamp, index + 1, label):
                 yield item
             return
-        chunks: Iterable[list[Any]] = spill.read() if spill is not None else ()
-        items = itertools.chain(itertools.chain.from_iterable(chunks), buffer)
+        items: Iterable[Any] = buffer
+        if spill is not None and spill.chunks:
+            items = itertools.chain(itertools.chain.from_iterable(spill.read()), buffer)
         if plain:
             # Plain items only: every one gets the same new state.
             stamped = stamp(EMPTY, 0) if index >= 0 else EMPTY
+            make = new_envelope
             for item in items:
-                yield Envelope(item, stamped)
+                yield make(item, stamped)
             return
         # The items of one run mostly share a few state objects: the aggregate
         # is set once per distinct state, not once per item.
@@ -897,7 +900,7 @@ async def _reduce(
                 if state is not last_in:
                     last_out = stamp(state, position)
                     last_in = state
-                yield Envelope(item.value, last_out)
+                yield new_envelope(item.value, last_out)
             elif kind is CONTROL:
                 position -= 1
                 if slot is not None and item.kind == "barrier":
@@ -906,7 +909,7 @@ async def _reduce(
             else:
                 if plain_out is None:
                     plain_out = stamp(EMPTY, position)
-                yield Envelope(item, plain_out)
+                yield new_envelope(item, plain_out)
     finally:
         if spill is not None:
             spill.close()
@@ -1010,8 +1013,8 @@ class _Stamp:
 
     def envelope(self, item: Any, position: int) -> Envelope[Any]:
         if isinstance(item, _ENVELOPE):
-            return Envelope(item.value, self(item.state, position))
-        return Envelope(item, self(EMPTY, position))
+            return new_envelope(item.value, self(item.state, position))
+        return new_envelope(item, self(EMPTY, position))
 
 
 async def _replayed(

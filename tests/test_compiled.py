@@ -115,3 +115,25 @@ def test_pickles_load_in_either_build() -> None:
     restored = pickle.loads(pure_made)
     assert type(restored) is Envelope
     assert restored == Envelope(5, shared)
+
+
+def test_the_stages_make_envelopes_of_the_build_in_use() -> None:
+    # The re-wrap of a fused segment and the re-emission of a reduction point make
+    # their envelopes the fastest way the build has (the compiled core's factory):
+    # they are of the same class as `streamkit.Envelope`, pure or compiled.
+    import asyncio
+
+    from streamkit import collect, envelop, map_, reduce_point
+
+    async def main() -> list[Any]:
+        rewrapped = await collect([1, 2] | envelop() | map_(lambda x: x + 1))
+        emitted = await collect([1, 2] | reduce_point(TOTAL, lambda a, x: a + x, 0))
+        restamped = await collect(
+            [1, 2] | envelop(State({"k": 1})) | reduce_point(TOTAL, lambda a, x: a + x, 0)
+        )
+        return [*rewrapped, *emitted, *restamped]
+
+    made = asyncio.run(main())
+    assert {type(item) for item in made} == {Envelope}
+    assert [item.value for item in made] == [2, 3, 1, 2, 1, 2]
+    assert [item.state.get(TOTAL) for item in made[2:]] == [3, 3, 3, 3]
