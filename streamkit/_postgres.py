@@ -24,20 +24,18 @@ from ._store import (
     check_count,
     check_name,
     check_run,
-    check_save,
+    encoded_save,
     fernet,
     stale,
 )
 from ._writes import (
     DeadLetterRecord,
-    DeadLetterRow,
     TableMismatch,
     TableRows,
     TableShape,
     Write,
     check_identifier,
     check_table,
-    letter_json,
     shape_for,
 )
 
@@ -425,21 +423,15 @@ class PostgresStore(Store):
             CheckpointError: A sink table does not fit the rows, or the
                 database cannot be written. Either way nothing was written.
         """
-        every, expected = check_save(checkpoint, writes, expect)
-        name, sequence, keep = checkpoint.name, checkpoint.sequence, self._keep
-        form, payload, checksum = self._codec.encode(checkpoint.to_json())
-        letters = [
-            (
-                name,
-                sequence,
-                write.stage,
-                write.index,
-                *self._text(letter_json(name, sequence, checkpoint.created_at, write)),
-            )
-            for write in every
-            if isinstance(write, DeadLetterRow)
-        ]
-        tables = [write for write in every if isinstance(write, TableRows)]
+        encoded = encoded_save(checkpoint, writes, expect, self._codec, self._text)
+        name, sequence, expected, keep = (
+            encoded.name,
+            encoded.sequence,
+            encoded.expected,
+            self._keep,
+        )
+        form, payload, checksum = encoded.record
+        letters, tables = encoded.letters, encoded.tables
 
         async def write(connection: Connection) -> None:
             async with connection.transaction():

@@ -488,6 +488,53 @@ def check_save(
     return check_writes(writes), check_expect(expect)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class EncodedSave:
+    """One `Store.save` as a database store writes it: checked, and encoded by its codec."""
+
+    name: str
+    sequence: int
+    expected: int | None
+    """The newest sequence number the save expects to find (None: no check)."""
+    record: tuple[str, bytes, str]
+    """The checkpoint's format, payload and checksum."""
+    letters: list[tuple[Any, ...]]
+    """The dead-letter rows: run, checkpoint, stage, index, format, payload, checksum."""
+    tables: list[TableRows]
+
+
+def encoded_save(
+    checkpoint: object,
+    writes: object,
+    expect: object,
+    codec: Codec,
+    letter: Callable[[str], tuple[Any, ...]],
+) -> EncodedSave:
+    """`check_save`, then the checkpoint encoded by ``codec`` and each dead letter by ``letter``.
+
+    ``letter`` turns a dead letter's JSON text into its format, payload and
+    checksum as the store's table keeps them.
+    """
+    every, expected = check_save(checkpoint, writes, expect)
+    assert isinstance(checkpoint, Checkpoint)  # checked
+    name, sequence = checkpoint.name, checkpoint.sequence
+    letters = [
+        (
+            name,
+            sequence,
+            write.stage,
+            write.index,
+            *letter(letter_json(name, sequence, checkpoint.created_at, write)),
+        )
+        for write in every
+        if isinstance(write, DeadLetterRow)
+    ]
+    tables = [write for write in every if isinstance(write, TableRows)]
+    return EncodedSave(
+        name, sequence, expected, codec.encode(checkpoint.to_json()), letters, tables
+    )
+
+
 def _check_run(run: object) -> str | None:
     return None if run is None else _check_name(run, "run")
 
@@ -1090,21 +1137,15 @@ class SQLiteStore(Store):
             CheckpointError: A sink table does not fit the rows, or the
                 database cannot be written. Either way nothing was written.
         """
-        every, expected = check_save(checkpoint, writes, expect)
-        name, sequence, keep = checkpoint.name, checkpoint.sequence, self._keep
-        form, payload, checksum = self._codec.encode(checkpoint.to_json())
-        letters = [
-            (
-                name,
-                sequence,
-                write.stage,
-                write.index,
-                *self._codec.encode(letter_json(name, sequence, checkpoint.created_at, write)),
-            )
-            for write in every
-            if isinstance(write, DeadLetterRow)
-        ]
-        tables = [write for write in every if isinstance(write, TableRows)]
+        encoded = encoded_save(checkpoint, writes, expect, self._codec, self._codec.encode)
+        name, sequence, expected, keep = (
+            encoded.name,
+            encoded.sequence,
+            encoded.expected,
+            self._keep,
+        )
+        form, payload, checksum = encoded.record
+        letters, tables = encoded.letters, encoded.tables
 
         def write(connection: sqlite3.Connection) -> None:
             connection.execute("BEGIN IMMEDIATE")
