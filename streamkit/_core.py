@@ -1239,8 +1239,8 @@ async def _barrier_segment_sync(
     among the items. Once the chain is compiled, synchronous and unwatched,
     and when no step may drop an item (and so hand out a dead letter's
     write), each batch goes through it in a bare loop; the items that
-    entered are counted from the batch's length. Other tasks run every `COOPERATE_EVERY`
-    items.
+    entered are counted from the batch's length. Other tasks run every
+    `COOPERATE_EVERY` items.
     """
     run: SegmentRun | None = None
     step: Callable[[Any], Any] | None = None
