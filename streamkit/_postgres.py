@@ -424,14 +424,8 @@ class PostgresStore(Store):
                 database cannot be written. Either way nothing was written.
         """
         encoded = encoded_save(checkpoint, writes, expect, self._codec, self._text)
-        name, sequence, expected, keep = (
-            encoded.name,
-            encoded.sequence,
-            encoded.expected,
-            self._keep,
-        )
+        name, sequence, expected = encoded.name, encoded.sequence, encoded.expected
         form, payload, checksum = encoded.record
-        letters, tables = encoded.letters, encoded.tables
 
         async def write(connection: Connection) -> None:
             async with connection.transaction():
@@ -463,18 +457,18 @@ class PostgresStore(Store):
                         "DELETE FROM {s}.checkpoints WHERE name = %s AND id NOT IN "
                         "(SELECT id FROM {s}.checkpoints WHERE name = %s ORDER BY id DESC LIMIT %s)"
                     ),
-                    (name, name, keep),
+                    (name, name, self._keep),
                 )
-                if letters:
+                if encoded.letters:
                     async with connection.cursor() as cursor:
                         await cursor.executemany(
                             self._sql(
                                 "INSERT INTO {s}.dead_letters (name, checkpoint, stage, idx, "
                                 "format, payload, checksum) VALUES (%s, %s, %s, %s, %s, %s, %s)"
                             ),
-                            letters,
+                            encoded.letters,
                         )
-                await self._insert_all(connection, tables, name, sequence)
+                await self._insert_all(connection, encoded.tables, name, sequence)
 
         await self._call(write, name)
 

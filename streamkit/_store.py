@@ -1138,14 +1138,7 @@ class SQLiteStore(Store):
                 database cannot be written. Either way nothing was written.
         """
         encoded = encoded_save(checkpoint, writes, expect, self._codec, self._codec.encode)
-        name, sequence, expected, keep = (
-            encoded.name,
-            encoded.sequence,
-            encoded.expected,
-            self._keep,
-        )
-        form, payload, checksum = encoded.record
-        letters, tables = encoded.letters, encoded.tables
+        name, sequence, expected = encoded.name, encoded.sequence, encoded.expected
 
         def write(connection: sqlite3.Connection) -> None:
             connection.execute("BEGIN IMMEDIATE")
@@ -1161,20 +1154,20 @@ class SQLiteStore(Store):
                 connection.execute(
                     "INSERT INTO checkpoints (name, sequence, format, payload, checksum) "
                     "VALUES (?, ?, ?, ?, ?)",
-                    (name, sequence, form, payload, checksum),
+                    (name, sequence, *encoded.record),
                 )
                 connection.execute(
                     "DELETE FROM checkpoints WHERE name = ? AND id NOT IN "
                     "(SELECT id FROM checkpoints WHERE name = ? ORDER BY id DESC LIMIT ?)",
-                    (name, name, keep),
+                    (name, name, self._keep),
                 )
                 connection.executemany(
                     "INSERT INTO dead_letters (name, checkpoint, stage, idx, format, payload, "
                     "checksum) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    letters,
+                    encoded.letters,
                 )
                 shapes: dict[str, TableShape] = {}
-                for rows in tables:
+                for rows in encoded.tables:
                     self._insert(connection, rows, shapes, name, sequence)
             except BaseException:
                 connection.execute("ROLLBACK")
