@@ -5,8 +5,9 @@ the pipeline's state, how many items were committed. A `Store` keeps the
 latest checkpoints of each run. Two stores ship:
 
 * `MemoryStore`, in process, for tests and as the worked example of a backend;
-* `SQLiteStore`, the embedded default: stdlib ``sqlite3`` in WAL mode, every
-  call made on one dedicated worker thread, JSON payloads with a SHA-256
+* `SQLiteStore`, the embedded default: stdlib ``sqlite3`` in WAL mode, reads
+  made on one dedicated worker thread and saves in a writer process of their
+  own (`_sqlite_save`, `_writer_process`), JSON payloads with a SHA-256
   checksum, a versioned schema with migrations, optional Fernet encryption.
 
 Nothing here is ever pickled: a checkpoint is stored as its JSON form.
@@ -14,19 +15,23 @@ Nothing here is ever pickled: a checkpoint is stored as its JSON form.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
 import json
+import marshal
 import os
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import (
     TYPE_CHECKING,
     Any,
     Final,
+    Literal,
     Protocol,
     Self,
     TypeAlias,
@@ -37,7 +42,17 @@ from typing import (
 
 from ._records import State, StateLimits
 from ._resumable import file_name
-from ._runtime import in_executor, shielded
+from ._runtime import in_executor, settled, shielded
+from ._sqlite_save import (
+    BUSY_SECONDS,
+    Plan,
+    Registration,
+    Reply,
+    apply_once,
+    apply_save,
+    connect,
+)
+from ._writer_process import WriterProcess
 from ._writes import (
     DeadLetterRecord,
     DeadLetterRow,
@@ -829,8 +844,14 @@ def _version(
 # --------------------------------------------------------------------------- SQLiteStore
 
 
-_BUSY_SECONDS: Final = 5.0
+_BUSY_SECONDS: Final = BUSY_SECONDS
 """How long to wait for another connection's lock (``sqlite3.connect(timeout=...)``)."""
+
+Writer: TypeAlias = Literal["auto", "process", "thread"]
+"""Where a `SQLiteStore` makes its saves (see its ``writer`` argument)."""
+
+_WRITERS: Final = ("auto", "process", "thread")
+_PLAN_ATTEMPTS: Final = 5
 
 
 def _use_wal(connection: sqlite3.Connection) -> None:
@@ -975,10 +996,20 @@ class SQLiteStore(Store):
     ``expect=`` safe between processes) that inserts a row (the checkpoint's
     JSON, or its Fernet token with a ``key``, and the SHA-256 of what is
     stored), drops the run's rows beyond the newest ``keep``, and appends the
-    save's dead letters and sink rows. Every database call runs on one worker
-    thread that owns the connection, in order, so the event loop never blocks
-    on disk. The file is opened, and its schema created or migrated, on first
-    use.
+    save's dead letters and sink rows. The event loop never blocks on disk:
+    reads, and saves unless a writer process makes them, run in order on one
+    worker thread that owns the store's connection. The file is opened, and
+    its schema created or migrated, on first use.
+
+    A save's database work takes the GIL between its SQLite calls. On the
+    store's thread it must win it from the event loop's thread, which in a
+    busy pipeline holds it almost all the time, so saves finish late and the
+    run waits for them. A writer process has a GIL of its own: the checkpoint
+    is encoded here, sent through a pipe, and written there, and a
+    checkpointed run costs about what it costs into a `MemoryStore`. The
+    writer process starts at the store's first save, ends with the store,
+    and ends by itself if this process dies; until it is ready, saves are
+    made on the thread.
 
     A file that is not a streamkit store, a row whose checksum does not
     match, a payload that is not a checkpoint and a wrong key all raise
@@ -994,6 +1025,12 @@ class SQLiteStore(Store):
         key: A Fernet key (``cryptography.fernet.Fernet.generate_key()``) to
             encrypt checkpoints at rest.
         keep: How many checkpoints to keep per run.
+        writer: Where saves are made. ``"auto"``: in a writer process where
+            one can serve (a file, on a POSIX system, under an event loop
+            that watches pipes), else on the store's thread. ``"process"``:
+            always in a writer process (`CheckpointError` if none can serve),
+            every save waiting for it to be ready. ``"thread"``: always on
+            the store's thread, with no process started.
 
     Examples:
         >>> import asyncio, os, tempfile
@@ -1009,7 +1046,19 @@ class SQLiteStore(Store):
         120 {'total': 9}
     """
 
-    __slots__ = ("_cipher", "_closed", "_codec", "_connection", "_executor", "_keep", "_path")
+    __slots__ = (
+        "_cipher",
+        "_closed",
+        "_codec",
+        "_connection",
+        "_executor",
+        "_keep",
+        "_path",
+        "_process",
+        "_tables",
+        "_threaded",
+        "_writer",
+    )
 
     def __init__(
         self,
@@ -1017,6 +1066,7 @@ class SQLiteStore(Store):
         *,
         key: str | bytes | None = None,
         keep: int = 10,
+        writer: Writer = "auto",
     ) -> None:
         if not isinstance(path, str | os.PathLike):  # pyright: ignore[reportUnnecessaryIsInstance] - untyped callers
             raise TypeError(f"path must be a str or a path, got {type(path).__name__}")
@@ -1024,6 +1074,17 @@ class SQLiteStore(Store):
         self._cipher = None if key is None else _fernet(key)
         self._codec = Codec(self._cipher, self._path)
         self._keep = _check_count(keep, "keep")
+        if writer not in _WRITERS:
+            raise ValueError(f"writer must be one of {', '.join(map(repr, _WRITERS))}, got {writer!r}")
+        if writer == "process" and self._path == ":memory:":
+            raise ValueError(
+                "writer='process' needs a database file: a ':memory:' database is private "
+                "to its connection"
+            )
+        if writer == "auto" and (self._path == ":memory:" or sys.platform == "win32"):
+            writer = "thread"
+        self._writer: Writer = writer
+        self._process: WriterProcess | None = None
         self._connection: sqlite3.Connection | None = None
         # One worker thread owns the connection: sqlite3 objects stay in the
         # thread that made them (check_same_thread stays on), calls are
@@ -1031,6 +1092,10 @@ class SQLiteStore(Store):
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=1, thread_name_prefix="streamkit-sqlite"
         )
+        self._threaded: asyncio.Future[Any] | None = None
+        """The last call sent to the thread (a save in the process waits for it)."""
+        self._tables: dict[str, Registration] = {}
+        """The sink tables as the last save found them (what the next plan assumes)."""
         self._closed = False
 
     @property
@@ -1048,6 +1113,8 @@ class SQLiteStore(Store):
     async def _call(self, fn: Callable[[sqlite3.Connection], T], name: str | None) -> T:
         if self._closed:
             raise RuntimeError(f"the SQLiteStore {self._path!r} is closed")
+        if self._process is not None and self._process.busy:
+            await self._process.idle()  # what was asked before is done first
 
         def job() -> T:
             try:
@@ -1058,19 +1125,17 @@ class SQLiteStore(Store):
         # A cancelled call that has started still finishes on the worker (each
         # save is one transaction: it commits entirely or not at all); the
         # next call queues behind it.
-        return await in_executor(self._executor, job)
+        handle = in_executor(self._executor, job)
+        self._threaded = handle
+        return await handle
 
     def _connect(self) -> sqlite3.Connection:
         if self._connection is not None:
             return self._connection
-        connection = sqlite3.connect(self._path, timeout=_BUSY_SECONDS, isolation_level=None)
+        connection = connect(self._path)
         try:
             # WAL: readers in other processes do not block the writer.
-            # synchronous=FULL: in WAL mode NORMAL may lose the last commits on
-            # a power cut; a checkpoint reported saved must survive one, and
-            # checkpoints are rare enough to pay one fsync per commit.
             _use_wal(connection)
-            connection.execute("PRAGMA synchronous = FULL")
             migrate(connection, MIGRATIONS, path=self._path)
         except BaseException:
             connection.close()
@@ -1138,78 +1203,148 @@ class SQLiteStore(Store):
                 database cannot be written. Either way nothing was written.
         """
         encoded = encoded_save(checkpoint, writes, expect, self._codec, self._codec.encode)
-        name, sequence, expected = encoded.name, encoded.sequence, encoded.expected
-
-        def write(connection: sqlite3.Connection) -> None:
-            connection.execute("BEGIN IMMEDIATE")
-            try:
-                if expected is not None:
-                    row = connection.execute(
-                        "SELECT sequence FROM checkpoints WHERE name = ? ORDER BY id DESC LIMIT 1",
-                        (name,),
-                    ).fetchone()
-                    found = 0 if row is None else int(row[0])
-                    if found != expected:
-                        raise _stale(expected, found, path=self._path, name=name)
-                connection.execute(
-                    "INSERT INTO checkpoints (name, sequence, format, payload, checksum) "
-                    "VALUES (?, ?, ?, ?, ?)",
-                    (name, sequence, *encoded.record),
-                )
-                connection.execute(
-                    "DELETE FROM checkpoints WHERE name = ? AND id NOT IN "
-                    "(SELECT id FROM checkpoints WHERE name = ? ORDER BY id DESC LIMIT ?)",
-                    (name, name, self._keep),
-                )
-                connection.executemany(
-                    "INSERT INTO dead_letters (name, checkpoint, stage, idx, format, payload, "
-                    "checksum) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    encoded.letters,
-                )
-                shapes: dict[str, TableShape] = {}
-                for rows in encoded.tables:
-                    self._insert(connection, rows, shapes, name, sequence)
-            except BaseException:
-                connection.execute("ROLLBACK")
-                raise
-            connection.execute("COMMIT")
-
-        await self._call(write, name)
-
-    def _insert(
-        self,
-        connection: sqlite3.Connection,
-        rows: TableRows,
-        shapes: dict[str, TableShape],
-        name: str,
-        sequence: int,
-    ) -> None:
-        table = rows.table
-        existing = shapes.get(table) or self._registered(connection, table, name)
-        try:
-            shape = shape_for(rows, existing)
-        except TableMismatch as exc:
-            raise CheckpointError(str(exc), path=self._path, name=name) from None
-        if existing is None:
-            columns = ", ".join(
-                f'"{column}" {_SQLITE_TYPES[kind]}'
-                for column, kind in zip(shape.columns, shape.types, strict=True)
-            )
-            connection.execute(
-                f'CREATE TABLE "{table}" (id INTEGER PRIMARY KEY AUTOINCREMENT, '
-                f"run TEXT NOT NULL, checkpoint INTEGER NOT NULL, {columns})"
-            )
-            connection.execute(
-                "INSERT INTO sink_tables (name, columns, types) VALUES (?, ?, ?)",
-                (table, *shape.to_json()),
-            )
-        shapes[table] = shape
-        names = ", ".join(f'"{column}"' for column in shape.columns)
-        marks = ", ".join("?" for _ in shape.columns)
-        connection.executemany(
-            f'INSERT INTO "{table}" (run, checkpoint, {names}) VALUES (?, ?, {marks})',
-            [(name, sequence, *row) for row in rows.rows],
+        name = encoded.name
+        for _ in range(_PLAN_ATTEMPTS):
+            reply = await self._apply(self._plan(encoded), name)
+            kind = reply[0]
+            if kind == "ok":
+                return
+            if kind == "stale":
+                assert encoded.expected is not None  # only then is there a check
+                raise _stale(encoded.expected, int(reply[1]), path=self._path, name=name)
+            if kind == "tables":
+                # Another store registered (or dropped) a sink table since this
+                # one looked: plan again with the registrations found.
+                for table, found in reply[1]:
+                    self._tables[table] = None if found is None else tuple(found)
+                continue
+            raise CheckpointError(str(reply[1]), path=self._path, name=name)
+        raise CheckpointError(
+            f"the sink tables changed during each of {_PLAN_ATTEMPTS} attempts to save",
+            path=self._path,
+            name=name,
         )
+
+    def _plan(self, encoded: EncodedSave) -> Plan:
+        """``encoded`` as a plan for `apply_save`, assuming the sink tables are as last seen.
+
+        Raises:
+            CheckpointError: The rows do not fit a sink table as last seen.
+        """
+        name, sequence = encoded.name, encoded.sequence
+        tables: list[tuple[str, Registration, tuple[str, str, str] | None]] = []
+        inserts: list[tuple[str, list[tuple[Any, ...]]]] = []
+        shapes: dict[str, TableShape] = {}
+        for rows in encoded.tables:
+            table = rows.table
+            existing = shapes.get(table)
+            if existing is None:
+                assumed = self._tables.get(table)
+                existing = self._existing(table, assumed, name)
+            try:
+                shape = shape_for(rows, existing)
+            except TableMismatch as exc:
+                raise CheckpointError(str(exc), path=self._path, name=name) from None
+            if table not in shapes:
+                creation = None
+                if existing is None:
+                    columns = ", ".join(
+                        f'"{column}" {_SQLITE_TYPES[kind]}'
+                        for column, kind in zip(shape.columns, shape.types, strict=True)
+                    )
+                    creation = (
+                        f'CREATE TABLE "{table}" (id INTEGER PRIMARY KEY AUTOINCREMENT, '
+                        f"run TEXT NOT NULL, checkpoint INTEGER NOT NULL, {columns})",
+                        *shape.to_json(),
+                    )
+                tables.append((table, assumed, creation))
+                shapes[table] = shape
+            names = ", ".join(f'"{column}"' for column in shape.columns)
+            marks = ", ".join("?" for _ in shape.columns)
+            inserts.append(
+                (
+                    f'INSERT INTO "{table}" (run, checkpoint, {names}) VALUES (?, ?, {marks})',
+                    [(name, sequence, *row) for row in rows.rows],
+                )
+            )
+        record = encoded.record
+        return (name, sequence, encoded.expected, record, self._keep, encoded.letters, tables, inserts)
+
+    def _existing(self, table: str, found: Registration, name: str) -> TableShape | None:
+        """The shape of sink table ``table`` registered as ``found``; `CheckpointError` if none can be."""
+        if found is None:
+            return None
+        if found[0] == "taken":
+            raise CheckpointError(
+                f"sink table {table!r}: the database has a {found[1]} of that name "
+                "that is not a sink table of this store",
+                path=self._path,
+                name=name,
+            )
+        try:
+            return TableShape.from_json(found[1], found[2])  # type: ignore[misc]  # pyright: ignore[reportGeneralTypeIssues] - a "table" registration has three parts
+        except ValueError as exc:
+            message = f"sink table {table!r}: {exc}"
+            raise CheckpointError(message, path=self._path, name=name) from None
+
+    async def _apply(self, plan: Plan, name: str) -> Reply:
+        """Run ``plan`` in the writer process if it is ready (or must be), else on the thread."""
+        process = await self._writer_process(name)
+        if process is not None:
+            try:
+                message = marshal.dumps(plan)
+            except ValueError:  # a value marshal does not carry (a subclass of int, say)
+                message = None
+            if message is not None:
+                threaded = self._threaded
+                if threaded is not None and not threaded.done():
+                    await settled(threaded)  # what was asked before is done first
+                reply = await shielded(process.apply(plan))
+                if reply[0] != "ended":
+                    return reply
+                if self._writer == "process":
+                    raise CheckpointError(str(reply[1]), path=self._path, name=name)
+                # "auto": from now on the thread saves. A save the process had
+                # begun was rolled back if it had not committed: look.
+                self._writer = "thread"
+                await self._retire()
+                return await self._call(lambda connection: apply_once(connection, plan), name)
+        return await self._call(lambda connection: apply_save(connection, plan), name)
+
+    async def _writer_process(self, name: str) -> WriterProcess | None:
+        """The writer process to save in now (starting it if need be), or None: the thread."""
+        if self._writer == "thread":
+            return None
+        process = self._process
+        if process is None:
+            # The schema is made (or migrated) first, on the thread.
+            await self._call(lambda connection: None, name)
+            try:
+                process = self._process = WriterProcess(self._path)
+            except (OSError, NotImplementedError) as exc:
+                # No process can start, or the event loop cannot watch pipes.
+                if self._writer == "process":
+                    raise CheckpointError(
+                        f"no writer process can serve this store: {exc}", path=self._path, name=name
+                    ) from exc
+                self._writer = "thread"
+                return None
+        if not process.ready:
+            if self._writer == "auto":
+                return None
+            reply = await process.wait_ready()
+            if reply[0] != "ready":
+                raise CheckpointError(str(reply[1]), path=self._path, name=name)
+        return process
+
+    async def _retire(self) -> None:
+        """End the writer process (after its last reply) and wait for it on the thread."""
+        process, self._process = self._process, None
+        if process is None:
+            return
+        await process.idle()
+        process.end()
+        await shielded(in_executor(self._executor, process.wait))
 
     async def history(self, name: str, *, limit: int = 10) -> tuple[Checkpoint, ...]:
         """The newest ``limit`` checkpoints of run ``name`` (at most ``keep``), newest first.
@@ -1283,10 +1418,11 @@ class SQLiteStore(Store):
         await self._call(remove, name)
 
     async def close(self) -> None:
-        """Close the connection (on its thread) and stop the thread; idempotent."""
+        """End the writer process, close the connection (on its thread), stop the thread; idempotent."""
         if self._closed:
             return
         self._closed = True
+        await self._retire()
 
         def close_connection() -> None:
             if self._connection is not None:
