@@ -24,8 +24,10 @@ import sqlite3
 import struct
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 BUSY_SECONDS: Final = 5.0
 """How long a connection waits for another one's write lock before it fails."""
@@ -100,7 +102,7 @@ def apply_save(
             if found != expected:
                 connection.execute("ROLLBACK")
                 return ("stale", found)
-        changed = []
+        changed: list[tuple[str, Registration]] = []
         for table, assumed, _ in tables:
             now = registration(connection, table)
             if now != (None if assumed is None else tuple(assumed)):
@@ -164,9 +166,8 @@ def apply_once(connection: sqlite3.Connection, plan: Plan) -> Reply:
     return apply_save(connection, plan)
 
 
-def frame(message: object) -> bytes:
-    """``message`` as the pipe carries it: its length, then its `marshal` bytes."""
-    data = marshal.dumps(message)
+def frame(data: bytes) -> bytes:
+    """A message's `marshal` bytes ``data`` as the pipe carries them: their length first."""
     return _HEADER.pack(len(data)) + data
 
 
@@ -249,8 +250,8 @@ def serve(path: str, source: int = 0, sink: int = 1) -> None:
         connection.close()
 
 
-def _write(fd: int, message: object) -> None:
-    data = memoryview(frame(message))
+def _write(fd: int, message: Reply) -> None:
+    data = memoryview(frame(marshal.dumps(message)))
     while data:
         data = data[os.write(fd, data) :]
 

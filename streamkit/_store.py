@@ -15,7 +15,6 @@ Nothing here is ever pickled: a checkpoint is stored as its JSON form.
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
 import dataclasses
 import datetime as dt
@@ -51,6 +50,7 @@ from ._sqlite_save import (
     apply_once,
     apply_save,
     connect,
+    registration,
 )
 from ._writer_process import WriterProcess
 from ._writes import (
@@ -74,6 +74,7 @@ from ._writes import (
 )
 
 if TYPE_CHECKING:
+    import asyncio
     from types import TracebackType
 
     from cryptography.fernet import Fernet
@@ -854,6 +855,10 @@ _WRITERS: Final = ("auto", "process", "thread")
 _PLAN_ATTEMPTS: Final = 5
 
 
+def _nothing(connection: sqlite3.Connection) -> None:
+    """A call that only opens the store's connection (making or migrating the schema)."""
+
+
 def _use_wal(connection: sqlite3.Connection) -> None:
     """Switch the file to WAL mode (it stays in WAL mode once switched).
 
@@ -1075,7 +1080,8 @@ class SQLiteStore(Store):
         self._codec = Codec(self._cipher, self._path)
         self._keep = _check_count(keep, "keep")
         if writer not in _WRITERS:
-            raise ValueError(f"writer must be one of {', '.join(map(repr, _WRITERS))}, got {writer!r}")
+            choices = ", ".join(map(repr, _WRITERS))
+            raise ValueError(f"writer must be one of {choices}, got {writer!r}")
         if writer == "process" and self._path == ":memory:":
             raise ValueError(
                 "writer='process' needs a database file: a ':memory:' database is private "
@@ -1155,36 +1161,21 @@ class SQLiteStore(Store):
         self, connection: sqlite3.Connection, table: str, name: str | None
     ) -> TableShape | None:
         """The registered shape of sink table ``table``, or ``None`` if the store has none."""
-        row = connection.execute(
-            "SELECT columns, types FROM sink_tables WHERE name = ?", (table,)
-        ).fetchone()
-        if row is not None:
-            try:
-                return TableShape.from_json(*row)
-            except ValueError as exc:
-                message = f"sink table {table!r}: {exc}"
-                raise CheckpointError(message, path=self._path, name=name) from None
-        taken = connection.execute(
-            "SELECT type FROM sqlite_master WHERE lower(name) = ?", (table,)
-        ).fetchone()
-        if taken is not None:
-            raise CheckpointError(
-                f"sink table {table!r}: the database has a {taken[0]} of that name "
-                "that is not a sink table of this store",
-                path=self._path,
-                name=name,
-            )
-        return None
+        return self._existing(table, registration(connection, table), name)
 
     # -- the protocol --------------------------------------------------------
 
     async def load(self, name: str) -> Checkpoint | None:
         """The newest checkpoint of run ``name``, or ``None``.
 
+        A run loads before it saves, so this also starts the writer process
+        (without waiting for it: see `open`).
+
         Raises:
             CheckpointError: The newest row cannot be read.
         """
         found = await self.history(name, limit=1)
+        self._start_writer(name)
         return found[0] if found else None
 
     async def save(
@@ -1237,15 +1228,14 @@ class SQLiteStore(Store):
         shapes: dict[str, TableShape] = {}
         for rows in encoded.tables:
             table = rows.table
-            existing = shapes.get(table)
-            if existing is None:
-                assumed = self._tables.get(table)
-                existing = self._existing(table, assumed, name)
+            first = table not in shapes
+            assumed = self._tables.get(table)
+            existing = self._existing(table, assumed, name) if first else shapes[table]
             try:
                 shape = shape_for(rows, existing)
             except TableMismatch as exc:
                 raise CheckpointError(str(exc), path=self._path, name=name) from None
-            if table not in shapes:
+            if first:
                 creation = None
                 if existing is None:
                     columns = ", ".join(
@@ -1268,10 +1258,11 @@ class SQLiteStore(Store):
                 )
             )
         record = encoded.record
-        return (name, sequence, encoded.expected, record, self._keep, encoded.letters, tables, inserts)
+        letters = encoded.letters
+        return (name, sequence, encoded.expected, record, self._keep, letters, tables, inserts)
 
-    def _existing(self, table: str, found: Registration, name: str) -> TableShape | None:
-        """The shape of sink table ``table`` registered as ``found``; `CheckpointError` if none can be."""
+    def _existing(self, table: str, found: Registration, name: str | None) -> TableShape | None:
+        """The shape of sink table ``table``, registered as ``found``; or `CheckpointError`."""
         if found is None:
             return None
         if found[0] == "taken":
@@ -1299,7 +1290,7 @@ class SQLiteStore(Store):
                 threaded = self._threaded
                 if threaded is not None and not threaded.done():
                     await settled(threaded)  # what was asked before is done first
-                reply = await shielded(process.apply(plan))
+                reply = await shielded(process.apply(message))
                 if reply[0] != "ended":
                     return reply
                 if self._writer == "process":
@@ -1311,31 +1302,65 @@ class SQLiteStore(Store):
                 return await self._call(lambda connection: apply_once(connection, plan), name)
         return await self._call(lambda connection: apply_save(connection, plan), name)
 
-    async def _writer_process(self, name: str) -> WriterProcess | None:
-        """The writer process to save in now (starting it if need be), or None: the thread."""
+    def _start_writer(self, name: str | None) -> None:
+        """Start the writer process (once the schema is made), unless one is running or none can."""
+        if self._writer == "thread" or self._process is not None or self._closed:
+            return
+        try:
+            self._process = WriterProcess(self._path)
+        except (OSError, NotImplementedError) as exc:
+            # No process can start, or the event loop cannot watch pipes.
+            if self._writer == "process":
+                raise CheckpointError(
+                    f"no writer process can serve this store: {exc}", path=self._path, name=name
+                ) from exc
+            self._writer = "thread"
+
+    async def _writer_process(
+        self, name: str | None, *, wait: bool = False
+    ) -> WriterProcess | None:
+        """The writer process to save in now (starting it if need be), or None: the thread.
+
+        With ``"auto"``, saves are made on the thread until the process is
+        ready, unless ``wait``; with ``"process"``, they wait for it.
+        """
         if self._writer == "thread":
             return None
+        if self._process is None:
+            await self._call(_nothing, name)  # the schema is made (or migrated) on the thread
+            self._start_writer(name)
         process = self._process
         if process is None:
-            # The schema is made (or migrated) first, on the thread.
-            await self._call(lambda connection: None, name)
-            try:
-                process = self._process = WriterProcess(self._path)
-            except (OSError, NotImplementedError) as exc:
-                # No process can start, or the event loop cannot watch pipes.
-                if self._writer == "process":
-                    raise CheckpointError(
-                        f"no writer process can serve this store: {exc}", path=self._path, name=name
-                    ) from exc
-                self._writer = "thread"
-                return None
+            return None
         if not process.ready:
-            if self._writer == "auto":
+            if self._writer == "auto" and not wait and process.ended is None:
                 return None
             reply = await process.wait_ready()
             if reply[0] != "ready":
-                raise CheckpointError(str(reply[1]), path=self._path, name=name)
+                if self._writer == "process":
+                    raise CheckpointError(str(reply[1]), path=self._path, name=name)
+                self._writer = "thread"  # "auto": the thread saves from now on
+                await self._retire()
+                return None
         return process
+
+    async def open(self) -> Self:
+        """Open the store now, ready to save; the store itself.
+
+        Opens the file, creates or migrates its schema and, unless
+        ``writer="thread"``, starts the writer process and waits until it is
+        ready (about 30 ms), so that the first saves do not pay for it. A
+        store opens by itself on first use; call this before a run whose
+        every checkpoint counts.
+
+        Raises:
+            CheckpointError: The file is not a streamkit store or cannot be
+                opened, or (``writer="process"``) no writer process can serve.
+        """
+        await self._writer_process(None, wait=True)
+        if self._writer == "thread":
+            await self._call(_nothing, None)
+        return self
 
     async def _retire(self) -> None:
         """End the writer process (after its last reply) and wait for it on the thread."""
@@ -1418,7 +1443,7 @@ class SQLiteStore(Store):
         await self._call(remove, name)
 
     async def close(self) -> None:
-        """End the writer process, close the connection (on its thread), stop the thread; idempotent."""
+        """End the writer process, close the connection, stop the thread; idempotent."""
         if self._closed:
             return
         self._closed = True

@@ -14,10 +14,10 @@ import collections
 import os
 import subprocess
 import sys
-from typing import IO, Any, Final
+from typing import IO, Final
 
 from . import _sqlite_save
-from ._sqlite_save import Frames, Plan, Reply, frame
+from ._sqlite_save import Frames, Reply, frame
 
 _SCRIPT: Final = _sqlite_save.__file__
 _CLOSE_SECONDS: Final = 10.0
@@ -57,10 +57,10 @@ class WriterProcess:
             start_new_session=True,
         )
         stdin, stdout = self._process.stdin, self._process.stdout
-        assert stdin is not None and stdout is not None  # PIPE
+        assert stdin is not None  # PIPE
+        assert stdout is not None
         self._outgoing: IO[bytes] = stdin
         self._inbox: IO[bytes] = stdout
-        os.set_blocking(stdin.fileno(), False)
         self._frames = Frames()
         self._pending: collections.deque[asyncio.Future[Reply]] = collections.deque()
         self._out = bytearray()
@@ -69,8 +69,16 @@ class WriterProcess:
         self._ended: str | None = None
         self.ready = False
         """Whether the process has connected to the database."""
-        # The first reply is the process's ("ready",).
-        self._expect(asyncio.get_running_loop())
+        try:
+            os.set_blocking(stdin.fileno(), False)
+            # The first reply is the process's ("ready",).
+            self._expect()
+        except BaseException:  # the loop cannot watch pipes (NotImplementedError), say
+            self._outgoing.close()
+            self._process.kill()
+            self._process.wait()
+            self._inbox.close()
+            raise
 
     @property
     def pid(self) -> int:
@@ -81,33 +89,62 @@ class WriterProcess:
         """Whether a plan sent has not been answered yet."""
         return len(self._pending) > (0 if self.ready else 1)
 
-    def _expect(self, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Reply]:
-        if self._loop is not loop:
-            if self._pending:
-                raise RuntimeError("a SQLiteStore's saves must wait on one event loop at a time")
-            self._loop = loop
-        future: asyncio.Future[Reply] = loop.create_future()
-        self._pending.append(future)
-        if not self._reading:
-            loop.add_reader(self._inbox.fileno(), self._on_readable)
+    def _bind(self) -> asyncio.AbstractEventLoop:
+        """The running loop, which from now on watches the pipes and completes the replies.
+
+        A store may serve one ``asyncio.run`` after another. When the loop
+        changes, the replies still to come are given futures of the new loop
+        (the old loop's went with it); the old loop must be closed by then.
+        """
+        loop = asyncio.get_running_loop()
+        old = self._loop
+        if old is loop:
+            return loop
+        if self._pending and old is not None and not old.is_closed():
+            raise RuntimeError("a SQLiteStore's writer process serves one event loop at a time")
+        if old is not None and not old.is_closed():
+            old.remove_writer(self._outgoing.fileno())
+            self._stop_reading()
+        self._loop = loop
+        self._reading = False
+        self._pending = collections.deque(loop.create_future() for _ in self._pending)
+        if self._pending:
+            self._start_reading()
+        if self._out:
+            self._flush()
+        return loop
+
+    def _start_reading(self) -> None:
+        if not self._reading and self._ended is None:
+            assert self._loop is not None
+            self._loop.add_reader(self._inbox.fileno(), self._on_readable)
             self._reading = True
+
+    def _expect(self) -> asyncio.Future[Reply]:
+        future: asyncio.Future[Reply] = self._bind().create_future()
+        self._pending.append(future)
+        self._start_reading()
         return future
 
     async def wait_ready(self) -> Reply:
         """Wait until the process has connected: ``("ready",)`` or ``("ended", message)``."""
+        self._bind()
         if self.ready or self._ended is not None:
             return ("ready",) if self.ready else ("ended", self._ended)
         return await asyncio.shield(self._pending[0])
 
     async def idle(self) -> None:
         """Wait until every plan sent so far is answered."""
+        self._bind()
         if self._pending and self.busy:
             await asyncio.wait([self._pending[-1]])
 
-    def apply(self, plan: Plan) -> asyncio.Future[Reply]:
-        """Send ``plan``; a future of its reply (it completes even if its waiter is cancelled)."""
-        loop = asyncio.get_running_loop()
-        future = self._expect(loop)
+    def apply(self, plan: bytes) -> asyncio.Future[Reply]:
+        """Send ``plan`` (its `marshal` bytes); a future of its reply.
+
+        The future completes even if its waiter is cancelled.
+        """
+        future = self._expect()
         if self._ended is not None:
             self._settle(self._ended)
             return future
@@ -207,4 +244,3 @@ class WriterProcess:
             code = self._process.wait()
         self._inbox.close()
         return code
-
