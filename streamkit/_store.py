@@ -1012,9 +1012,9 @@ class SQLiteStore(Store):
     run waits for them. A writer process has a GIL of its own: the checkpoint
     is encoded here, sent through a pipe, and written there, and a
     checkpointed run costs about what it costs into a `MemoryStore`. The
-    writer process starts at the store's first save, ends with the store,
-    and ends by itself if this process dies; until it is ready, saves are
-    made on the thread.
+    writer process starts at the store's first `load` or save (`open` starts
+    it and waits until it is ready), ends with the store, and ends by itself
+    if this process dies, rolling back a save it had not committed.
 
     A file that is not a streamkit store, a row whose checksum does not
     match, a payload that is not a checkpoint and a wrong key all raise
@@ -1032,10 +1032,12 @@ class SQLiteStore(Store):
         keep: How many checkpoints to keep per run.
         writer: Where saves are made. ``"auto"``: in a writer process where
             one can serve (a file, on a POSIX system, under an event loop
-            that watches pipes), else on the store's thread. ``"process"``:
-            always in a writer process (`CheckpointError` if none can serve),
-            every save waiting for it to be ready. ``"thread"``: always on
-            the store's thread, with no process started.
+            that watches pipes), else on the store's thread; on the thread
+            too until the process is ready, and for good if it stops.
+            ``"process"``: always in the writer process, every save waiting
+            for it to be ready (`CheckpointError` if none can serve, or it
+            has stopped). ``"thread"``: always on the store's thread, with
+            no process started.
 
     Examples:
         >>> import asyncio, os, tempfile

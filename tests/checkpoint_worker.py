@@ -271,7 +271,9 @@ async def main(arguments: argparse.Namespace) -> None:
     output = os.open(arguments.output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     prefix = f"{arguments.attempt}\t"
     try:
-        async with sk.SQLiteStore(arguments.db) as store:
+        async with sk.SQLiteStore(arguments.db, writer=arguments.writer) as store:
+            if arguments.writer == "process":
+                await store.open()  # the writer process is ready before the run starts
             pipeline = case.pipeline(store)
             if case.table and not arguments.plain:
                 pipeline = pipeline | sk.write_to(sk.TableSink(store, "out"))
@@ -297,5 +299,6 @@ if __name__ == "__main__":
     parser.add_argument("--every", type=int, required=True)
     parser.add_argument("--attempt", type=int, default=0)
     parser.add_argument("--plain", action="store_true")
+    parser.add_argument("--writer", choices=["auto", "process", "thread"], default="auto")
     asyncio.run(main(parser.parse_args()))
     sys.exit(0)

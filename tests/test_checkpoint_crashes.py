@@ -33,6 +33,7 @@ import pytest
 from streamkit import SQLiteStore
 from streamkit._checkpointing import SAVE_LAG
 from tests.checkpoint_worker import CASES, N
+from tests.processes import no_writer_outlives
 
 ROOT = Path(__file__).resolve().parent.parent
 KILLS = int(os.environ.get("STREAMKIT_CRASH_KILLS", "20"))
@@ -43,11 +44,13 @@ ahead of its store (`SAVE_LAG`, and the interval being saved, and the one before
 what the steps hold (concurrent calls, batches, windows), with room to spare."""
 
 
-def start(folder: Path, case: str, *, attempt: int, plain: bool = False) -> subprocess.Popen[bytes]:
+def start(
+    folder: Path, case: str, *, attempt: int, plain: bool = False, writer: str = "auto"
+) -> subprocess.Popen[bytes]:
     command = [sys.executable, "-W", "error", "-m", "tests.checkpoint_worker"]
     name = "plain" if plain else "runs"
     paths = [str(folder / f"{name}.db"), str(folder / f"{name}.out")]
-    extra = ["--plain"] if plain else []
+    extra = ["--plain"] if plain else ["--writer", writer]
     return subprocess.Popen(
         [
             *command,
@@ -93,7 +96,13 @@ def written(path: Path, since: int) -> int:
 
 
 def crash_and_resume(
-    folder: Path, case: str, rng: random.Random, reference: list[str], *, resumes: bool
+    folder: Path,
+    case: str,
+    rng: random.Random,
+    reference: list[str],
+    *,
+    resumes: bool,
+    writer: str,
 ) -> int:
     """Kill the checkpointed run ``KILLS`` times, then let it finish; the attempts made.
 
@@ -114,7 +123,7 @@ def crash_and_resume(
     resumed = not resumes
     while True:
         since = out.stat().st_size if out.exists() else 0
-        process = start(folder, case, attempt=attempt)
+        process = start(folder, case, attempt=attempt, writer=writer)
         if kills < wanted:
             # One kill in four at a random moment of start-up or of the first outputs;
             # the others after a random number of outputs, whatever the machine's load.
@@ -196,13 +205,21 @@ async def sink_and_letters(db: Path) -> tuple[list[Any], list[Any]]:
     return rows, letters
 
 
+# "auto": saves start on the store's thread and move to the writer process once it is
+# ready (the attempts are short, so many of them are killed before it is, or just
+# after); "process": every save is made in the writer process.
+@pytest.mark.parametrize("writer", ["auto", "process"])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_killed_at_random_moments_and_resumed(tmp_path: Path, case: str) -> None:
+def test_killed_at_random_moments_and_resumed(tmp_path: Path, case: str, writer: str) -> None:
     spec = CASES[case]
     reference = uninterrupted(tmp_path, case)
     assert reference
-    rng = random.Random(case)
-    made = crash_and_resume(tmp_path, case, rng, reference, resumes=spec.ordered and spec.resumes)
+    rng = random.Random(f"{case} {writer}")
+    made = crash_and_resume(
+        tmp_path, case, rng, reference, resumes=spec.ordered and spec.resumes, writer=writer
+    )
+    if sys.platform == "linux":
+        no_writer_outlives(tmp_path / "runs.db")
     found = outputs(tmp_path / "runs.out")
     attempts = [found.get(n, []) for n in range(made)]
     # Only the attempts of the last series count (a series that finished too early was

@@ -18,7 +18,7 @@ import dataclasses
 import datetime as dt
 import itertools
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -91,9 +91,11 @@ def memory_backend() -> Backend:
     return Backend("memory", lambda _, options: MemoryStore(**options), False, False)
 
 
-def sqlite_backend(folder: Path) -> Backend:
+def sqlite_backend(folder: Path, *, writer: Literal["auto", "process"] = "auto") -> Backend:
+    """SQLite stores; ``writer="process"`` makes every save in a writer process."""
+
     def make(location: str, options: dict[str, Any]) -> Store:
-        return SQLiteStore(folder / f"{location}.db", **options)
+        return SQLiteStore(folder / f"{location}.db", writer=writer, **options)
 
     return Backend("sqlite", make, True, True)
 
@@ -107,24 +109,29 @@ def postgres_backend(server: PostgresServer) -> Backend:
     return Backend("postgres", make, True, True)
 
 
-BACKENDS = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.server)]
+PERSISTENT = ["sqlite", "sqlite-process", pytest.param("postgres", marks=pytest.mark.server)]
+BACKENDS = ["memory", *PERSISTENT]
+
+
+def open_backend(request: pytest.FixtureRequest, folder: Path) -> Backend:
+    if request.param == "memory":
+        return memory_backend()
+    if request.param == "sqlite":
+        return sqlite_backend(folder)
+    if request.param == "sqlite-process":
+        return sqlite_backend(folder, writer="process")
+    return postgres_backend(request.getfixturevalue("postgres"))
 
 
 @pytest.fixture(params=BACKENDS)
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
-    if request.param == "memory":
-        return memory_backend()
-    if request.param == "sqlite":
-        return sqlite_backend(tmp_path)
-    return postgres_backend(request.getfixturevalue("postgres"))
+    return open_backend(request, tmp_path)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.server)])
+@pytest.fixture(params=PERSISTENT)
 def persistent(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
     """The backends whose data outlives a store: a second store sees what the first saved."""
-    if request.param == "sqlite":
-        return sqlite_backend(tmp_path)
-    return postgres_backend(request.getfixturevalue("postgres"))
+    return open_backend(request, tmp_path)
 
 
 @pytest.fixture
