@@ -15,7 +15,7 @@ import os
 import tempfile
 import time
 from functools import cache
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from benchmarks.cases_pipeline import PIPELINE
 from benchmarks.common import (
@@ -70,10 +70,22 @@ class StoreFiles:
         self._folder.cleanup()
 
 
-def _sqlite(files: StoreFiles) -> Callable[[], Store]:
+def _sqlite(
+    files: StoreFiles, *, writer: Literal["auto", "thread"] = "auto"
+) -> Callable[[], Store]:
     from streamkit import SQLiteStore
 
-    return lambda: SQLiteStore(files.new())
+    return lambda: SQLiteStore(files.new(), writer=writer)
+
+
+async def _opened(store: Store) -> None:
+    """Open ``store`` before the clock: the file, its schema and a writer process, ready."""
+    from streamkit import SQLiteStore
+
+    if isinstance(store, SQLiteStore):
+        await store.open()
+    else:
+        await store.load(RUN_NAME)
 
 
 def _memory() -> Store:
@@ -121,7 +133,7 @@ def _run_runner(store: Callable[[], Store] | None, every: int) -> Callable[[], R
             if store is None:
                 return await timed(Run(pipeline, range(n), name=RUN_NAME), n)
             async with store() as checkpoints:
-                await checkpoints.load(RUN_NAME)  # opens the file and creates the schema
+                await _opened(checkpoints)
                 run = Run(pipeline, range(n), name=RUN_NAME, checkpoint=checkpoints, every=every)
                 return await timed(run, n)
 
@@ -185,6 +197,11 @@ def checkpointed_run(settings: Settings) -> CaseResult:
                 _run_runner(_sqlite(files), 10_000),
             ),
             Competitor(
+                "sqlite_thread_1000",
+                '… `checkpoint=SQLiteStore(path, writer="thread"), every=1000`',
+                _run_runner(_sqlite(files, writer="thread"), 1_000),
+            ),
+            Competitor(
                 "memory_1000",
                 "… `checkpoint=MemoryStore(), every=1000`",
                 _run_runner(_memory, 1_000),
@@ -198,10 +215,12 @@ def checkpointed_run(settings: Settings) -> CaseResult:
         f"{PIPELINE} over `range({n:,})` (a sequence, so the run can resume it), consumed with "
         "`async for`, in a `Run` with its default options: without a checkpoint (the "
         "reference), and checkpointed into a new SQLite file (WAL, `synchronous = FULL`: one "
-        "durable transaction per checkpoint) every 1,000 and every 10,000 source items, and "
-        "into a `MemoryStore` (the barriers and snapshots without the disk). The store is "
-        "opened (file and schema created) before the clock starts and closed after it "
-        "stops; the run's last checkpoint, which marks it complete, is inside the timed "
+        "durable transaction per checkpoint) every 1,000 and every 10,000 source items, "
+        "saved in the store's writer process (the default) or on its thread, and into a "
+        "`MemoryStore` (the barriers and snapshots without the disk). The store is opened "
+        "(`SQLiteStore.open`: the file, its schema and the writer process, ready) before the "
+        "clock starts and closed after it stops; the run's last checkpoint, which marks it "
+        "complete, is inside the timed "
         f"run. The ratio is the run's median {DIVIDE} the reference's "
         "median; the last column is the difference in microseconds per source item.",
         f"n = {n:,}",
@@ -263,7 +282,7 @@ def _save(store: Callable[[], Store]) -> Callable[[], Runner]:
         async def measure(keys: int) -> object:
             checkpoint = _checkpoint_of(keys)
             async with store() as checkpoints:
-                await checkpoints.load(RUN_NAME)  # opens the file and creates the schema
+                await _opened(checkpoints)
                 start = time.perf_counter()
                 await checkpoints.save(checkpoint, expect=0)
                 seconds = time.perf_counter() - start
@@ -287,7 +306,7 @@ def _distinct_run(store: Callable[[], Store], every: Callable[[int], int]) -> Ca
 
         async def measure(keys: int) -> object:
             async with store() as checkpoints:
-                await checkpoints.load(RUN_NAME)
+                await _opened(checkpoints)
                 run = Run(
                     pipeline, range(keys), name=RUN_NAME, checkpoint=checkpoints, every=every(keys)
                 )

@@ -41,6 +41,7 @@ class WriterProcess:
         "_pending",
         "_process",
         "_reading",
+        "_writing",
         "ready",
     )
 
@@ -66,6 +67,7 @@ class WriterProcess:
         self._out = bytearray()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reading = False
+        self._writing = False
         self._ended: str | None = None
         self.ready = False
         """Whether the process has connected to the database."""
@@ -103,13 +105,14 @@ class WriterProcess:
         if self._pending and old is not None and not old.is_closed():
             raise RuntimeError("a SQLiteStore's writer process serves one event loop at a time")
         if old is not None and not old.is_closed():
-            old.remove_writer(self._outgoing.fileno())
+            self._stop_writing()
             self._stop_reading()
         self._loop = loop
-        self._reading = False
+        self._reading = self._writing = False
         self._pending = collections.deque(loop.create_future() for _ in self._pending)
-        if self._pending:
-            self._start_reading()
+        # The loop watches the replies for as long as the process lives (an end
+        # is seen as it happens), rather than from each request to its reply.
+        self._start_reading()
         if self._out:
             self._flush()
         return loop
@@ -148,27 +151,47 @@ class WriterProcess:
         if self._ended is not None:
             self._settle(self._ended)
             return future
-        self._out += frame(plan)
+        data = frame(plan)
+        if not self._out:  # nothing waits for the pipe: write now
+            try:
+                sent = os.write(self._outgoing.fileno(), data)
+            except BlockingIOError:
+                sent = 0
+            except OSError as exc:  # the process has gone: its replies say so
+                self._ending(f"could not write to it: {exc}")
+                return future
+            data = data[sent:]
+            if not data:
+                return future
+        self._out += data
         self._flush()
         return future
 
     def _flush(self) -> None:
+        """Write what waits for the pipe, then have the loop say when it takes more."""
         loop = self._loop
         assert loop is not None
-        had = bool(self._out)
+        fd = self._outgoing.fileno()
         try:
             while self._out:
-                sent = os.write(self._outgoing.fileno(), self._out)
+                sent = os.write(fd, self._out)
                 del self._out[:sent]
         except BlockingIOError:
-            if had:
-                loop.add_writer(self._outgoing.fileno(), self._on_writable)
+            if not self._writing:
+                loop.add_writer(fd, self._on_writable)
+                self._writing = True
             return
         except OSError as exc:  # the process has gone: its replies say so
             self._out.clear()
             self._ending(f"could not write to it: {exc}")
             return
-        loop.remove_writer(self._outgoing.fileno())
+        self._stop_writing()
+
+    def _stop_writing(self) -> None:
+        loop = self._loop
+        if self._writing and loop is not None and not loop.is_closed():
+            loop.remove_writer(self._outgoing.fileno())
+        self._writing = False
 
     def _on_writable(self) -> None:
         self._flush()
@@ -193,8 +216,6 @@ class WriterProcess:
                 self.ready = True
             if not future.done():
                 future.set_result(tuple(reply))
-        if not self._pending:
-            self._stop_reading()
 
     def _exit_reason(self) -> str:
         code = self._process.poll()
@@ -204,9 +225,7 @@ class WriterProcess:
         self._ended = f"the store's writer process (pid {self._process.pid}) stopped: {reason}"
         self._settle(self._ended)
         self._stop_reading()
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.remove_writer(self._outgoing.fileno())
+        self._stop_writing()
 
     def _settle(self, reason: str) -> None:
         while self._pending:
@@ -229,9 +248,7 @@ class WriterProcess:
         """Close the process's input (it ends once it has answered what it was sent)."""
         if self._out:  # unsent bytes of plans nobody waits for any more
             self._out.clear()
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.remove_writer(self._outgoing.fileno())
+        self._stop_writing()
         self._stop_reading()
         self._outgoing.close()
 

@@ -71,7 +71,7 @@ EXPECTED_ROWS = {
         for consumer in ("async_for", "collect", "drain")
         for mode in ("bare", "disabled", "enabled", "full")
     },
-    "k": {"plain", "sqlite_1000", "sqlite_10000", "memory_1000"},
+    "k": {"plain", "sqlite_1000", "sqlite_10000", "sqlite_thread_1000", "memory_1000"},
     "p": {"streamkit", "streamkit_filter_alone", "handwritten"},
     "q": {"streamkit_before", "streamkit_peak"},
     "m": {"streamkit", "queue", "wait", "aiostream"},
@@ -256,7 +256,7 @@ def test_checkpointed_run_case_compares_with_the_run_without_a_checkpoint(
     result = results["k"]
     plain = _measured(result, "plain", "median_ms")
     assert result.ratio("plain") == pytest.approx(1.0)
-    for key in ("sqlite_1000", "sqlite_10000", "memory_1000"):
+    for key in ("sqlite_1000", "sqlite_10000", "sqlite_thread_1000", "memory_1000"):
         median = _measured(result, key, "median_ms")
         n = _measured(result, key, "n")
         assert result.ratio(key) == pytest.approx(median / plain)

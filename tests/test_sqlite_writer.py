@@ -321,3 +321,15 @@ async def test_a_save_the_writer_committed_before_it_stopped_is_not_made_again(
     finally:
         connection.close()
     assert rows_of(db) == [1, 2]
+
+
+async def test_a_save_larger_than_the_pipe_holds_is_sent_whole(tmp_path: Path) -> None:
+    # A pipe takes 64 KiB at a time: the rest is written as the writer reads.
+    state = {f"key {n}": "x" * 100 for n in range(20_000)}  # about 2.4 MB of JSON
+    async with SQLiteStore(tmp_path / "runs.db", writer="process") as store:
+        await store.open()
+        big = Checkpoint("job", position=1, state=state, created_at=WHEN, sequence=1)
+        await store.save(big, expect=0)
+        await store.save(point(2), expect=1)  # and the pipe carries on after it
+        assert await store.load("job") == point(2)
+        assert (await store.history("job"))[1] == big
