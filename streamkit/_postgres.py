@@ -373,22 +373,27 @@ class PostgresStore(Store):
     async def _registered(
         self, connection: Connection, table: str, name: str | None
     ) -> TableShape | None:
+        # One statement, so one snapshot: read in two, a table another save
+        # created and registered in between would look unregistered.
         cursor = await connection.execute(
-            self._sql("SELECT columns, types FROM {s}.sink_tables WHERE name = %s"), (table,)
+            self._sql(
+                "SELECT t.columns, t.types, EXISTS (SELECT 1 FROM pg_catalog.pg_class c "
+                "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relname = %s) "
+                "FROM (SELECT 1) AS one LEFT JOIN {s}.sink_tables t ON t.name = %s"
+            ),
+            (self._schema, table, table),
         )
         row = await cursor.fetchone()
-        if row is not None:
+        assert row is not None  # one row, whatever the tables hold
+        columns, types, taken = row
+        if columns is not None:
             try:
-                return TableShape.from_json(*row)
+                return TableShape.from_json(columns, types)
             except ValueError as exc:
                 message = f"sink table {table!r}: {exc}"
                 raise CheckpointError(message, path=self._where, name=name) from None
-        cursor = await connection.execute(
-            "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n "
-            "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
-            (self._schema, table),
-        )
-        if await cursor.fetchone() is not None:
+        if taken:
             raise CheckpointError(
                 f"sink table {table!r}: schema {self._schema!r} has a relation of that name "
                 "that is not a sink table of this store",
