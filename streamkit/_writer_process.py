@@ -83,10 +83,6 @@ class WriterProcess:
             raise
 
     @property
-    def pid(self) -> int:
-        return self._process.pid
-
-    @property
     def busy(self) -> bool:
         """Whether a plan sent has not been answered yet."""
         return len(self._pending) > (0 if self.ready else 1)
