@@ -845,9 +845,6 @@ def _version(
 # --------------------------------------------------------------------------- SQLiteStore
 
 
-_BUSY_SECONDS: Final = BUSY_SECONDS
-"""How long to wait for another connection's lock (``sqlite3.connect(timeout=...)``)."""
-
 Writer: TypeAlias = Literal["auto", "process", "thread"]
 """Where a `SQLiteStore` makes its saves (see its ``writer`` argument)."""
 
@@ -864,9 +861,9 @@ def _use_wal(connection: sqlite3.Connection) -> None:
 
     The switch needs the file to itself, and SQLite answers "database is
     locked" at once, without its busy timeout, while another connection is
-    opening it: so the switch is retried for up to ``_BUSY_SECONDS``.
+    opening it: so the switch is retried for up to ``BUSY_SECONDS``.
     """
-    deadline = time.monotonic() + _BUSY_SECONDS
+    deadline = time.monotonic() + BUSY_SECONDS
     while True:
         try:
             connection.execute("PRAGMA journal_mode = WAL").fetchone()
@@ -1299,8 +1296,7 @@ class SQLiteStore(Store):
                     raise CheckpointError(str(reply[1]), path=self._path, name=name)
                 # "auto": from now on the thread saves. A save the process had
                 # begun was rolled back if it had not committed: look.
-                self._writer = "thread"
-                await self._retire()
+                await self._save_on_the_thread()
                 return await self._call(lambda connection: apply_once(connection, plan), name)
         return await self._call(lambda connection: apply_save(connection, plan), name)
 
@@ -1341,8 +1337,7 @@ class SQLiteStore(Store):
             if reply[0] != "ready":
                 if self._writer == "process":
                     raise CheckpointError(str(reply[1]), path=self._path, name=name)
-                self._writer = "thread"  # "auto": the thread saves from now on
-                await self._retire()
+                await self._save_on_the_thread()  # "auto"
                 return None
         return process
 
@@ -1363,6 +1358,11 @@ class SQLiteStore(Store):
         if self._writer == "thread":
             await self._call(_nothing, None)
         return self
+
+    async def _save_on_the_thread(self) -> None:
+        """``"auto"`` with a writer process that stopped: save on the thread from now on."""
+        self._writer = "thread"
+        await self._retire()
 
     async def _retire(self) -> None:
         """End the writer process (after its last reply) and wait for it on the thread."""

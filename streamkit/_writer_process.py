@@ -135,7 +135,7 @@ class WriterProcess:
     async def idle(self) -> None:
         """Wait until every plan sent so far is answered."""
         self._bind()
-        if self._pending and self.busy:
+        if self.busy:
             await asyncio.wait([self._pending[-1]])
 
     def apply(self, plan: bytes) -> asyncio.Future[Reply]:

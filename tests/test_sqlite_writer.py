@@ -205,6 +205,22 @@ async def test_when_the_writer_is_killed_process_saves_fail_and_write_nothing(
     assert rows_of(db) == [1]
 
 
+async def save_behind_a_stopped_writer(
+    store: SQLiteStore, db: Path, checkpoint: Checkpoint, *, expect: int
+) -> tuple[int, asyncio.Future[None]]:
+    """Open ``store``, SIGSTOP its writer, and start saving ``checkpoint``: the pid and the save.
+
+    The stopped writer does not read the plan, so the save waits.
+    """
+    await store.open()
+    pid = the_writer_of(db)
+    os.kill(pid, signal.SIGSTOP)
+    saving = asyncio.ensure_future(store.save(checkpoint, expect=expect))
+    await asyncio.sleep(0.05)
+    assert not saving.done()
+    return pid, saving
+
+
 @linux_only
 async def test_a_save_the_killed_writer_had_not_begun_is_made_once_on_the_thread(
     tmp_path: Path,
@@ -213,11 +229,7 @@ async def test_a_save_the_killed_writer_had_not_begun_is_made_once_on_the_thread
     async with SQLiteStore(db) as store:
         await store.open()
         await store.save(point(1), expect=0)
-        pid = the_writer_of(db)
-        os.kill(pid, signal.SIGSTOP)  # it will not read the next plan
-        saving = asyncio.ensure_future(store.save(point(2), expect=1))
-        await asyncio.sleep(0.05)
-        assert not saving.done()
+        pid, saving = await save_behind_a_stopped_writer(store, db, point(2), expect=1)
         kill(pid)
         await saving
         assert await store.load("job") == point(2)
@@ -230,11 +242,7 @@ async def test_a_cancelled_save_in_the_writer_still_completes_before_the_next_ca
 ) -> None:
     db = tmp_path / "runs.db"
     async with SQLiteStore(db, writer="process") as store:
-        await store.open()
-        pid = the_writer_of(db)
-        os.kill(pid, signal.SIGSTOP)
-        saving = asyncio.ensure_future(store.save(point(1), expect=0))
-        await asyncio.sleep(0.05)
+        pid, saving = await save_behind_a_stopped_writer(store, db, point(1), expect=0)
         saving.cancel()
         with pytest.raises(asyncio.CancelledError):
             await saving
@@ -333,3 +341,4 @@ async def test_a_save_larger_than_the_pipe_holds_is_sent_whole(tmp_path: Path) -
         await store.save(point(2), expect=1)  # and the pipe carries on after it
         assert await store.load("job") == point(2)
         assert (await store.history("job"))[1] == big
+
