@@ -1168,12 +1168,24 @@ class SQLiteStore(Store):
         """The newest checkpoint of run ``name``, or ``None``.
 
         A run loads before it saves, so this also starts the writer process
-        (without waiting for it: see `open`).
+        (without waiting for it: see `open`). The row is read under the
+        database's write lock, behind any save under way: the writer process
+        of a run that was just killed may still be committing its last save,
+        and a restarted run must resume from it.
 
         Raises:
             CheckpointError: The newest row cannot be read.
         """
-        found = await self.history(name, limit=1)
+        _check_name(name)
+
+        def read(connection: sqlite3.Connection) -> list[Checkpoint]:
+            connection.execute("BEGIN IMMEDIATE")
+            try:
+                return self._history(connection, name, 1)
+            finally:
+                connection.execute("COMMIT")
+
+        found = await self._call(read, name)
         self._start_writer(name)
         return found[0] if found else None
 

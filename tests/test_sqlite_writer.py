@@ -342,3 +342,33 @@ async def test_a_save_larger_than_the_pipe_holds_is_sent_whole(tmp_path: Path) -
         assert await store.load("job") == point(2)
         assert (await store.history("job"))[1] == big
 
+
+async def test_load_waits_for_a_save_under_way(tmp_path: Path) -> None:
+    # The writer process of a run that was just killed may still be committing its last
+    # save when the restarted run loads: the load waits for it, or the restarted run
+    # would resume from the checkpoint before and find its own first save stale.
+    db, elsewhere = tmp_path / "runs.db", tmp_path / "other.db"
+    for path, points in ((db, [point(1)]), (elsewhere, [point(2)])):
+        async with SQLiteStore(path, writer="thread") as store:
+            for saved in points:
+                await store.save(saved)
+    with sqlite3.connect(elsewhere) as source:
+        row = source.execute("SELECT name, sequence, format, payload, checksum FROM checkpoints")
+        second = row.fetchone()
+    source.close()
+    writer = sqlite3.connect(db, isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # a save under way, in another process say
+        writer.execute(
+            "INSERT INTO checkpoints (name, sequence, format, payload, checksum) "
+            "VALUES (?, ?, ?, ?, ?)",
+            second,
+        )
+        async with SQLiteStore(db) as store:
+            loading = asyncio.ensure_future(store.load("job"))
+            await asyncio.sleep(0.1)
+            assert not loading.done()
+            writer.execute("COMMIT")
+            assert await loading == point(2)
+    finally:
+        writer.close()
