@@ -1,14 +1,10 @@
 """A worker process of a Kafka consumer group, for the multi-process tests.
 
 ``python -m tests.kafka_worker SERVERS TOPIC GROUP DSN SCHEMA OUTPUT --every N
-[--pause SECONDS]`` runs one `streamkit.Partitioned` worker of the consumer group
-``GROUP`` over ``TOPIC`` (6 partitions) of the Kafka cluster at ``SERVERS``,
-checkpointing each partition into the `PostgresStore` at ``DSN`` (schema
-``SCHEMA``), writing every record into its ``TableSink`` ``records`` exactly once,
-and appending each output of its ``async for`` to ``OUTPUT`` as one line,
-``PARTITION<TAB>NUMBER``, written with a single unbuffered ``os.write``. SIGTERM
-stops it gracefully (every partition handed back with a last checkpoint; exit
-status 0); the test SIGKILLs one worker mid-run.
+[--pause SECONDS]`` runs one worker (`tests.partition_workers.serve`) of the
+consumer group ``GROUP`` over ``TOPIC`` (6 partitions) of the Kafka cluster at
+``SERVERS``, checkpointing into the `PostgresStore` at ``DSN`` (schema ``SCHEMA``)
+and writing its outputs to ``OUTPUT``; the test SIGKILLs one worker mid-run.
 
 The cluster is librdkafka's mock cluster, whose group coordinator answers a
 follower's SyncGroup with INVALID_REQUEST once the leader's SyncGroup has come
@@ -23,17 +19,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import signal
 import time
 from typing import Any
 
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
-import streamkit as sk
 from streamkit.kafka import ConsumerGroup, KafkaRecord
+from tests.partition_workers import serve, worker_options
 
-PARTITIONS = 6
 LEADER_DELAY = 0.5
 """Seconds the group's leader waits before it sends the assignments (see above)."""
 OPTIONS: dict[str, Any] = {
@@ -59,40 +52,18 @@ def record(item: KafkaRecord) -> dict[str, Any]:
 
 
 async def main(arguments: argparse.Namespace) -> None:
-    pause: float = arguments.pause
-
-    async def work(item: KafkaRecord) -> dict[str, Any]:
-        if pause:
-            await asyncio.sleep(pause)
-        return record(item)
-
     group = ConsumerGroup(
         arguments.topic,
         group=arguments.group,
         bootstrap_servers=arguments.servers,
         options={**OPTIONS, "partition_assignment_strategy": (FollowersFirst,)},
     )
-    output = os.open(arguments.output, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        async with sk.PostgresStore(arguments.dsn, schema=arguments.schema) as store:
-            sink = sk.TableSink(store, "records", columns=["partition", "n"])
-            pipeline = sk.map_(work) | sk.write_to(sink)
-            worker = sk.Partitioned(
-                pipeline, group, store=store, name="records", every=arguments.every
-            )
-            # SIGTERM: hand every partition back with a last checkpoint, then end.
-            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)
-            async with worker:
-                async for item in worker:
-                    os.write(output, f"{item['partition']}\t{item['n']}\n".encode())
-    finally:
-        os.close(output)
+    await serve(group, record, arguments)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
-    for name in ("servers", "topic", "group", "dsn", "schema", "output"):
+    for name in ("servers", "topic", "group"):
         parser.add_argument(name)
-    parser.add_argument("--every", type=int, required=True)
-    parser.add_argument("--pause", type=float, default=0.0)
+    worker_options(parser)
     asyncio.run(main(parser.parse_args()))
