@@ -12,13 +12,13 @@ import asyncio
 import ctypes
 import glob
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
+from benchmarks.brokers import HEADERS, missing, on_list, row, time_processes
 from benchmarks.harness import (
     TIMES,
     CaseResult,
@@ -26,15 +26,11 @@ from benchmarks.harness import (
     Settings,
     case,
     describe_error,
-    format_ratio,
     partial_result,
 )
 from benchmarks.kafka_worker import END, EVERY, PARTITIONS, work
 
-ROOT = Path(__file__).resolve().parent.parent
-HEADERS = ("competitor", "items", "median s", "items per s", "ratio")
 TOPIC = "bench"
-_RUN_SECONDS = 120.0
 
 
 def _value(n: int) -> bytes:
@@ -133,21 +129,6 @@ def _records(count: int) -> list[Any]:
     return [*records, KafkaRecord(TOPIC, 0, count, None, END, 0)]
 
 
-async def _on_list(records: list[Any], database: str) -> float:
-    """The same pipeline on a list, checkpointed the same way: seconds."""
-    from streamkit import Run, SQLiteStore, map_
-
-    async with SQLiteStore(database) as store:
-        started = time.perf_counter()
-        run = Run(map_(work), records, name="list", checkpoint=store, every=EVERY, metrics=False)
-        seen = 0
-        async for _ in run:
-            seen += 1
-        elapsed = time.perf_counter() - started
-    assert seen == len(records)
-    return elapsed
-
-
 async def _one_worker(servers: str, topic: str, count: int, database: str) -> float:
     """One worker of a fresh group on a one-partition topic: seconds from its first output
     to its end record's (the group join, about a second on the mock, is left out)."""
@@ -186,66 +167,18 @@ def _processes(
     done.touch()
     ready = [folder / f"{topic}.ready{k}" for k in range(workers)]
     module = [sys.executable, "-m", "benchmarks.kafka_worker", cluster.bootstrap_servers, topic]
-    processes = [
-        subprocess.Popen(
-            [*module, str(database), str(done), str(path)], cwd=ROOT, stderr=subprocess.PIPE
-        )
-        for path in ready
-    ]
     share = PARTITIONS // workers
-    try:
-        deadline = time.monotonic() + _RUN_SECONDS
 
-        def settled() -> bool:
-            return all(path.exists() and path.read_text() == str(share) for path in ready)
+    def settled() -> bool:
+        return all(path.exists() and path.read_text() == str(share) for path in ready)
 
-        while not settled():
-            _check(processes, deadline)
-            time.sleep(0.05)
-        started = time.perf_counter()
-        _produce_fast(cluster.bootstrap_servers, topic, per_partition, PARTITIONS)
-        producing.append(time.perf_counter() - started)
-        while len(done.read_text().split()) < PARTITIONS:
-            _check(processes, deadline)
-            time.sleep(0.005)
-        elapsed = time.perf_counter() - started
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            if process.stderr is not None:
-                process.stderr.close()
-    return elapsed
-
-
-def _check(processes: list[subprocess.Popen[bytes]], deadline: float) -> None:
-    for process in processes:
-        if process.poll() is not None:
-            assert process.stderr is not None
-            raise RuntimeError(f"a worker exited: {process.stderr.read().decode()[-600:]}")
-    if time.monotonic() > deadline:
-        raise TimeoutError("the workers did not finish in time")
-
-
-def _missing(key: str, reason: str) -> Row:
-    return Row(key=key, label=LABELS[key], cells=("", "", "", ""), note=f"n/a: {reason}")
-
-
-def _row(key: str, label: str, items: int, seconds: list[float], reference: float) -> Row:
-    median = statistics.median(seconds)
-    ratio = median / reference
-    cells = (f"{items:,}", f"{median:.3f}", f"{items / median:,.0f}", format_ratio(ratio))
-    return Row(
-        key=key,
-        label=label,
-        cells=cells,
-        values={"seconds": median, "items_per_second": items / median},
-        ratio=ratio,
+    return time_processes(
+        [[*module, str(database), str(done), str(path)] for path in ready],
+        settled=settled,
+        send=lambda: _produce_fast(cluster.bootstrap_servers, topic, per_partition, PARTITIONS),
+        done=done,
+        partitions=PARTITIONS,
+        sending=producing,
     )
 
 
@@ -267,15 +200,17 @@ def kafka_worker(settings: Settings) -> CaseResult:
     with tempfile.TemporaryDirectory(prefix="streamkit-bench-kafka-") as name:
         folder = Path(name)
         records = _records(count)
-        on_list = [
-            asyncio.run(_on_list(records, str(folder / f"list{k}.db"))) for k in range(repeat)
+        listed = [
+            asyncio.run(on_list(records, work, str(folder / f"list{k}.db"), EVERY))
+            for k in range(repeat)
         ]
-        reference = statistics.median(on_list)
-        rows.append(_row("list", LABELS["list"], count + 1, on_list, reference))
+        reference = statistics.median(listed)
+        rows.append(row("list", LABELS["list"], count + 1, listed, reference))
         try:
             cluster = MockCluster()
         except (ImportError, FileNotFoundError, OSError, RuntimeError) as exc:
-            rows += [_missing(key, describe_error(exc)) for key in LABELS if key != "list"]
+            reason = describe_error(exc)
+            rows += [missing(key, LABELS[key], reason) for key in LABELS if key != "list"]
         else:
             try:
                 one = []
@@ -287,7 +222,7 @@ def kafka_worker(settings: Settings) -> CaseResult:
                     one.append(
                         asyncio.run(_one_worker(cluster.bootstrap_servers, topic, count, database))
                     )
-                rows.append(_row("kafka_1", LABELS["kafka_1"], count + 1, one, reference))
+                rows.append(row("kafka_1", LABELS["kafka_1"], count + 1, one, reference))
                 total = PARTITIONS * (per_partition + 1)
                 base: float | None = None
                 for workers in (1, 3):
@@ -297,10 +232,14 @@ def kafka_worker(settings: Settings) -> CaseResult:
                         for _ in range(1 if settings.quick else 2)
                     ]
                     base = statistics.median(times) if base is None else base
-                    rows.append(_row(key, LABELS[key], total, times, base))
+                    rows.append(row(key, LABELS[key], total, times, base))
             except (RuntimeError, TimeoutError, OSError) as exc:
                 done = {row.key for row in rows}
-                rows += [_missing(key, describe_error(exc)) for key in LABELS if key not in done]
+                rows += [
+                    missing(key, LABELS[key], describe_error(exc))
+                    for key in LABELS
+                    if key not in done
+                ]
             finally:
                 cluster.close()
     return partial_result(

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.brokers import HEADERS, missing, on_list, row, time_processes
 from benchmarks.harness import (
     TIMES,
     CaseResult,
@@ -26,7 +27,6 @@ from benchmarks.harness import (
     Settings,
     case,
     describe_error,
-    format_ratio,
     partial_result,
 )
 from benchmarks.redis_worker import EVERY, PARTITIONS, STREAM, work
@@ -34,10 +34,7 @@ from benchmarks.redis_worker import EVERY, PARTITIONS, STREAM, work
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-ROOT = Path(__file__).resolve().parent.parent
-HEADERS = ("competitor", "items", "median s", "items per s", "ratio")
 _START_SECONDS = 30.0
-_RUN_SECONDS = 120.0
 
 
 def _free_port() -> int:
@@ -105,21 +102,6 @@ def _entries(per_partition: int) -> list[Any]:
     return [*items, Entry("0", f"{per_partition + 1}-0", {"end": "1"})]
 
 
-async def _on_list(entries: list[Any], database: str) -> float:
-    """The same pipeline on a list, checkpointed the same way: seconds."""
-    from streamkit import Run, SQLiteStore, map_
-
-    async with SQLiteStore(database) as store:
-        started = time.perf_counter()
-        run = Run(map_(work), entries, name="list", checkpoint=store, every=EVERY, metrics=False)
-        seen = 0
-        async for _ in run:
-            seen += 1
-        elapsed = time.perf_counter() - started
-    assert seen == len(entries)
-    return elapsed
-
-
 async def _one_worker(url: str, per_partition: int, database: str) -> float:
     """One in-process worker on a one-partition stream: seconds until its end entry."""
     from streamkit import Partitioned, SQLiteStore, map_
@@ -175,59 +157,14 @@ def _processes(
     done.touch()
     consumers = [f"w{k}" for k in range(workers)]
     command = [sys.executable, "-m", "benchmarks.redis_worker", url, str(database), str(done)]
-    processes = [
-        subprocess.Popen([*command, name], cwd=ROOT, stderr=subprocess.PIPE) for name in consumers
-    ]
-    try:
-        deadline = time.monotonic() + _RUN_SECONDS
-        while not _settled(url, consumers):
-            _check(processes, deadline)
-            time.sleep(0.05)
-        started = time.perf_counter()
-        fill(url, PARTITIONS, per_partition, flush=False)
-        filling.append(time.perf_counter() - started)
-        while len(done.read_text().split()) < PARTITIONS:
-            _check(processes, deadline)
-            time.sleep(0.005)
-        elapsed = time.perf_counter() - started
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            process.wait(timeout=30)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-            if process.stderr is not None:
-                process.stderr.close()
-    return elapsed
-
-
-def _check(processes: list[subprocess.Popen[bytes]], deadline: float) -> None:
-    for process in processes:
-        if process.poll() is not None:
-            assert process.stderr is not None
-            raise RuntimeError(f"a worker exited: {process.stderr.read().decode()[-600:]}")
-    if time.monotonic() > deadline:
-        raise TimeoutError("the workers did not finish in time")
-
-
-def _row(key: str, label: str, items: int, seconds: list[float], reference: float | None) -> Row:
-    median = statistics.median(seconds)
-    ratio = None if reference is None else median / reference
-    cells = (f"{items:,}", f"{median:.3f}", f"{items / median:,.0f}", format_ratio(ratio or 1.0))
-    return Row(
-        key=key,
-        label=label,
-        cells=cells,
-        values={"seconds": median, "items_per_second": items / median},
-        ratio=ratio,
+    return time_processes(
+        [[*command, name] for name in consumers],
+        settled=lambda: _settled(url, consumers),
+        send=lambda: fill(url, PARTITIONS, per_partition, flush=False),
+        done=done,
+        partitions=PARTITIONS,
+        sending=filling,
     )
-
-
-def _missing(key: str, label: str, reason: str) -> Row:
-    return Row(key=key, label=label, cells=("", "", "", ""), note=f"n/a: {reason}")
 
 
 LABELS = {
@@ -248,19 +185,19 @@ def redis_workers(settings: Settings) -> CaseResult:
     with tempfile.TemporaryDirectory(prefix="streamkit-bench-redis-") as name:
         folder = Path(name)
         entries = _entries(single)
-        on_list = [
-            asyncio.run(_on_list(entries, str(folder / f"list{k}.db"))) for k in range(repeat)
+        listed = [
+            asyncio.run(on_list(entries, work, str(folder / f"list{k}.db"), EVERY))
+            for k in range(repeat)
         ]
-        rows.append(_row("list", LABELS["list"], single + 1, on_list, statistics.median(on_list)))
+        reference = statistics.median(listed)
+        rows.append(row("list", LABELS["list"], single + 1, listed, reference))
         try:
             with redis_server(folder) as url:
                 one = []
                 for k in range(repeat):
                     fill(url, 1, single, flush=True)
                     one.append(asyncio.run(_one_worker(url, single, str(folder / f"one{k}.db"))))
-                rows.append(
-                    _row("redis_1", LABELS["redis_1"], single + 1, one, statistics.median(on_list))
-                )
+                rows.append(row("redis_1", LABELS["redis_1"], single + 1, one, reference))
                 total = PARTITIONS * (per_partition + 1)
                 base: float | None = None
                 for workers in (1, 3):
@@ -269,19 +206,12 @@ def redis_workers(settings: Settings) -> CaseResult:
                         for _ in range(1 if settings.quick else 2)
                     ]
                     base = statistics.median(times) if base is None else base
-                    rows.append(
-                        _row(
-                            f"processes_{workers}",
-                            LABELS[f"processes_{workers}"],
-                            total,
-                            times,
-                            base,
-                        )
-                    )
+                    key = f"processes_{workers}"
+                    rows.append(row(key, LABELS[key], total, times, base))
         except (FileNotFoundError, RuntimeError, TimeoutError, OSError) as exc:
             done = {row.key for row in rows}
             rows += [
-                _missing(key, label, describe_error(exc))
+                missing(key, label, describe_error(exc))
                 for key, label in LABELS.items()
                 if key not in done
             ]
