@@ -36,6 +36,7 @@ from streamkit import (
     Stage,
     Write,
     branch,
+    buffer,
     chunk,
     collect,
     current_clock,
@@ -54,8 +55,10 @@ from streamkit import (
     scan_state,
     set_state,
     skip,
+    skip_while,
     stage,
     take,
+    take_while,
     unwrap,
     window,
 )
@@ -66,6 +69,7 @@ if TYPE_CHECKING:
 
 ROOT = Path(__file__).resolve().parent.parent
 TOTAL = Key[int]("total")
+RUNNING = Key[int]("running")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -460,6 +464,15 @@ STATEFUL_STEPS: dict[str, Callable[[], Stage[Any, Any]]] = {
     "enumerate": lambda: enumerate_() | map_(lambda pair: pair[0] * 7 + pair[1]),
     "take": lambda: take(40),
     "skip": lambda: skip(3),
+    "take_while": lambda: take_while(lambda x: x < 45),
+    "skip_while": lambda: skip_while(lambda x: x % 11 != 0),
+    "buffer": lambda: buffer(5),
+    "scan_state": lambda: (
+        envelop()
+        | scan_state(RUNNING, lambda total, x: total + x, 0)
+        | map_(lambda x, state: x * 3 + state[RUNNING], with_state=True)
+        | unwrap()
+    ),
     "flat_map": lambda: flat_map(lambda x: [x, x + 1] if x % 3 else []),
     "filter": lambda: filter_(lambda x: x % 4 != 1),
     "concurrent": lambda: map_(_async_double, concurrency=3),
@@ -507,6 +520,12 @@ def test_resumed_random_pipelines_continue_the_uninterrupted_output(
         return reference, outputs
 
     reference, outputs = asyncio.run(attempts())
+    assert_continued(reference, outputs)
+
+
+def assert_continued(reference: list[Any], outputs: list[list[Any]]) -> None:
+    """Each attempt's output is a slice of ``reference`` starting no later than the attempts
+    before it got to, and together they reach its end."""
     covered = 0
     for out in outputs:
         if not out:
@@ -517,6 +536,21 @@ def test_resumed_random_pipelines_continue_the_uninterrupted_output(
         assert starts, (out, reference, covered)
         covered = max(covered, max(starts) + len(out))
     assert covered == len(reference)
+
+
+@pytest.mark.parametrize("name", sorted(STATEFUL_STEPS))
+async def test_each_stateful_step_resumed_after_any_output_continues_its_output(
+    name: str,
+) -> None:
+    # Every stop point, not a sample: a step whose state changes once (skip_while past its
+    # first failing item, take_while at its end) is resumed on both sides of the change.
+    items = list(range(1, 61))
+    reference = await collect(items | STATEFUL_STEPS[name]())
+    for stop in range(1, len(reference)):
+        store = MemoryStore()
+        first, _ = await run_until(STATEFUL_STEPS[name](), items, store, every=3, stop_after=stop)
+        rest, _ = await run_until(STATEFUL_STEPS[name](), items, store, every=3)
+        assert_continued(reference, [first, rest])
 
 
 # --------------------------------------------------------------------------- changing a pipeline
