@@ -38,6 +38,7 @@ from streamkit import (
     branch,
     buffer,
     chunk,
+    chunk_until,
     collect,
     current_clock,
     distinct,
@@ -52,6 +53,7 @@ from streamkit import (
     reduce_point,
     resumable,
     scan,
+    scan_by,
     scan_state,
     set_state,
     skip,
@@ -467,6 +469,8 @@ STATEFUL_STEPS: dict[str, Callable[[], Stage[Any, Any]]] = {
     "take_while": lambda: take_while(lambda x: x < 45),
     "skip_while": lambda: skip_while(lambda x: x % 11 != 0),
     "buffer": lambda: buffer(5),
+    "scan_by": lambda: scan_by(lambda x: x % 3, lambda total, x: total + x, 0),
+    "chunk_until-sum": lambda: chunk_until(lambda x: x % 5 == 0, max_size=3) | map_(sum),
     "scan_state": lambda: (
         envelop()
         | scan_state(RUNNING, lambda total, x: total + x, 0)
