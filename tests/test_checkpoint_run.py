@@ -65,6 +65,7 @@ from streamkit import (
     unwrap,
     window,
     write_to,
+    zip_,
 )
 from streamkit.testing import virtual_clock
 
@@ -546,6 +547,30 @@ def assert_continued(reference: list[Any], outputs: list[list[Any]]) -> None:
     assert covered == len(reference)
 
 
+async def stop_and_resume(
+    pipeline: Callable[[], Stage[Any, Any]], source: Callable[[], Any], stop: int, every: int
+) -> tuple[list[Any], int, list[Any]]:
+    """A run left after ``stop`` outputs, then resumed to the end, into one `MemoryStore`.
+
+    Returns the first run's outputs, how many of them its last checkpoint covers, and
+    the resumed run's outputs. A `MemoryStore` saves a checkpoint before the next item
+    comes, so one that is new when an item comes covers the outputs before that item.
+    """
+    store = MemoryStore()
+    first: list[Any] = []
+    covered = 0
+    seen: Checkpoint | None = None
+    async with Run(pipeline(), source(), name="job", checkpoint=store, every=every) as run:
+        async for item in run:
+            if run.last_checkpoint is not seen:
+                seen, covered = run.last_checkpoint, len(first)
+            first.append(item)
+            if len(first) == stop:
+                break
+    rest, _ = await run_until(pipeline(), source(), store, every=every)
+    return first, covered, rest
+
+
 @pytest.mark.parametrize("name", sorted(STATEFUL_STEPS))
 async def test_each_stateful_step_resumed_after_any_output_continues_its_output(
     name: str,
@@ -558,22 +583,34 @@ async def test_each_stateful_step_resumed_after_any_output_continues_its_output(
     items = list(range(1, 61))
     reference = await collect(items | STATEFUL_STEPS[name]())
     for stop in range(1, len(reference)):
-        store = MemoryStore()
-        first: list[Any] = []
-        covered = 0  # outputs before the last checkpoint's barrier
-        seen: Checkpoint | None = None
-        async with Run(STATEFUL_STEPS[name](), items, name="job", checkpoint=store, every=3) as run:
-            async for item in run:
-                # A MemoryStore saves a checkpoint before the next item comes: one that
-                # is new now covers the outputs before this item.
-                if run.last_checkpoint is not seen:
-                    seen, covered = run.last_checkpoint, len(first)
-                first.append(item)
-                if len(first) == stop:
-                    break
-        rest, _ = await run_until(STATEFUL_STEPS[name](), items, store, every=3)
+        first, covered, rest = await stop_and_resume(STATEFUL_STEPS[name], lambda: items, stop, 3)
         assert first == reference[:stop]
         assert rest == reference[covered:], (stop, covered)
+
+
+async def test_zip_resumed_zips_the_items_its_checkpoint_kept_queued() -> None:
+    # The first source drops two items in three before zip sees them, so its barriers
+    # reach zip later than the second's: zip queues the second source's items meanwhile,
+    # and the checkpoint keeps them.
+    def source() -> Any:
+        return zip_(list(range(60)) | filter_(lambda x: x % 3 == 0), list(range(100, 160)))
+
+    def pipeline() -> Stage[Any, Any]:
+        return map_(list)
+
+    reference = await collect(source() | pipeline())
+    queued = 0
+    for stop in range(1, len(reference)):
+        first, covered, rest = await stop_and_resume(pipeline, source, stop, 3)
+        assert first == reference[:stop]
+        assert rest == reference[covered:], (stop, covered)
+    store = MemoryStore()
+    async with Run(pipeline(), source(), name="job", checkpoint=store, every=3) as run:
+        async for _ in run:
+            saved = run.last_checkpoint
+            if saved is not None:
+                queued += any(saved.state["source"])  # zip's queues, one list per source
+    assert queued  # the case this test is about came up
 
 
 # --------------------------------------------------------------------------- changing a pipeline
