@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import re
 from collections import Counter
@@ -59,9 +60,11 @@ from streamkit import (
     set_state,
     skip,
     skip_while,
+    spaced,
     stage,
     take,
     take_while,
+    throttle,
     unwrap,
     window,
     write_to,
@@ -1036,3 +1039,62 @@ async def test_debounce_resumed_emits_the_item_it_was_holding() -> None:
         assert first == reference[:stop]
         assert rest == reference[covered:], (stop, covered, rest)
     assert holding  # the case this test is about came up
+
+
+async def timed_outputs(run: Run[Any], stop: int | None = None) -> list[tuple[float, Any]]:
+    """The run's outputs with the virtual time each came at; left after ``stop`` of them."""
+    clock = current_clock()
+    out: list[tuple[float, Any]] = []
+    async with run:
+        async for item in run:
+            out.append((clock.now(), item))
+            if len(out) == stop:
+                break
+    return out
+
+
+async def test_throttle_resumed_keeps_the_tokens_its_checkpoint_had() -> None:
+    # One token a second, a bucket of 3: the first three items go at once, the others a
+    # second apart. The resumed run starts with the tokens the checkpoint kept (what was
+    # left of the bucket), not with a full bucket: its i-th item cannot leave before
+    # (i + 1 - kept) seconds.
+    def run(store: MemoryStore) -> Run[int]:
+        return Run(throttle(1.0, burst=3), list(range(12)), name="job", checkpoint=store, every=2)
+
+    for stop in range(4, 11):
+        store = MemoryStore()
+        with virtual_clock():
+            await timed_outputs(run(store), stop)
+        saved = await store.load("job")
+        assert saved is not None
+        kept = saved.state["0"]
+        assert 0 <= kept < 3  # the bucket was drained: a resume must not refill it
+        with virtual_clock():
+            resumed = await timed_outputs(run(store))
+        assert [item for _, item in resumed] == list(range(saved.position, 12))
+        for i, (at, _) in enumerate(resumed):
+            assert at >= (i + 1 - kept) - 1e-9, (stop, kept, resumed)
+
+
+async def test_spaced_resumed_keeps_the_gap_after_the_last_item_it_let_go() -> None:
+    # spaced(1.0): an item at most every second. The checkpoint keeps how long before its
+    # barrier the last item left; the resumed run's first item waits for the rest.
+    def run(store: MemoryStore) -> Run[int]:
+        return Run(spaced(1.0), list(range(8)), name="job", checkpoint=store, every=2)
+
+    waited = 0
+    for stop in range(3, 8):
+        store = MemoryStore()
+        with virtual_clock():
+            await timed_outputs(run(store), stop)
+        saved = await store.load("job")
+        assert saved is not None
+        since = saved.state["0"]
+        with virtual_clock():
+            resumed = await timed_outputs(run(store))
+        assert [item for _, item in resumed] == list(range(saved.position, 8))
+        if since is not None:
+            assert resumed[0][0] >= 1.0 - since - 1e-9, (stop, since, resumed)
+            waited += resumed[0][0] > 0
+        assert all(b - a >= 1.0 - 1e-9 for (a, _), (b, _) in itertools.pairwise(resumed))
+    assert waited  # a resumed run did wait for the rest of a gap
