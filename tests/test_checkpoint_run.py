@@ -556,22 +556,41 @@ async def stop_and_resume(
     """A run left after ``stop`` outputs, then resumed to the end, into one `MemoryStore`.
 
     Returns the first run's outputs, how many of them its last checkpoint covers, and
-    the resumed run's outputs. A `MemoryStore` saves a checkpoint before the next item
-    comes, so one that is new when an item comes covers the outputs before that item.
+    the resumed run's outputs.
     """
     store = MemoryStore()
-    first: list[Any] = []
+    first, covered = await left_after(pipeline, source, store, stop, every)
+    rest, _ = await run_until(pipeline(), source(), store, every=every)
+    return first, covered, rest
+
+
+async def left_after(
+    pipeline: Callable[[], Stage[Any, Any]],
+    source: Callable[[], Any],
+    store: MemoryStore,
+    stop: int,
+    every: int,
+) -> tuple[list[Any], int]:
+    """A run (resumed from ``store``, if it holds a checkpoint) left after ``stop`` outputs.
+
+    Returns its outputs and how many of them its last new checkpoint covers (0 if it saved
+    none). A `MemoryStore` saves a checkpoint before the next item comes, so one that is
+    new when an item comes covers the outputs before that item.
+    """
+    out: list[Any] = []
     covered = 0
+    before = await store.load("job")
     seen: Checkpoint | None = None
     async with Run(pipeline(), source(), name="job", checkpoint=store, every=every) as run:
         async for item in run:
             if run.last_checkpoint is not seen:
-                seen, covered = run.last_checkpoint, len(first)
-            first.append(item)
-            if len(first) == stop:
+                seen, covered = run.last_checkpoint, len(out)
+            out.append(item)
+            if len(out) == stop:
                 break
-    rest, _ = await run_until(pipeline(), source(), store, every=every)
-    return first, covered, rest
+    if seen is None or (before is not None and seen.sequence == before.sequence):
+        covered = 0
+    return out, covered
 
 
 @pytest.mark.parametrize("name", sorted(STATEFUL_STEPS))
@@ -583,12 +602,23 @@ async def test_each_stateful_step_resumed_after_any_output_continues_its_output(
     # The resumed run must give exactly the outputs after those its checkpoint covers: a
     # step that lost part of its state could otherwise hide the loss behind outputs the
     # first attempt had already given.
+    # A second interruption, a few outputs into the resumed run, checks what a resumed
+    # step saves (a skip_while resumed past its first failing item, a reduce_point
+    # resumed while emitting).
     items = list(range(1, 61))
     reference = await collect(items | STATEFUL_STEPS[name]())
     for stop in range(1, len(reference)):
         first, covered, rest = await stop_and_resume(STATEFUL_STEPS[name], lambda: items, stop, 3)
         assert first == reference[:stop]
         assert rest == reference[covered:], (stop, covered)
+        if covered + 4 >= len(reference):
+            continue  # a second attempt would reach the end
+        store = MemoryStore()
+        _, covered = await left_after(STATEFUL_STEPS[name], lambda: items, store, stop, 3)
+        second, more = await left_after(STATEFUL_STEPS[name], lambda: items, store, 4, 3)
+        assert second == reference[covered : covered + 4], (stop, covered)
+        last, _ = await run_until(STATEFUL_STEPS[name](), items, store, every=3)
+        assert last == reference[covered + more :], (stop, covered, more)
 
 
 async def test_zip_resumed_zips_the_items_its_checkpoint_kept_queued() -> None:
