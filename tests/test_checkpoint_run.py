@@ -1052,20 +1052,12 @@ async def test_debounce_resumed_emits_the_item_it_was_holding() -> None:
     holding = 0  # checkpoints that kept an item debounce held
     for stop in range(1, len(reference)):
         store = MemoryStore()
-        first: list[int] = []
-        covered = 0
-        seen: Checkpoint | None = None
         with virtual_clock():
-            async with Run(pipeline(), items, name="job", checkpoint=store, every=2) as run:
-                async for item in run:
-                    if run.last_checkpoint is not seen:
-                        seen, covered = run.last_checkpoint, len(first)
-                    first.append(item)
-                    if len(first) == stop:
-                        break
+            first, covered = await left_after(pipeline, lambda: items, store, stop, 2)
+            saved = await store.load("job")
             rest, _ = await run_until(pipeline(), items, store, every=2)
-        assert seen is not None
-        holding += bool(seen.state.get("1"))
+        assert saved is not None
+        holding += bool(saved.state.get("1"))
         assert first == reference[:stop]
         assert rest == reference[covered:], (stop, covered, rest)
     assert holding  # the case this test is about came up
@@ -1083,6 +1075,23 @@ async def timed_outputs(run: Run[Any], stop: int | None = None) -> list[tuple[fl
     return out
 
 
+async def timed_resume(
+    run: Callable[[MemoryStore], Run[int]], stop: int
+) -> tuple[Checkpoint, list[tuple[float, Any]]]:
+    """A run left after ``stop`` outputs, then resumed, each on a new virtual clock.
+
+    Returns the checkpoint the resumed run started from and its timed outputs.
+    """
+    store = MemoryStore()
+    with virtual_clock():
+        await timed_outputs(run(store), stop)
+    saved = await store.load("job")
+    assert saved is not None
+    with virtual_clock():
+        resumed = await timed_outputs(run(store))
+    return saved, resumed
+
+
 async def test_throttle_resumed_keeps_the_tokens_its_checkpoint_had() -> None:
     # One token a second, a bucket of 3: the first three items go at once, the others a
     # second apart. The resumed run starts with the tokens the checkpoint kept (what was
@@ -1092,15 +1101,9 @@ async def test_throttle_resumed_keeps_the_tokens_its_checkpoint_had() -> None:
         return Run(throttle(1.0, burst=3), list(range(12)), name="job", checkpoint=store, every=2)
 
     for stop in range(4, 11):
-        store = MemoryStore()
-        with virtual_clock():
-            await timed_outputs(run(store), stop)
-        saved = await store.load("job")
-        assert saved is not None
+        saved, resumed = await timed_resume(run, stop)
         kept = saved.state["0"]
         assert 0 <= kept < 3  # the bucket was drained: a resume must not refill it
-        with virtual_clock():
-            resumed = await timed_outputs(run(store))
         assert [item for _, item in resumed] == list(range(saved.position, 12))
         for i, (at, _) in enumerate(resumed):
             assert at >= (i + 1 - kept) - 1e-9, (stop, kept, resumed)
@@ -1114,14 +1117,8 @@ async def test_spaced_resumed_keeps_the_gap_after_the_last_item_it_let_go() -> N
 
     waited = 0
     for stop in range(3, 8):
-        store = MemoryStore()
-        with virtual_clock():
-            await timed_outputs(run(store), stop)
-        saved = await store.load("job")
-        assert saved is not None
+        saved, resumed = await timed_resume(run, stop)
         since = saved.state["0"]
-        with virtual_clock():
-            resumed = await timed_outputs(run(store))
         assert [item for _, item in resumed] == list(range(saved.position, 8))
         if since is not None:
             assert resumed[0][0] >= 1.0 - since - 1e-9, (stop, since, resumed)
