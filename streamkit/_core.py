@@ -1236,11 +1236,13 @@ async def _barrier_segment_sync(
     """`_barrier_segment` over the batches of a `Batched` iterator.
 
     Its control elements come between the batches, so none is looked for
-    among the items. Once the chain is compiled, synchronous and unwatched,
-    and when no step may drop an item (and so hand out a dead letter's
-    write), each batch goes through it in a bare loop; the items that
-    entered are counted from the batch's length. Other tasks run every
-    `COOPERATE_EVERY` items.
+    among the items. Once the chain is compiled and synchronous, and when no
+    step may drop an item (and so hand out a dead letter's write), no result
+    is looked at for one either: unwatched, each batch goes through the
+    chain in a bare loop, and the items that entered are counted from the
+    batch's length; watched, the loop is `_watched_segment_sync`'s (each
+    item counted as it enters, every ``sample_every``-th timed, a pause
+    held between two items). Other tasks run every `COOPERATE_EVERY` items.
     """
     run: SegmentRun | None = None
     step: Callable[[Any], Any] | None = None
@@ -1284,6 +1286,24 @@ async def _barrier_segment_sync(
                     raise
                 finally:
                     n = start + size - operator.length_hint(batch)
+            elif bare and step is not None and not is_async:
+                assert watch is not None  # watched: the loop of `_watched_segment_sync`
+                for item in batch:
+                    n += 1
+                    run.entered = n
+                    try:
+                        if n == sample_at:
+                            result = await run.probe(item)
+                            sample_at = run.next_sample(n)
+                        else:
+                            result = step(item)
+                    except Exception as exc:
+                        run.annotate(exc, n - 1, item)
+                        raise
+                    if result is not SKIP:
+                        yield result
+                    if watch.paused:
+                        await watch.wait()
             else:
                 for item in batch:
                     n += 1

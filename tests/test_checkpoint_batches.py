@@ -212,8 +212,47 @@ def test_failures_and_dead_letters_in_a_batch_are_those_of_reads_one_by_one(
             error = (str(exc), getattr(exc, "__notes__", []))
         letters = [(d.stage, d.record["item"]) for d in await store.dead_letters("job")]
         history = _checkpoints(await store.history("job", limit=1000))
-        return out, error, run.statistics().items_out, history, letters
+        statistics = run.statistics()
+        stages = [
+            (s.items_in, s.items_out, s.filtered, s.dead_lettered, s.timed_calls)
+            for s in statistics.stages
+        ]
+        return out, error, statistics.items_out, stages, history, letters
 
     batched = asyncio.run(attempt(list))
     assert batched == asyncio.run(attempt(OneByOne))
     assert (batched[1] is None) == (fail_at is None or fail_at >= n)
+
+
+async def test_a_watched_checkpointed_run_over_a_list_pauses_between_two_items() -> None:
+    # Watched, the first fused segment runs each batch in a loop that counts every item
+    # as it enters and holds while the run is paused, as a run without a checkpoint does.
+    entered: list[int] = []
+
+    def note(x: int) -> int:
+        entered.append(x)
+        return x
+
+    pipeline = map_(note) | filter_(lambda x: x % 3 != 0)
+    run = Run(pipeline, list(range(3000)), name="job", checkpoint=MemoryStore(), every=1000)
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for item in run:
+            got.append(item)
+            if item == 1501:
+                run.pause()
+
+    async def resume_later() -> None:
+        while run.status != "paused":
+            await asyncio.sleep(0)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert entered[-1] == 1501
+        assert run.statistics().stages[0].items_in == 1502
+        await run.resume()
+
+    await asyncio.gather(consume(), resume_later())
+    assert got == [x for x in range(3000) if x % 3 != 0]
+    assert entered == list(range(3000))
+    assert run.statistics().stages[0].items_in == 3000
