@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import operator
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeVar, cast, overload
 
 from ._barrier import CONTROL
 from ._core import (
@@ -17,6 +18,7 @@ from ._core import (
     check_bool,
     check_count,
     close_all,
+    cooperate,
     is_stage,
     is_sync_source,
     open_async,
@@ -195,6 +197,7 @@ async def merge_flows(sources: Sequence[Source[Any]]) -> AsyncIterator[Any]:
     wake: list[asyncio.Future[None] | None] = [None]
     aligning: Any = None
     reason: Exception | None = None
+    woken = False  # a producer was woken (or started) since the merge last waited
 
     def hand_over(position: int, outcome: Any) -> None:
         arrived.append((position, outcome))
@@ -220,6 +223,8 @@ async def merge_flows(sources: Sequence[Source[Any]]) -> AsyncIterator[Any]:
     producers: list[asyncio.Task[None]] = []
 
     def pull(position: int) -> None:
+        nonlocal woken
+        woken = True
         busy[position] = True
         if len(producers) == position:  # its first pull starts it (in source order)
             producers.append(spawn(produce(position)))
@@ -262,7 +267,15 @@ async def merge_flows(sources: Sequence[Source[Any]]) -> AsyncIterator[Any]:
                     moved = True
             if not any(busy):
                 return
+            if not arrived and woken:
+                # The producers just woken are ahead in the event loop's queue:
+                # one bare yield lets them run first, so a source that has its
+                # next item at hand hands it over in the same loop turn, with
+                # no wake-up future and no second turn.
+                woken = False
+                await cooperate()
             if not arrived:
+                woken = False
                 waiter = wake[0] = loop.create_future()
                 try:
                     await waiter
@@ -270,7 +283,7 @@ async def merge_flows(sources: Sequence[Source[Any]]) -> AsyncIterator[Any]:
                     wake[0] = None
             # Among the items ready together, yield in source order, so that a
             # run whose sources are all ready is reproducible.
-            ready = sorted(arrived, key=_position) if len(arrived) > 1 else list(arrived)
+            ready = sorted(arrived, key=_POSITION) if len(arrived) > 1 else list(arrived)
             arrived.clear()
             for index, (position, outcome) in enumerate(ready):
                 busy[position] = False
@@ -301,8 +314,8 @@ async def merge_flows(sources: Sequence[Source[Any]]) -> AsyncIterator[Any]:
                     reason.add_note(f"streamkit: another merge() source also failed: {error!r}")
 
 
-def _position(arrival: tuple[int, Any]) -> int:
-    return arrival[0]
+_POSITION: Final = operator.itemgetter(0)
+"""The source position of an arrival (a ``(position, outcome)`` pair)."""
 
 
 # --------------------------------------------------------------------------- zip

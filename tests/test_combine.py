@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from streamkit import Flow, collect, concat, first, iterate, map_, merge, take, zip_
-from streamkit.testing import SourceError, TrackedSource, assert_no_pending_tasks
+from streamkit.testing import SourceError, TrackedSource, assert_no_pending_tasks, virtual_clock
 from tests.conftest import Stalling, agen, cancel_when_stalled, notes, sync_gen
 
 if TYPE_CHECKING:
@@ -226,6 +226,31 @@ async def test_merge_does_not_wait_for_a_slow_source() -> None:
         assert [await anext(items) for _ in range(3)] == [1, 2, 3]
     assert slow.closed
     assert fast.finished
+    assert_no_pending_tasks()
+
+
+async def test_merge_yields_items_as_they_arrive() -> None:
+    # Sources that wait before each item: after each round the merge lets the sources
+    # it woke run once, finds nothing at hand, and waits for whichever comes first.
+    with virtual_clock() as clock:
+
+        async def ticks(name: str, period: float, count: int) -> AsyncIterator[tuple[str, int]]:
+            for i in range(count):
+                await clock.sleep(period)
+                yield (name, i)
+
+        got: list[tuple[float, tuple[str, int]]] = []
+        async with merge(ticks("a", 2, 3), ticks("b", 2.5, 2), [("c", 0)]) as items:
+            async for item in items:
+                got.append((clock.now(), item))
+    assert got == [
+        (0.0, ("c", 0)),
+        (2.0, ("a", 0)),
+        (2.5, ("b", 0)),
+        (4.0, ("a", 1)),
+        (5.0, ("b", 1)),
+        (6.0, ("a", 2)),
+    ]
     assert_no_pending_tasks()
 
 
