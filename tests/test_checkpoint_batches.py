@@ -236,16 +236,18 @@ async def test_a_watched_checkpointed_run_over_a_list_pauses_between_two_items()
     pipeline = map_(note) | filter_(lambda x: x % 3 != 0)
     run = Run(pipeline, list(range(3000)), name="job", checkpoint=MemoryStore(), every=1000)
     got: list[int] = []
+    paused = asyncio.Event()
 
     async def consume() -> None:
         async for item in run:
             got.append(item)
             if item == 1501:
                 run.pause()
+                paused.set()
 
     async def resume_later() -> None:
-        while run.status != "paused":
-            await asyncio.sleep(0)
+        await paused.wait()
+        assert run.status == "paused"
         for _ in range(20):
             await asyncio.sleep(0)
         assert entered[-1] == 1501
