@@ -827,10 +827,14 @@ class Checkpointing:
 
     async def _wait_for_save(self) -> None:
         saving, self._saving = self._saving, None
-        if saving is not None:
-            # Shielded: a save under way completes even if the run is
-            # cancelled meanwhile; its error fails the run.
-            await shielded(saving)
+        if saving is None:
+            return
+        if saving.done():  # (the common case: a save ends within a checkpoint interval)
+            saving.result()  # raises what the save raised
+            return
+        # Shielded: a save under way completes even if the run is cancelled
+        # meanwhile; its error fails the run.
+        await shielded(saving)
 
     # -- the end -----------------------------------------------------------
 

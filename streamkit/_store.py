@@ -171,6 +171,10 @@ def _stale(expected: int, found: int, *, path: str | None, name: str) -> StaleCh
 # --------------------------------------------------------------------------- Checkpoint
 
 
+_NO_STATE: Final = State(limits=StateLimits.UNLIMITED)
+"""The empty state of a checkpoint (states are immutable: one serves them all)."""
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(_UTC)
 
@@ -272,14 +276,18 @@ class Checkpoint:
         setattr_ = object.__setattr__
         setattr_(made, "name", self.name)
         setattr_(made, "position", json_copy(position, "position"))
-        setattr_(made, "state", State(_check_mapping(state, "state"), limits=StateLimits.UNLIMITED))
+        if not state:  # (a run of stateless steps)
+            checked = _NO_STATE
+        else:
+            checked = State(_check_mapping(state, "state"), limits=StateLimits.UNLIMITED)
+        setattr_(made, "state", checked)
         setattr_(made, "items", items)
         setattr_(made, "version", self.version)
         setattr_(made, "created_at", _now())
         setattr_(made, "sequence", check_int64(sequence, "sequence"))
         setattr_(made, "shape", self.shape)
         setattr_(made, "complete", False)
-        pending = self.pending if not self.pending else State(limits=StateLimits.UNLIMITED)
+        pending = self.pending if not self.pending else _NO_STATE
         setattr_(made, "pending", pending)
         return made
 
@@ -292,7 +300,7 @@ class Checkpoint:
         data: dict[str, Any] = {
             "name": self.name,
             "position": self.position,
-            "state": dict(self.state),
+            "state": dict(self.state) if self.state else {},
             "items": self.items,
             "version": self.version,
             "created_at": self.created_at.isoformat(),
