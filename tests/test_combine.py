@@ -254,6 +254,30 @@ async def test_merge_yields_items_as_they_arrive() -> None:
     assert_no_pending_tasks()
 
 
+@pytest.mark.parametrize("passes", range(1, 9))
+async def test_cancelling_a_merge_of_ready_sources_closes_every_source(passes: int) -> None:
+    # Every source has its next item at hand, so the merge waits only in its one
+    # yield to the producers it woke: cancelled there (or at its first pulls), it
+    # closes every source and leaves no task behind.
+    sources = [TrackedSource(range(10**6)), TrackedSource(range(10**6))]
+    got: list[int] = []
+
+    async def consume() -> None:
+        async for item in merge(*sources):
+            got.append(item)
+
+    task = asyncio.create_task(consume())
+    for _ in range(passes):
+        await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    for source in sources:
+        source.assert_closed()
+    assert sum(source.pulls for source in sources) <= len(got) + len(sources)
+    assert_no_pending_tasks()
+
+
 async def test_merge_keeps_at_most_one_pending_item_per_source() -> None:
     sources = [TrackedSource(range(50)), TrackedSource(range(100, 150))]
     consumed = [0, 0]
