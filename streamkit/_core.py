@@ -1272,38 +1272,38 @@ async def _barrier_segment_sync(
                     elif await control(element):
                         return
                 continue
-            if bare and step is not None and not is_async and watch is None:
-                size = operator.length_hint(batch)
-                start = n
-                item: Any = None
-                try:
+            if bare and step is not None and not is_async:
+                if watch is None:
+                    size = operator.length_hint(batch)
+                    start = n
+                    item: Any = None
+                    try:
+                        for item in batch:
+                            result = step(item)
+                            if result is not SKIP:
+                                yield result
+                    except Exception as exc:
+                        run.annotate(exc, start + size - operator.length_hint(batch) - 1, item)
+                        raise
+                    finally:
+                        n = start + size - operator.length_hint(batch)
+                else:  # the loop of `_watched_segment_sync`
                     for item in batch:
-                        result = step(item)
+                        n += 1
+                        run.entered = n
+                        try:
+                            if n == sample_at:
+                                result = await run.probe(item)
+                                sample_at = run.next_sample(n)
+                            else:
+                                result = step(item)
+                        except Exception as exc:
+                            run.annotate(exc, n - 1, item)
+                            raise
                         if result is not SKIP:
                             yield result
-                except Exception as exc:
-                    run.annotate(exc, start + size - operator.length_hint(batch) - 1, item)
-                    raise
-                finally:
-                    n = start + size - operator.length_hint(batch)
-            elif bare and step is not None and not is_async:
-                assert watch is not None  # watched: the loop of `_watched_segment_sync`
-                for item in batch:
-                    n += 1
-                    run.entered = n
-                    try:
-                        if n == sample_at:
-                            result = await run.probe(item)
-                            sample_at = run.next_sample(n)
-                        else:
-                            result = step(item)
-                    except Exception as exc:
-                        run.annotate(exc, n - 1, item)
-                        raise
-                    if result is not SKIP:
-                        yield result
-                    if watch.paused:
-                        await watch.wait()
+                        if watch.paused:
+                            await watch.wait()
             else:
                 for item in batch:
                     n += 1
